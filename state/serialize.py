@@ -1,0 +1,82 @@
+"""Compact, versioned bytes for :class:`~state.experiment.ExperimentState` (orjson).
+
+Arrays travel as base64 of their little-endian bytes, so a restore is bit-for-bit (NaN and
+infinities included, which JSON numbers cannot carry) and about 40% smaller than decimal text.
+The format version is checked on load so that an old changelog is never misread.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import orjson
+
+from .config import EngineConfig, MetricConfig
+from .errors import InvalidInput
+from .experiment import _RUNNING_START, ExperimentState
+
+FORMAT_VERSION = 1
+_ARRAYS = ("lifetime", "hyp_metric", "hyp_variation", "hyp_treatment_arm", "hyp_control_arm", "segment_stats",
+           "rejected", "segment", "quality_flag", "srm_counts")
+
+
+def _pack(array: np.ndarray) -> list:
+    array = np.ascontiguousarray(array)
+    return [array.dtype.str, list(array.shape), base64.b64encode(array.tobytes()).decode("ascii")]
+
+
+def _unpack(packed: list) -> np.ndarray:
+    dtype, shape, data = packed
+    return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+def to_bytes(state: ExperimentState) -> bytes:
+    arrays = {name: _pack(getattr(state, name)) for name in _ARRAYS}
+    arrays.update({f"running.{name}": _pack(state.running[name]) for name in _RUNNING_START})
+    scalars = np.array([state.srm_max_log_bf, np.nan if state.last_interval is None else state.last_interval])
+    return orjson.dumps({
+        "v": FORMAT_VERSION,
+        "experiment_id": state.experiment_id,
+        "config": state.config.to_dict(),
+        "metric_configs": {name: cfg.to_dict() for name, cfg in state.metric_configs.items()},
+        "metrics": state.metrics,
+        "variations": state.variations,
+        "arms": [list(key) for key in state._arm_of],
+        "epoch": state.epoch,
+        "epoch_pending": state.epoch_pending,
+        "epoch_weights": state.epoch_weights,
+        "srm_alerted": state.srm_alerted,
+        "intervals": state.intervals,
+        "scalars": _pack(scalars),
+        "arrays": arrays,
+    })
+
+
+def from_bytes(data: bytes) -> ExperimentState:
+    doc = orjson.loads(data)
+    if doc.get("v") != FORMAT_VERSION:
+        raise InvalidInput(f"state format version {doc.get('v')!r} is not {FORMAT_VERSION}")
+    state = ExperimentState(
+        doc["experiment_id"],
+        EngineConfig.from_dict(doc["config"]),
+        {name: MetricConfig.from_dict(cfg) for name, cfg in doc["metric_configs"].items()},
+    )
+    state.metrics = doc["metrics"]
+    state.variations = doc["variations"]
+    state._arm_of = {(m, v): i for i, (m, v) in enumerate(doc["arms"])}
+    state._arm_by_name = {(state.metrics[m], state.variations[v]): i for (m, v), i in state._arm_of.items()}
+    state.epoch = doc["epoch"]
+    state.epoch_pending = doc["epoch_pending"]
+    state.epoch_weights = doc["epoch_weights"]
+    state.srm_alerted = doc["srm_alerted"]
+    state.intervals = doc["intervals"]
+    arrays = doc["arrays"]
+    for name in _ARRAYS:
+        setattr(state, name, _unpack(arrays[name]))
+    state.running = {name: _unpack(arrays[f"running.{name}"]) for name in _RUNNING_START}
+    max_log_bf, last = _unpack(doc["scalars"]).tolist()
+    state.srm_max_log_bf = max_log_bf
+    state.last_interval = None if np.isnan(last) else last
+    state._derive()
+    return state

@@ -1,0 +1,55 @@
+"""Shared test fixtures: paths to ../shared and the covid reference request."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+COVID_CSV = SHARED / "data" / "ses" / "time_aggregated_metric_data.csv"
+COVID_METRICS = ("Customer support calls per visitor", "Total customer support minutes per visitor")
+
+
+def naive_utc_seconds(text: str) -> float:
+    """The covid CSV's naive timestamps are UTC (shared/data/ses/README.md)."""
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+def covid_rows() -> list[dict]:
+    with COVID_CSV.open() as f:
+        return list(csv.DictReader(f))
+
+
+def covid_request(metrics=COVID_METRICS) -> dict:
+    """The reference service request of shared/data/ses/README.md, metrics in the given order."""
+    rows = covid_rows()
+    return {
+        "config": {"reference_variation_id": "control", "use_stats_resets": True},
+        "metrics": [
+            {
+                "config": {"is_binary": False, "name": name},
+                "data": [
+                    {
+                        "interval_timestamp": naive_utc_seconds(r["interval_timestamp"]),
+                        "variation_id": r["variation_id"],
+                        "unit_count": int(r["unit_count"]),
+                        "unit_observation_sum": float(r["unit_observation_sum"]),
+                        "unit_observation_sum_of_squares": float(r["unit_observation_sum_of_squares"]),
+                    }
+                    for r in rows
+                    if r["metric_name"] == name
+                ],
+            }
+            for name in metrics
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    assert SHARED.is_dir(), f"tests need ../shared beside the repository (looked in {SHARED})"
+    return SHARED
