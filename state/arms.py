@@ -54,13 +54,18 @@ def arm_moments(stats: np.ndarray, is_binary: np.ndarray | None, ddof: int = 0) 
     ``ddof=1`` rescales to the sample variance by N / (N - 1). Rounding noise below zero is
     clamped; arms without units give NaN.
     """
-    n, s, q = stats[..., 0], stats[..., 1], stats[..., 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = s / n
-        var = q / n - mean * mean
-        if is_binary is not None and np.any(is_binary):
-            var = np.where(is_binary, mean * (1.0 - mean), var)
-        var = np.maximum(var, 0.0)
-        if ddof:
-            var = var * n / (n - ddof)
+        return _arm_moments(stats, is_binary, ddof)
+
+
+def _arm_moments(stats, is_binary, ddof):
+    """:func:`arm_moments` without its errstate, for callers that already hold one (the hot path)."""
+    n, s, q = stats[..., 0], stats[..., 1], stats[..., 2]
+    mean = s / n
+    var = q / n - mean * mean
+    if is_binary is not None and np.any(is_binary):
+        var = np.where(is_binary, mean * (1.0 - mean), var)
+    var = np.maximum(var, 0.0)
+    if ddof:
+        var = var * n / (n - ddof)
     return mean, var

@@ -110,6 +110,12 @@ class EngineConfig:
     srm_confidence_level: float = 0.999
     weights: Mapping[str, float] | None = field(default=None)
 
+    def __post_init__(self):
+        # One canonical form (str -> float) however the object was built, so configs compare
+        # and serialise identically.
+        if self.weights is not None:
+            object.__setattr__(self, "weights", _weights(self.weights))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "EngineConfig":
         data = {} if data is None else data

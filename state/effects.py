@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arms import arm_moments
+from .arms import _arm_moments
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +29,13 @@ class EffectEstimate:
 
 def _stratified(stats: np.ndarray, weights: np.ndarray, is_binary: np.ndarray, ddof: int):
     """Stratified mean and the variance of that mean over the epoch axis."""
-    mean_e, var_e = arm_moments(stats, is_binary[:, None], ddof)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        total = weights.sum(axis=1)
-        share = weights / total[:, None]
-        used = share > 0
-        mean = np.where(used, share * mean_e, 0.0).sum(axis=1)
-        var_of_mean = np.where(used, share * share * var_e / stats[..., 0], 0.0).sum(axis=1)
-        empty = ~(total > 0)
+    mean_e, var_e = _arm_moments(stats, None if is_binary is None else is_binary[:, None], ddof)
+    total = weights.sum(axis=1)
+    share = weights / total[:, None]
+    used = share > 0
+    mean = np.where(used, share * mean_e, 0.0).sum(axis=1)
+    var_of_mean = np.where(used, share * share * var_e / stats[..., 0], 0.0).sum(axis=1)
+    empty = ~(total > 0)
     mean[empty] = np.nan
     var_of_mean[empty] = np.nan
     return mean, var_of_mean
@@ -50,32 +49,43 @@ def estimate_effects(
     ddof: int = 0,
 ) -> EffectEstimate:
     """Effect and variance per hypothesis from per-epoch arm statistics of shape (H, E, 2, 3),
-    axis 2 being (treatment, control)."""
+    axis 2 being (treatment, control). Empty arms give NaN, not warnings."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _estimate_effects(stats, is_binary, relative, variance_method, ddof)
+
+
+def _estimate_effects(stats, is_binary, relative, variance_method, ddof) -> EffectEstimate:
+    """:func:`estimate_effects` without its errstate (the caller holds one)."""
     single_epoch = stats.shape[1] == 1
     treatment, control = stats[:, :, 0], stats[:, :, 1]
     # Both arms' moments in one call on a (2, H, 3) view: numpy's per-call overhead dominates
     # at streaming sizes.
     pooled = (stats[:, 0] if single_epoch else stats.sum(axis=1)).swapaxes(0, 1)
-    means, variances = arm_moments(pooled, is_binary, ddof)
+    means, variances = _arm_moments(pooled, is_binary, ddof)
     mean_t, mean_c = means
     var_t, var_c = variances
     n_t, n_c = pooled[0, :, 0], pooled[1, :, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if single_epoch:
-            m_t, m_c = mean_t, mean_c
-            vm_t, vm_c = var_t / n_t, var_c / n_c
-        else:
-            n_te, n_ce = treatment[..., 0], control[..., 0]
-            weights = np.where((n_te > 0) & (n_ce > 0), n_te + n_ce, 0.0)
-            m_t, vm_t = _stratified(treatment, weights, is_binary, ddof)
-            m_c, vm_c = _stratified(control, weights, is_binary, ddof)
+    if single_epoch:
+        m_t, m_c = mean_t, mean_c
+        vm_t, vm_c = var_t / n_t, var_c / n_c
+    else:
+        n_te, n_ce = treatment[..., 0], control[..., 0]
+        weights = np.where((n_te > 0) & (n_ce > 0), n_te + n_ce, 0.0)
+        m_t, vm_t = _stratified(treatment, weights, is_binary, ddof)
+        m_c, vm_c = _stratified(control, weights, is_binary, ddof)
 
-        # Section 2: relative lift with the delta-method variance, optionally rescaled by
-        # 4 m_t m_c / (m_t + m_c)^2 as the reference service does; absolute: difference of means.
-        lift = m_t / m_c - 1.0
-        v_delta = vm_t / (m_c * m_c) + (m_t * m_t) * vm_c / (m_c * m_c * m_c * m_c)
-        if variance_method == "ses":
-            v_delta = v_delta * (4.0 * m_t * m_c / ((m_t + m_c) * (m_t + m_c)))
+    # Section 2: relative lift with the delta-method variance, optionally rescaled by
+    # 4 m_t m_c / (m_t + m_c)^2 as the reference service does; absolute: difference of means.
+    # V_delta = v_t / (N_t m_c^2) + m_t^2 v_c / (N_c m_c^4), factored to save passes.
+    mc2 = m_c * m_c
+    lift = m_t / m_c - 1.0
+    v_delta = (vm_t + m_t * m_t * vm_c / mc2) / mc2
+    if variance_method == "ses":
+        both = m_t + m_c
+        v_delta = v_delta * (4.0 * m_t * m_c / (both * both))
+    if relative is True or np.all(relative):
+        effect, variance = lift, v_delta
+    else:
         effect = np.where(relative, lift, m_t - m_c)
         variance = np.where(relative, v_delta, vm_t + vm_c)
     return EffectEstimate(

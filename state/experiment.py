@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .config import EngineConfig, MetricConfig
-from .effects import estimate_effects
+from .effects import _estimate_effects
 from .errors import InvalidInput
 from .fdr import benjamini_hochberg
 from .observation import Observation
@@ -69,7 +69,7 @@ class ExperimentState:
         self.epoch = 0
         self.epoch_pending = False
         self.epoch_weights: dict[str, float] | None = None if self.config.weights is None else dict(self.config.weights)
-        self.srm_counts = np.zeros(0)
+        self.srm_counts: list[float] = []
         self.srm_max_log_bf = -math.inf
         self.srm_alerted = False
         self.last_interval: float | None = None
@@ -102,6 +102,8 @@ class ExperimentState:
         self._whole_family = self._family_size == len(cfgs)
         self.test = SequentialTest(tau2=self.config.tau2, n_star=self.config.n_star, alpha=self.config.alpha)
         self._binary_mask = self.is_binary if self.is_binary.any() else None
+        self._relative_arg = True if self.relative.all() else self.relative
+        self._hyp_arms = np.stack([self.hyp_treatment_arm, self.hyp_control_arm], axis=1)  # (H, 2)
         self._effect_names = ["relative" if r else "absolute" for r in self.relative.tolist()]
         self._metric_names = [self.metrics[m] for m in self.hyp_metric.tolist()]
         self._variation_names = [self.variations[v] for v in self.hyp_variation.tolist()]
@@ -187,28 +189,29 @@ class ExperimentState:
             increments[arms] = np.array(
                 [(o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares) for o in observations]
             )
+        with np.errstate(all="ignore"):  # NaN and inf are meaningful outputs here, not faults
+            columns = self._apply(ts, increments, epoch_boundary, alerts)
+        srm = self._update_srm(ts, observations, alerts)
+        self.last_interval = ts
+        self.intervals += 1
+        return IntervalResult(self.experiment_id, ts, columns, alerts, srm)
+
+    def _apply(self, ts, increments, epoch_boundary, alerts) -> dict[str, list]:
         self.lifetime += increments
-        treatment_inc = increments[self.hyp_treatment_arm]
-        control_inc = increments[self.hyp_control_arm]
-        self.segment_stats[:, -1, 0] += treatment_inc
-        self.segment_stats[:, -1, 1] += control_inc
+        arm_inc = increments[self._hyp_arms]  # (H, 2, 3): treatment and control increments
+        self.segment_stats[:, -1] += arm_inc
 
         scores = self._score()
         reset = self._reset_check(scores)
         if reset.any():
             self.segment_stats[reset] = 0.0
-            self.segment_stats[reset, -1, 0] = treatment_inc[reset]
-            self.segment_stats[reset, -1, 1] = control_inc[reset]
+            self.segment_stats[reset, -1] = arm_inc[reset]
             self.segment[reset] += 1
             for name, start in _RUNNING_START.items():
                 self.running[name][reset] = start
             scores = self._score()
             self._reset_check(scores)
-        columns = self._advance(ts, scores, reset, epoch_boundary, alerts)
-        srm = self._update_srm(ts, observations, alerts)
-        self.last_interval = ts
-        self.intervals += 1
-        return IntervalResult(self.experiment_id, ts, columns, alerts, srm)
+        return self._advance(ts, scores, reset, epoch_boundary, alerts)
 
     def _start_epoch_if_pending(self) -> bool:
         if not self.epoch_pending:
@@ -220,22 +223,24 @@ class ExperimentState:
         # Keep only epochs that still hold data for some hypothesis, then open the new one.
         used = stats.reshape(stats.shape[0], stats.shape[1], -1).any(axis=(0, 2))
         self.segment_stats = np.concatenate([stats[:, used], np.zeros((stats.shape[0], 1, 2, 3))], axis=1)
-        self.srm_counts = np.zeros(len(self.variations))
+        self.srm_counts = [0.0] * len(self.variations)
         self.srm_max_log_bf = -math.inf
         self.srm_alerted = False
         return True
 
     def _score(self) -> dict[str, np.ndarray]:
         cfg = self.config
-        est = estimate_effects(
+        est = _estimate_effects(
             self.segment_stats,
             self._binary_mask,
-            self.relative,
+            self._relative_arg,
             cfg.variance_method,
             cfg.variance_ddof,
         )
         warm = (est.units_treatment >= cfg.min_units) & (est.units_control >= cfg.min_units)
-        defined = (est.mean_control != 0) | ~self.relative  # m_c = 0: relative lift undefined (section 2)
+        defined = est.mean_control != 0  # m_c = 0: relative lift undefined (section 2)
+        if self._relative_arg is not True:
+            defined |= ~self.relative
         testable = (est.variance > 0) & (est.variance < np.inf)  # else no test is possible
         valid = warm & defined & testable
         all_valid = bool(valid.all())
@@ -249,9 +254,9 @@ class ExperimentState:
             variance = np.where(valid, est.variance, 1.0)
             theta = np.where(valid, est.effect, np.where(undefined, np.nan, 0.0))
             centre = np.where(valid, theta, 0.0)
-        tau2 = self.test.mixing_variance(variance, est.units_treatment + est.units_control)
-        mix = self.test.score(centre, variance, tau2)
-        spread, log_ratio = self.test.half_width_terms(variance, tau2)
+        tau2 = cfg.tau2 if cfg.n_star is None else self.test.mixing_variance(variance, est.units_treatment + est.units_control)
+        mix = self.test._score(centre, variance, tau2)
+        spread, log_ratio = self.test._half_width_terms(variance, tau2)
         log_mlr, local_p = mix.log_mlr, mix.local_p_value
         if not all_valid:  # burn-in and undefined: MLR 1, p 1, CI (-inf, inf) via an infinite spread
             spread = np.where(valid, spread, np.inf)
@@ -263,6 +268,7 @@ class ExperimentState:
             "log_ratio": log_ratio,
             "estimate": est,
             "valid": valid,
+            "all_valid": all_valid,
             "undefined": undefined,
             "degenerate": degenerate,
             "theta": theta,
@@ -274,7 +280,8 @@ class ExperimentState:
 
     def _interval(self, scores, level) -> tuple[np.ndarray, np.ndarray]:
         """Local confidence interval at ``level``; (-inf, inf) where there is no valid estimate."""
-        half = np.sqrt(scores["spread"] * (scores["log_ratio"] - 2.0 * np.log(level)))
+        log_level = math.log(level) if isinstance(level, float) else np.log(level)
+        half = np.sqrt(scores["spread"] * (scores["log_ratio"] - 2.0 * log_level))
         return scores["centre"] - half, scores["centre"] + half
 
     def _reset_check(self, scores) -> np.ndarray:
@@ -308,8 +315,14 @@ class ExperimentState:
                 adjusted[family] = benjamini_hochberg(run["min_p"][family])
         run["min_corrected_p"] = np.minimum(run["min_corrected_p"], adjusted)
         size = self._family_size
-        discoveries = int(np.count_nonzero(run["min_corrected_p"][family] <= cfg.alpha))
-        factor = np.where(family, max(discoveries, 1) / size if size else 1.0, 1.0)
+        if self._whole_family:
+            discoveries = int(np.count_nonzero(run["min_corrected_p"] <= cfg.alpha))
+            factor = max(discoveries, 1) / size if size else 1.0  # one scalar for the whole family
+            factor_column = [factor] * len(family)
+        else:
+            discoveries = int(np.count_nonzero(run["min_corrected_p"][family] <= cfg.alpha))
+            factor = np.where(family, max(discoveries, 1) / size if size else 1.0, 1.0)
+            factor_column = factor.tolist()
         cor_lo, cor_hi = self._interval(scores, cfg.alpha * factor)
         run["cor_lo"] = np.maximum(run["cor_lo"], cor_lo)
         run["cor_hi"] = np.minimum(run["cor_hi"], cor_hi)
@@ -322,16 +335,17 @@ class ExperimentState:
         lifetime_t = self.lifetime[self.hyp_treatment_arm]
         lifetime_c = self.lifetime[self.hyp_control_arm]
         n = len(local_p)
-        standard_error = np.where(scores["valid"], np.sqrt(scores["variance"]), np.inf)
-        with np.errstate(over="ignore"):  # the arithmetic stays in log space; only the output may be inf
-            mixture_likelihood_ratio = np.exp(scores["log_mlr"])
+        standard_error = np.sqrt(scores["variance"])
+        if not scores["all_valid"]:
+            standard_error = np.where(scores["valid"], standard_error, np.inf)
+        mixture_likelihood_ratio = np.exp(scores["log_mlr"])  # may overflow to inf: output only
         columns = {
             "alpha": [cfg.alpha] * n,
             "corrected_conf_interval_lower": run["cor_lo"].tolist(),
             "corrected_conf_interval_upper": run["cor_hi"].tolist(),
             "corrected_p_value": run["min_corrected_p"].tolist(),
             "epoch_boundary": [epoch_boundary] * n,
-            "fdr_correction_factor": factor.tolist(),
+            "fdr_correction_factor": factor_column,
             "interval_timestamp": [ts] * n,
             "lift_estimate": scores["theta"].tolist(),
             "local_p_value": local_p.tolist(),
@@ -370,6 +384,10 @@ class ExperimentState:
         changed = rejected != self.rejected
         if changed.any():
             self._significance_alerts(ts, theta, changed, rejected, alerts)
+        if scores["all_valid"]:
+            if self.quality_flag.any():
+                self.quality_flag = np.zeros(len(self.quality_flag), dtype=bool)
+            return
         problem = scores["undefined"] | scores["degenerate"]
         if problem.any():
             self._quality_alerts(ts, scores, problem, alerts)
@@ -421,14 +439,14 @@ class ExperimentState:
         """Section 7: units are shared by all metrics, so an (interval, variation) counts once —
         the largest unit_count any metric reports for it."""
         k = len(self.variations)
-        counts = self.srm_counts.tolist() + [0.0] * (k - len(self.srm_counts))
+        counts = self.srm_counts + [0.0] * (k - len(self.srm_counts))
         seen: dict[str, float] = {}
         for obs in observations:
             if obs.unit_count > seen.get(obs.variation_id, 0.0):
                 seen[obs.variation_id] = obs.unit_count
         for i, variation in enumerate(self.variations):
             counts[i] += seen.get(variation, 0.0)
-        self.srm_counts = np.array(counts)
+        self.srm_counts = counts
         shares = self.expected_shares()
         if seen and k > 1:
             log_bf = dirichlet_multinomial_log_bf(counts, shares, self.config.srm_concentration)

@@ -50,18 +50,26 @@ class SequentialTest:
     def score(self, theta: np.ndarray, variance: np.ndarray, tau2) -> MixtureScore:
         """log MLR = 0.5 log(V / (V + tau^2)) + tau^2 theta^2 / (2 V (V + tau^2))  (section 4)."""
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            v_plus = variance + tau2
-            log_mlr = 0.5 * np.log(variance / v_plus) + tau2 * theta * theta / (2.0 * variance * v_plus)
-            local_p = np.minimum(1.0, np.exp(-log_mlr))
-        return MixtureScore(log_mlr=log_mlr, local_p_value=local_p)
+            return self._score(theta, variance, tau2)
+
+    @staticmethod
+    def _score(theta, variance, tau2) -> MixtureScore:
+        """:meth:`score` without its errstate (the caller holds one)."""
+        v_plus = variance + tau2
+        log_mlr = 0.5 * np.log(variance / v_plus) + tau2 * theta * theta / (2.0 * variance * v_plus)
+        return MixtureScore(log_mlr=log_mlr, local_p_value=np.minimum(1.0, np.exp(-log_mlr)))
 
     @staticmethod
     def half_width_terms(variance: np.ndarray, tau2) -> tuple[np.ndarray, np.ndarray]:
         """The level-free parts of the half-width, V (V + tau^2) / tau^2 and ln((V + tau^2) / V), so
         several levels (alpha, corrected, reset) cost one square root each."""
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            v_plus = variance + tau2
-            return variance * v_plus / tau2, np.log(v_plus / variance)
+            return SequentialTest._half_width_terms(variance, tau2)
+
+    @staticmethod
+    def _half_width_terms(variance, tau2):
+        v_plus = variance + tau2
+        return variance * v_plus / tau2, np.log(v_plus / variance)
 
     @classmethod
     def half_width(cls, variance: np.ndarray, tau2, level) -> np.ndarray:

@@ -18,7 +18,7 @@ from .experiment import _RUNNING_START, ExperimentState
 
 FORMAT_VERSION = 1
 _ARRAYS = ("lifetime", "hyp_metric", "hyp_variation", "hyp_treatment_arm", "hyp_control_arm", "segment_stats",
-           "rejected", "segment", "quality_flag", "srm_counts")
+           "rejected", "segment", "quality_flag")
 
 
 def _pack(array: np.ndarray) -> list:
@@ -34,6 +34,7 @@ def _unpack(packed: list) -> np.ndarray:
 def to_bytes(state: ExperimentState) -> bytes:
     arrays = {name: _pack(getattr(state, name)) for name in _ARRAYS}
     arrays.update({f"running.{name}": _pack(state.running[name]) for name in _RUNNING_START})
+    arrays["srm_counts"] = _pack(np.array(state.srm_counts, dtype=np.float64))
     scalars = np.array([state.srm_max_log_bf, np.nan if state.last_interval is None else state.last_interval])
     return orjson.dumps({
         "v": FORMAT_VERSION,
@@ -75,6 +76,7 @@ def from_bytes(data: bytes) -> ExperimentState:
     for name in _ARRAYS:
         setattr(state, name, _unpack(arrays[name]))
     state.running = {name: _unpack(arrays[f"running.{name}"]) for name in _RUNNING_START}
+    state.srm_counts = _unpack(arrays["srm_counts"]).tolist()
     max_log_bf, last = _unpack(doc["scalars"]).tolist()
     state.srm_max_log_bf = max_log_bf
     state.last_interval = None if np.isnan(last) else last
