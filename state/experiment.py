@@ -221,7 +221,7 @@ class ExperimentState:
         self._shares = None
         stats = self.segment_stats
         # Keep only epochs that still hold data for some hypothesis, then open the new one.
-        used = stats.reshape(stats.shape[0], stats.shape[1], -1).any(axis=(0, 2))
+        used = stats.reshape(stats.shape[0], stats.shape[1], 6).any(axis=(0, 2))
         self.segment_stats = np.concatenate([stats[:, used], np.zeros((stats.shape[0], 1, 2, 3))], axis=1)
         self.srm_counts = [0.0] * len(self.variations)
         self.srm_max_log_bf = -math.inf

@@ -32,11 +32,20 @@ def _unpack(packed: list) -> np.ndarray:
 
 
 def to_bytes(state: ExperimentState) -> bytes:
+    return orjson.dumps(state_to_dict(state))
+
+
+def from_bytes(data: bytes) -> ExperimentState:
+    return state_from_dict(orjson.loads(data))
+
+
+def state_to_dict(state: ExperimentState) -> dict:
+    """A JSON-ready dict (orjson) of the state; arrays as base64 so restores are bit-exact."""
     arrays = {name: _pack(getattr(state, name)) for name in _ARRAYS}
     arrays.update({f"running.{name}": _pack(state.running[name]) for name in _RUNNING_START})
     arrays["srm_counts"] = _pack(np.array(state.srm_counts, dtype=np.float64))
     scalars = np.array([state.srm_max_log_bf, np.nan if state.last_interval is None else state.last_interval])
-    return orjson.dumps({
+    return {
         "v": FORMAT_VERSION,
         "experiment_id": state.experiment_id,
         "config": state.config.to_dict(),
@@ -51,11 +60,10 @@ def to_bytes(state: ExperimentState) -> bytes:
         "intervals": state.intervals,
         "scalars": _pack(scalars),
         "arrays": arrays,
-    })
+    }
 
 
-def from_bytes(data: bytes) -> ExperimentState:
-    doc = orjson.loads(data)
+def state_from_dict(doc: dict) -> ExperimentState:
     if doc.get("v") != FORMAT_VERSION:
         raise InvalidInput(f"state format version {doc.get('v')!r} is not {FORMAT_VERSION}")
     state = ExperimentState(

@@ -1,0 +1,181 @@
+"""Turning a stream of rows into closed intervals, exactly once (pure: no Kafka here).
+
+:class:`LiveExperiment` wraps an :class:`~state.experiment.ExperimentState` with what a stream
+needs on top of the statistics:
+
+- the open interval's rows, buffered until the interval closes: when every expected arm has
+  reported, when a later interval of the experiment arrives, or after an idle timeout;
+- deduplication: a row identical to one already buffered or applied (recent closed intervals) is a
+  duplicate and is ignored; the same key with other numbers is a conflict;
+- late rows (for an interval already closed) are rejected with a reason, never folded in: folding
+  would make results depend on arrival timing, and the stream must equal the batch call;
+- per-source offset high-water marks, so a message redelivered after a crash (its effect already
+  in the restored state) is recognised by offset and skipped.
+
+State stays bounded for in-order data: one open interval, digests of the last few closed
+intervals, one offset per input partition.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import orjson
+
+from .config import EngineConfig, MetricConfig
+from .errors import InvalidInput
+from .experiment import ExperimentState
+from .observation import Observation
+from .results import IntervalResult
+from .serialize import state_from_dict, state_to_dict
+
+# Closed intervals whose row digests are kept to recognise producer duplicates.
+RECENT_INTERVALS = 4
+FORMAT_VERSION = 1
+
+
+class Duplicate(Exception):
+    """The row was already counted (same key and numbers): ignore it."""
+
+
+class Rejected(InvalidInput):
+    """A row that conflicts with applied data or arrives for a closed interval."""
+
+
+class LiveExperiment:
+    def __init__(self, state: ExperimentState, config_version: int = -1):
+        self.state = state
+        self.config_version = config_version
+        self.open_interval: float | None = None
+        self.pending: dict[tuple[str, str], Observation] = {}
+        self.recent: dict[float, dict[tuple[str, str], tuple[float, float, float]]] = {}
+        self.offsets: dict[str, int] = {}
+        self.last_activity = 0.0
+
+    @classmethod
+    def new(cls, experiment_id: str) -> "LiveExperiment":
+        return cls(ExperimentState(experiment_id))
+
+    @property
+    def experiment_id(self) -> str:
+        return self.state.experiment_id
+
+    # ------------------------------------------------------------------------------- offsets
+    def already_processed(self, source: str, offset: int) -> bool:
+        """True when this message's effect is already in the state (redelivery after a crash)."""
+        return offset <= self.offsets.get(source, -1)
+
+    def mark_processed(self, source: str, offset: int) -> None:
+        if offset > self.offsets.get(source, -1):
+            self.offsets[source] = offset
+
+    # -------------------------------------------------------------------------------- config
+    def configure(self, version: int, config: EngineConfig, metric_configs: Mapping[str, MetricConfig]) -> bool:
+        """Apply a config version; older or equal versions are ignored (returns False)."""
+        if version <= self.config_version:
+            return False
+        if self.state.variations and config.reference_variation_id != self.state.config.reference_variation_id:
+            raise Rejected(
+                f"the reference variation cannot change once data exists "
+                f"({self.state.config.reference_variation_id!r} -> {config.reference_variation_id!r})",
+                field="reference_variation_id",
+            )
+        self.state.reconfigure(config, metric_configs)
+        self.config_version = version
+        return True
+
+    def expected_arms(self) -> set[tuple[str, str]]:
+        """Arms an interval must have to be complete: those seen before, plus those a config
+        declares (its metrics x the variations it weights)."""
+        expected = set(self.state._arm_by_name)
+        weights = self.state.config.weights
+        if weights and self.state.metric_configs:
+            expected |= {(m, v) for m in self.state.metric_configs for v in weights}
+        return expected
+
+    # ---------------------------------------------------------------------------------- rows
+    def offer(self, obs: Observation, now: float = 0.0) -> list[IntervalResult]:
+        """Take one validated row; returns the results of intervals it closed (0, 1 or 2).
+
+        Raises :class:`Duplicate` (ignore) or :class:`Rejected` (dead-letter) without changing state.
+        """
+        key = (obs.metric, obs.variation_id)
+        ts = obs.interval_timestamp
+        if self.open_interval is not None and ts == self.open_interval:
+            previous = self.pending.get(key)
+            if previous is not None:
+                if previous.same_numbers(obs):
+                    raise Duplicate()
+                raise Rejected(f"conflicts with the row already received for {key} at {ts!r}")
+            self.pending[key] = obs
+            self.last_activity = now
+            return [self.close()] if self._complete() else []
+        closed = self.recent.get(ts)
+        last = self.state.last_interval
+        if closed is not None or (last is not None and ts <= last) or (
+            self.open_interval is not None and ts < self.open_interval
+        ):
+            applied = None if closed is None else closed.get(key)
+            if applied is not None:
+                if applied == (obs.unit_count, obs.unit_observation_sum, obs.unit_observation_sum_of_squares):
+                    raise Duplicate()
+                raise Rejected(f"conflicts with the row applied for {key} at {ts!r}")
+            raise Rejected(f"late: interval {ts!r} is already closed (results for it were emitted)",
+                           field="interval_timestamp")
+        results = [self.close()] if self.open_interval is not None else []
+        self.open_interval = ts
+        self.pending = {key: obs}
+        self.last_activity = now
+        if self._complete():
+            results.append(self.close())
+        return results
+
+    def _complete(self) -> bool:
+        expected = self.expected_arms()
+        return bool(expected) and expected.issubset(self.pending)
+
+    def close(self) -> IntervalResult:
+        """Close the open interval: apply its rows and score."""
+        ts = self.open_interval
+        observations = list(self.pending.values())
+        result = self.state.update(ts, observations)
+        self.recent[ts] = {
+            k: (o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares) for k, o in self.pending.items()
+        }
+        while len(self.recent) > RECENT_INTERVALS:
+            del self.recent[min(self.recent)]
+        self.open_interval = None
+        self.pending = {}
+        return result
+
+    def close_if_idle(self, now: float, idle_timeout: float) -> IntervalResult | None:
+        if self.open_interval is not None and now - self.last_activity >= idle_timeout:
+            return self.close()
+        return None
+
+    # ------------------------------------------------------------------------- serialisation
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({
+            "v": FORMAT_VERSION,
+            "state": state_to_dict(self.state),
+            "config_version": self.config_version,
+            "open_interval": self.open_interval,
+            "pending": [[o.metric, o.variation_id, o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares]
+                        for o in self.pending.values()],
+            "recent": [[ts, [[m, v, *numbers] for (m, v), numbers in rows.items()]] for ts, rows in self.recent.items()],
+            "offsets": self.offsets,
+            "last_activity": self.last_activity,
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LiveExperiment":
+        doc: dict[str, Any] = orjson.loads(data)
+        if doc.get("v") != FORMAT_VERSION:
+            raise InvalidInput(f"live state format version {doc.get('v')!r} is not {FORMAT_VERSION}")
+        live = cls(state_from_dict(doc["state"]), doc["config_version"])
+        live.open_interval = doc["open_interval"]
+        live.pending = {(m, v): Observation(m, v, live.open_interval, n, s, q) for m, v, n, s, q in doc["pending"]}
+        live.recent = {ts: {(m, v): (n, s, q) for m, v, n, s, q in rows} for ts, rows in doc["recent"]}
+        live.offsets = doc["offsets"]
+        live.last_activity = doc["last_activity"]
+        return live

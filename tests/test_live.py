@@ -1,0 +1,130 @@
+"""Interval assembly, dedup, late rows, offsets and idle closing (state/live.py, no Kafka)."""
+
+from __future__ import annotations
+
+import pytest
+
+from state import EngineConfig, MetricConfig, evaluate, parse_observation
+from state.live import Duplicate, LiveExperiment, Rejected
+from tests.conftest import COVID_METRICS, covid_request
+
+
+def covid_observations():
+    request = covid_request()
+    rows = []
+    for metric, name in zip(request["metrics"], COVID_METRICS):
+        rows += [parse_observation(r, metric=name) for r in metric["data"]]
+    return sorted(rows, key=lambda o: o.interval_timestamp)  # stable: metric order kept within an interval
+
+
+def _keyed(rows):
+    return {(r["metric"], r["variation_id"], r["interval_timestamp"]): repr(r) for r in rows}
+
+
+def _run(live, observations, duplicate_each=False):
+    out, duplicates = [], 0
+    for obs in observations:
+        for _ in range(2 if duplicate_each else 1):
+            try:
+                for result in live.offer(obs):
+                    out += result.rows
+            except Duplicate:
+                duplicates += 1
+    if live.open_interval is not None:
+        out += live.close().rows
+    return out, duplicates
+
+
+def test_row_by_row_equals_evaluate_and_producer_duplicates_change_nothing():
+    expected = _keyed(r for rows in evaluate(covid_request()) for r in rows)
+    live = LiveExperiment.new("batch")
+    live.configure(0, EngineConfig(reference_variation_id="control", use_stats_resets=True),
+                   {m: MetricConfig(name=m) for m in COVID_METRICS})
+    rows, _ = _run(live, covid_observations())
+    assert _keyed(rows) == expected
+    again = LiveExperiment.new("batch")
+    again.configure(0, EngineConfig(), {m: MetricConfig(name=m) for m in COVID_METRICS})
+    rows, duplicates = _run(again, covid_observations(), duplicate_each=True)
+    assert duplicates == len(covid_observations())
+    assert _keyed(rows) == expected
+
+
+def obs(ts, variation="t", n=10, s=5.0, q=5.0, metric="m"):
+    return parse_observation({"metric": metric, "variation_id": variation, "interval_timestamp": ts,
+                              "unit_count": n, "unit_observation_sum": s, "unit_observation_sum_of_squares": q})
+
+
+def test_interval_closes_when_complete_or_when_a_later_one_arrives():
+    live = LiveExperiment.new("e")
+    assert live.offer(obs(0, "control")) == []
+    assert live.offer(obs(0, "t")) == []  # arms unknown yet: cannot know it is complete
+    closed = live.offer(obs(60, "control"))
+    assert [r.interval_timestamp for r in closed] == [0]
+    closed = live.offer(obs(60, "t"))  # both known arms reported: complete
+    assert [r.interval_timestamp for r in closed] == [60] and live.open_interval is None
+
+
+def test_declared_arms_let_the_first_interval_close_on_completeness():
+    live = LiveExperiment.new("e")
+    live.configure(1, EngineConfig(weights={"control": 1, "t": 1}), {"m": MetricConfig()})
+    live.offer(obs(0, "control"))
+    assert [r.interval_timestamp for r in live.offer(obs(0, "t"))] == [0]
+
+
+def test_conflicts_and_late_rows_are_rejected_without_changing_state():
+    live = LiveExperiment.new("e")
+    live.offer(obs(0, "control"))
+    with pytest.raises(Rejected, match="conflicts"):
+        live.offer(obs(0, "control", n=11))
+    live.offer(obs(0, "t"))
+    live.offer(obs(60, "control"))  # closes 0
+    before = live.to_bytes()
+    with pytest.raises(Duplicate):
+        live.offer(obs(0, "t"))  # a producer duplicate of an applied row
+    with pytest.raises(Rejected, match="conflicts with the row applied"):
+        live.offer(obs(0, "t", s=6.0, q=6.0))
+    with pytest.raises(Rejected, match="late"):
+        live.offer(obs(0, "other"))
+    assert live.to_bytes() == before
+
+
+def test_offsets_recognise_redelivery():
+    live = LiveExperiment.new("e")
+    assert not live.already_processed("observations:0", 5)
+    live.mark_processed("observations:0", 5)
+    assert live.already_processed("observations:0", 5) and live.already_processed("observations:0", 3)
+    assert not live.already_processed("observations:0", 6) and not live.already_processed("observations:1", 0)
+
+
+def test_idle_timeout_closes_the_open_interval():
+    live = LiveExperiment.new("e")
+    live.offer(obs(0, "control"), now=100.0)
+    assert live.close_if_idle(now=105.0, idle_timeout=10) is None
+    assert live.close_if_idle(now=110.0, idle_timeout=10).interval_timestamp == 0
+
+
+def test_old_config_versions_are_ignored_and_reference_cannot_change():
+    live = LiveExperiment.new("e")
+    assert live.configure(2, EngineConfig(alpha=0.05), {})
+    assert not live.configure(1, EngineConfig(alpha=0.2), {})
+    assert live.state.config.alpha == 0.05
+    live.offer(obs(0, "control"))
+    live.close()
+    with pytest.raises(Rejected, match="reference variation cannot change"):
+        live.configure(3, EngineConfig(reference_variation_id="t"), {})
+
+
+def test_round_trip_mid_interval():
+    live = LiveExperiment.new("e")
+    for o in covid_observations()[:40]:
+        try:
+            live.offer(o, now=1.5)
+        except Duplicate:
+            pass
+    live.mark_processed("observations:2", 41)
+    restored = LiveExperiment.from_bytes(live.to_bytes())
+    assert restored.to_bytes() == live.to_bytes()
+    rest = covid_observations()[40:]
+    assert repr(_run(live, rest)) == repr(_run(restored, rest))
+    # bounded: a (metric, variation) costs far less than 2 KB
+    assert len(live.to_bytes()) / 6 < 2048
