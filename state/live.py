@@ -153,6 +153,24 @@ class LiveExperiment:
             return self.close()
         return None
 
+    def summary(self) -> dict[str, Any]:
+        """What a status view shows: progress, arms, SRM counts, the open interval."""
+        state = self.state
+        return {
+            "experiment_id": state.experiment_id,
+            "config_version": self.config_version,
+            "intervals_closed": state.intervals,
+            "last_interval": state.last_interval,
+            "open_interval": self.open_interval,
+            "open_rows": len(self.pending),
+            "metrics": list(state.metrics),
+            "variations": list(state.variations),
+            "reference_variation_id": state.config.reference_variation_id,
+            "epoch": state.epoch,
+            "exposures": dict(zip(state.variations, state.srm_counts)),
+            "srm_detected": state.srm_alerted,
+        }
+
     # ------------------------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:
         return orjson.dumps({

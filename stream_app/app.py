@@ -1,0 +1,155 @@
+"""The faust application: topics, the experiment table, the agent and the idle timer.
+
+Run with ``seqstream worker`` or ``faust -A stream_app.app worker``; configuration comes from the
+environment (stream_app/settings.py). The agent consumes observations, experiment configs and
+internal idle ticks together (all keyed by experiment_id, co-partitioned), so one worker owns an
+experiment's config, its data and its state, and applies them in order.
+
+Per batch: decode and apply (stream_app.processor) -> send results, alerts and dead letters and
+wait for their acks -> write each touched experiment's state once. Outputs go out before the state
+write, and faust flushes the producer before committing offsets, so a crash can only leave the
+stored state behind or level with the committed offsets, never ahead of its outputs; redelivered
+messages already reflected in the state are skipped by their offset (state.live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+import faust
+
+from .metrics import Metrics
+from .processor import BatchProcessor, InMessage
+from .settings import Settings
+from .topics import TABLE_NAME
+
+log = logging.getLogger("seqstream")
+settings = Settings.from_env()
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.bootstrap or '127.0.0.1:9092'}",
+    store=settings.store,
+    datadir=settings.datadir,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication,
+    topic_allow_declare=False,  # topics are created up front with explicit partitions (topics.py)
+    processing_guarantee="at_least_once",
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=settings.session_timeout,
+    broker_heartbeat_interval=settings.heartbeat_interval,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    web_in_thread=False,
+    producer_max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
+    consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
+)
+
+observations_topic = app.topic(settings.topic("observations"), key_serializer="raw", value_serializer="raw")
+inputs = app.topic(
+    settings.topic("observations"),
+    settings.topic("experiments"),
+    settings.topic("ticks"),
+    key_serializer="raw",
+    value_serializer="raw",
+)
+ticks_topic = app.topic(settings.topic("ticks"), key_serializer="raw", value_serializer="raw")
+
+# experiment_id -> LiveExperiment bytes. use_partitioner: a batch mixes partitions, so the
+# changelog partition comes from the key (murmur2, as the input topics'), not the current event.
+# Keys are bytes so faust serialises them raw: the same bytes, hence the same partition, as the
+# input messages' keys (a str key type would be JSON-quoted and hash elsewhere).
+live_table = app.Table(
+    TABLE_NAME,
+    default=None,
+    key_type=bytes,
+    value_type=bytes,
+    partitions=settings.partitions,
+    use_partitioner=True,
+)
+
+metrics = Metrics()
+processor = BatchProcessor(
+    {settings.topic(kind): kind for kind in ("observations", "experiments", "ticks")},
+    settings.partitions,
+    max_message_bytes=settings.max_message_bytes,
+    idle_timeout=settings.idle_timeout,
+    metrics=metrics,
+)
+
+# What this worker has seen lately, for the web views (the owner of an experiment answers).
+latest_rows: dict[str, list[dict]] = {}
+recent_alerts: dict[str, deque] = {}
+open_intervals: dict[str, float] = {}  # experiment -> last activity, for the idle timer
+_open_index_built = False
+
+
+class _TableView:
+    """Read-only mapping over the table for the processor (missing keys -> None)."""
+
+    def get(self, key: str, default=None):
+        value = live_table.get(key.encode())
+        return default if value is None else value
+
+    def __contains__(self, key: str) -> bool:
+        return live_table.get(key.encode()) is not None
+
+
+def local_experiments() -> list[str]:
+    return sorted(key.decode() for key in live_table.keys())
+
+
+async def _send_all(topic: str, messages) -> list:
+    producer = app.producer
+    return [await producer.send(topic, key, value, None, None, None) for key, value in messages]
+
+
+@app.agent(inputs)
+async def process(stream):
+    view = _TableView()
+    results_name, alerts_name, dead_name = (settings.topic(k) for k in ("results", "alerts", "deadletter"))
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+        received = time.time()
+        messages = [InMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                    for e in events]
+        out = processor.process(messages, view)
+        futures = await _send_all(results_name, out.results)
+        futures += await _send_all(alerts_name, out.alerts)
+        futures += await _send_all(dead_name, out.deadletters)
+        if futures:
+            await asyncio.gather(*futures)  # acked before the state that assumes them is written
+        for experiment, blob in out.states.items():
+            live_table[experiment.encode()] = blob
+        sent = time.time()
+        for result in out.closed:
+            latest_rows[result.experiment_id] = result.rows
+            if result.alerts:
+                recent_alerts.setdefault(result.experiment_id, deque(maxlen=200)).extend(a.to_dict() for a in result.alerts)
+            metrics.close_latency_sum += sent - received
+            metrics.close_latency_count += 1
+        for experiment in out.states:
+            open_intervals[experiment] = received
+        metrics.batches += 1
+
+
+@app.timer(interval=max(0.5, settings.idle_timeout / 4))
+async def close_idle_intervals():
+    """Punctuate idle experiments: a tick through the agent closes their open interval in-stream
+    (tables can only be written from the agent). After a restart, rebuild the index once."""
+    global _open_index_built
+    if not _open_index_built:
+        for experiment in local_experiments():
+            open_intervals.setdefault(experiment, 0.0)
+        _open_index_built = True
+    now = time.time()
+    candidates = [e for e, seen in open_intervals.items() if now - seen >= settings.idle_timeout]
+    for experiment in processor.idle_experiments(_TableView(), candidates):
+        await ticks_topic.send(key=experiment.encode(), value=b"{}")
+    for experiment in candidates:
+        open_intervals.pop(experiment, None)
+
+
+from . import views  # noqa: E402,F401  (registers the web views on app)

@@ -1,0 +1,125 @@
+"""Wire formats: JSON via orjson, decoded and validated at the edge of the stream.
+
+Observation (topic ``observations``, key = experiment_id as raw UTF-8):
+    {"experiment_id", "metric", "variation_id", "interval_timestamp" (unix s or ISO-8601 with
+     zone), "unit_count", "unit_observation_sum", "unit_observation_sum_of_squares"}
+Experiment config (topic ``experiments``, compacted, same key):
+    {"experiment_id", "version": int, "reference_variation_id", "metrics": {name: {"is_binary",
+     "effect", "in_fdr_family", "lower_is_better"}}, "weights": {variation: weight}, and any
+     engine option of state.EngineConfig (alpha, tau2 or n_star, min_units, use_stats_resets,
+     srm_alpha, ...)}
+Results and alerts are JSON objects. JSON has no NaN or infinity, so non-finite numbers are
+written as the strings "inf", "-inf" and "nan" (ep-stats' convention); ``decode_number`` reads
+them back.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any, Mapping
+
+import orjson
+
+from state import EngineConfig, InvalidInput, MetricConfig, Observation, parse_observation
+
+_NON_FINITE = {math.inf: "inf", -math.inf: "-inf"}
+
+
+def loads_object(value: bytes | None, what: str) -> dict:
+    if value is None:
+        raise InvalidInput(f"empty {what} message")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def experiment_key(key: bytes | None) -> str:
+    if not key:
+        raise InvalidInput("message has no key: key every message by its experiment_id (raw UTF-8)")
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("message key is not UTF-8: key every message by its experiment_id") from None
+
+
+def decode_observation(key: bytes | None, value: bytes | None, is_binary_of) -> tuple[str, Observation]:
+    """(experiment id, validated observation); ``is_binary_of(experiment, metric)`` gives the
+    metric's config so 0/1 metrics are checked as such."""
+    experiment = experiment_key(key)
+    doc = loads_object(value, "observation")
+    if doc.get("experiment_id") != experiment:
+        raise InvalidInput(f"experiment_id {doc.get('experiment_id')!r} does not match the message key {experiment!r}",
+                           field="experiment_id")
+    metric = doc.get("metric")
+    return experiment, parse_observation(doc, is_binary=bool(isinstance(metric, str) and is_binary_of(experiment, metric)))
+
+
+def decode_config(key: bytes | None, value: bytes | None) -> tuple[str, int, EngineConfig, dict[str, MetricConfig]]:
+    experiment = experiment_key(key)
+    doc = loads_object(value, "experiment config")
+    if doc.pop("experiment_id", experiment) != experiment:
+        raise InvalidInput("experiment_id does not match the message key", field="experiment_id")
+    version = doc.pop("version", None)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise InvalidInput(f"must be a whole number >= 0, got {version!r}", field="version")
+    metrics = doc.pop("metrics", {}) or {}
+    if not isinstance(metrics, Mapping):
+        raise InvalidInput("must be an object mapping metric name to its options", field="metrics")
+    metric_configs = {name: MetricConfig.from_dict({**(opts or {}), "name": name}) for name, opts in metrics.items()}
+    return experiment, version, EngineConfig.from_dict(doc), metric_configs
+
+
+def config_message(experiment_id: str, version: int, config: EngineConfig | Mapping[str, Any] | None = None,
+                   metrics: Mapping[str, Mapping[str, Any]] | None = None) -> bytes:
+    body = config.to_dict() if isinstance(config, EngineConfig) else dict(config or {})
+    return orjson.dumps({"experiment_id": experiment_id, "version": version, **body, "metrics": dict(metrics or {})})
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE.get(value, "nan")
+    return value
+
+
+def encode_row(row: Mapping[str, Any]) -> bytes:
+    return orjson.dumps({k: _finite(v) for k, v in row.items()})
+
+
+def encode_alert(alert) -> bytes:
+    doc = alert.to_dict()
+    doc["details"] = {k: _finite(v) for k, v in doc["details"].items()}
+    return orjson.dumps(doc)
+
+
+def decode_number(value: Any) -> Any:
+    """Inverse of the non-finite encoding, for readers of results."""
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
+def decode_row(value: bytes) -> dict[str, Any]:
+    return {k: decode_number(v) for k, v in orjson.loads(value).items()}
+
+
+def deadletter_message(reason: str, topic: str, partition: int, offset: int, key: bytes | None,
+                       value: bytes | None, error: str = "invalid_input") -> bytes:
+    """The original bytes (UTF-8 text when they decode, else base64), the reason and the source."""
+    def carry(raw: bytes | None) -> tuple[str | None, str]:
+        if raw is None:
+            return None, "none"
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii"), "base64"
+
+    key_text, key_encoding = carry(key)
+    value_text, value_encoding = carry(value)
+    return orjson.dumps({"reason": reason, "error": error, "topic": topic, "partition": partition, "offset": offset,
+                         "key": key_text, "key_encoding": key_encoding, "value": value_text,
+                         "value_encoding": value_encoding})

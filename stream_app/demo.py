@@ -1,0 +1,171 @@
+"""``seqstream demo``: the whole product on one machine in under a minute.
+
+With no KAFKA_BOOTSTRAP it starts an embedded broker (noida-db); it creates the topics, starts a
+worker, publishes example traffic interval by interval (seeded simulator: one experiment with
+real effects on some metrics and none on others, one with a 55/45 split against 50/50), prints
+results and alerts as they arrive, then a summary table, and stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from state.simulate import demo_experiments, simulate
+
+from .codec import config_message
+from .embedded_broker import EmbeddedBroker, free_port
+from .io import by_interval, follow, producer, read_csv_observations, send_config, send_observations
+from .settings import Settings
+from .topics import create_topics_async
+from .worker_process import WorkerProcess
+
+
+def _pct(value) -> str:
+    return "     n/a" if not isinstance(value, (int, float)) or math.isnan(value) else f"{value * 100:+7.2f}%"
+
+
+def _ci(lo, hi) -> str:
+    if not (isinstance(lo, float) and isinstance(hi, float)) or math.isinf(lo) or math.isinf(hi):
+        return "(-inf, inf)".center(20)
+    return f"[{lo * 100:+6.1f}%, {hi * 100:+6.1f}%]".center(20)
+
+
+def format_row(row: dict) -> str:
+    mark = "*" if row["rejected"] else " "
+    when = time.strftime("%H:%M", time.gmtime(row["interval_timestamp"]))
+    return (f"{when}  {row['experiment_id'][:18]:<18} {row['metric'][:26]:<26} {row['variation_id'][:12]:<12} "
+            f"lift {_pct(row['lift_estimate'])} CI {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
+            f"p {row['corrected_p_value']:.3g} {mark}")
+
+
+def summary_table(final: dict, alerts: list[dict]) -> str:
+    header = (f"{'experiment':<18} {'metric':<26} {'variation':<12} {'units':>7} {'lift':>8} {'always-valid CI':^20} "
+              f"{'corr. p':>9}  significant")
+    lines = [header, "-" * len(header)]
+    for (experiment, metric, variation), row in sorted(final.items()):
+        lines.append(f"{experiment[:18]:<18} {metric[:26]:<26} {variation[:12]:<12} {row['treatment_unit_cumcount']:>7.0f} "
+                     f"{_pct(row['lift_estimate'])} {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
+                     f"{row['corrected_p_value']:>9.3g}  {'yes' if row['rejected'] else 'no'}")
+    srm = sorted({a["experiment_id"] for a in alerts if a["kind"] == "srm"})
+    lines.append("")
+    lines.append("sample ratio mismatch: " + (", ".join(srm) if srm else "none detected"))
+    return "\n".join(lines)
+
+
+async def run_demo(settings: Settings, *, data: str | None, experiment: str | None, metrics: list[str] | None,
+                   as_json: bool, pace: float, workdir: Path) -> int:
+    out = sys.stdout
+    if data:
+        rows, errors = read_csv_observations(data, experiment, metrics)
+        if errors:
+            print("\n".join(errors[:20]), file=sys.stderr)
+            return 2
+        experiments = {experiment: {"reference_variation_id": "control"}}
+        metric_names = sorted({r["metric"] for r in rows})
+        configs = {experiment: ({"reference_variation_id": "control", "use_stats_resets": True},
+                                {m: {"is_binary": False} for m in metric_names})}
+        intervals = by_interval(rows)
+    else:
+        specs = demo_experiments()
+        configs = {}
+        for spec in specs:
+            weights = dict(zip(spec.variations, spec.weights or (1.0,) * len(spec.variations)))
+            configs[spec.experiment_id] = ({"reference_variation_id": "control", "weights": weights},
+                                           {m.name: {"is_binary": m.is_binary} for m in spec.metrics})
+        per_spec = [simulate(spec, seed) for seed, spec in enumerate(specs, start=1)]
+        intervals = [sum(group, []) for group in zip(*per_spec)]
+        experiments = configs
+    expected_rows = _expected_rows(intervals, configs)
+
+    await create_topics_async(settings)
+    worker = WorkerProcess(settings, workdir / "worker.log").start()
+    final: dict = {}
+    alerts: list[dict] = []
+    received = 0
+    done = asyncio.Event()
+
+    async def read():
+        nonlocal received
+        async for kind, message in follow(settings, ["results", "alerts"], stop=done):
+            if kind == "results":
+                received += 1
+                final[(message["experiment_id"], message["metric"], message["variation_id"])] = message
+                print(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY).decode() if as_json else format_row(message),
+                      file=out, flush=True)
+            else:
+                alerts.append(message)
+                if not as_json:
+                    print(f"ALERT {message['kind']}: {message['experiment_id']}: {message['message']}", file=out, flush=True)
+            if received >= expected_rows:
+                done.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            for experiment_id, (options, metric_opts) in configs.items():
+                await send_config(prod, settings, experiment_id, config_message(experiment_id, 1, options, metric_opts))
+            for group in intervals:
+                await send_observations(prod, settings, group)
+                await asyncio.sleep(pace)
+        finally:
+            await prod.stop()
+        deadline = time.monotonic() + 45
+        while not done.is_set():
+            if worker.process.poll() is not None or time.monotonic() > deadline:
+                print(f"demo: only {received} of {expected_rows} result rows arrived; worker log:\n{worker.log_tail()}",
+                      file=sys.stderr)
+                return 1
+            await asyncio.sleep(0.2)
+    finally:
+        done.set()
+        await reader
+        worker.stop()
+    if not as_json:
+        print("\n" + summary_table(final, alerts), file=out)
+    return 0
+
+
+def _expected_rows(intervals: list[list[dict]], configs) -> int:
+    """Rows the worker will emit: every hypothesis seen so far, at every interval."""
+    seen: dict[str, set] = {}
+    total = 0
+    for group in intervals:
+        for row in group:
+            if row["variation_id"] != configs[row["experiment_id"]][0].get("reference_variation_id", "control"):
+                seen.setdefault(row["experiment_id"], set()).add((row["metric"], row["variation_id"]))
+        total += sum(len(h) for e, h in seen.items() if any(r["experiment_id"] == e for r in group))
+    return total
+
+
+def main(args) -> int:
+    base = Settings.from_env()
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="seqstream-demo-") as tmp:
+        workdir = Path(tmp)
+        # An isolated app id and topic prefix per run, so a demo never mixes with earlier data,
+        # and a memory store with a short idle timeout: the demo is about seeing results.
+        settings = dataclasses.replace(
+            base, app_id=f"seqstream-demo-{run_id}", topic_prefix=f"seqstream-demo-{run_id}.", store="memory://",
+            datadir=str(workdir / "data"), web_port=free_port(), idle_timeout=min(base.idle_timeout, 3.0))
+        broker = None
+        if not settings.bootstrap:
+            broker = EmbeddedBroker(data_dir=workdir / "broker").start()
+            settings = dataclasses.replace(settings, bootstrap=broker.bootstrap)
+            print(f"no KAFKA_BOOTSTRAP set: started an embedded broker on {broker.bootstrap}", file=sys.stderr)
+        try:
+            return asyncio.run(run_demo(settings, data=args.data, experiment=args.experiment,
+                                        metrics=args.metrics.split(",") if args.metrics else None,
+                                        as_json=args.json, pace=args.pace, workdir=workdir))
+        finally:
+            if broker is not None:
+                broker.stop()

@@ -1,0 +1,132 @@
+"""Producing observations and configs, and reading results, with plain aiokafka (CLI and demo)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Sequence
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from state import InvalidInput, parse_observation
+
+from .codec import decode_row
+from .settings import Settings
+
+CSV_COLUMNS = ("variation_id", "interval_timestamp", "unit_count", "unit_observation_sum",
+               "unit_observation_sum_of_squares", "metric_name")
+
+
+def _csv_timestamp(text: str) -> float:
+    """The covid CSV's naive timestamps are UTC; ISO strings with a zone are honoured."""
+    parsed = datetime.fromisoformat(text.strip())
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def read_csv_observations(path: str | Path, experiment_id: str | None = None,
+                          metrics: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
+    """Rows of a CSV in the covid data's format as observation dicts, validated; returns
+    (rows, errors) with errors naming the line number."""
+    rows, errors = [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            return [], [f"{path}: missing column(s) {', '.join(missing)}"]
+        for line, record in enumerate(reader, start=2):
+            if metrics and record["metric_name"] not in metrics:
+                continue
+            experiment = experiment_id or record.get("experiment_id")
+            if not experiment:
+                errors.append(f"line {line}: no experiment_id column; pass --experiment")
+                continue
+            try:
+                row = {
+                    "experiment_id": str(experiment),
+                    "metric": record["metric_name"],
+                    "variation_id": record["variation_id"],
+                    "interval_timestamp": _csv_timestamp(record["interval_timestamp"]),
+                    "unit_count": float(record["unit_count"]),
+                    "unit_observation_sum": float(record["unit_observation_sum"]),
+                    "unit_observation_sum_of_squares": float(record["unit_observation_sum_of_squares"]),
+                }
+                if row["unit_count"].is_integer():
+                    row["unit_count"] = int(row["unit_count"])
+                parse_observation(row)
+            except (ValueError, InvalidInput) as exc:
+                errors.append(f"line {line}: {exc}")
+                continue
+            rows.append(row)
+    return rows, errors
+
+
+def read_jsonl_observations(path: str | Path) -> tuple[list[dict], list[str]]:
+    rows, errors = [], []
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = orjson.loads(raw)
+                parse_observation(row)
+                if not isinstance(row.get("experiment_id"), str) or not row["experiment_id"]:
+                    raise InvalidInput("must be a non-empty string", field="experiment_id")
+            except (orjson.JSONDecodeError, InvalidInput) as exc:
+                errors.append(f"line {line}: {exc}")
+                continue
+            rows.append(row)
+    return rows, errors
+
+
+def by_interval(rows: Iterable[dict]) -> list[list[dict]]:
+    groups: dict[float, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(float(row["interval_timestamp"]), []).append(row)
+    return [groups[ts] for ts in sorted(groups)]
+
+
+def producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, enable_idempotence=True)
+
+
+async def send_observations(prod: AIOKafkaProducer, settings: Settings, rows: Iterable[dict]) -> int:
+    topic = settings.topic("observations")
+    futures = [await prod.send(topic, key=row["experiment_id"].encode(), value=orjson.dumps(row)) for row in rows]
+    await asyncio.gather(*futures)
+    return len(futures)
+
+
+async def send_config(prod: AIOKafkaProducer, settings: Settings, experiment_id: str, message: bytes) -> None:
+    await prod.send_and_wait(settings.topic("experiments"), key=experiment_id.encode(), value=message)
+
+
+async def follow(settings: Settings, kinds: Sequence[str], *, from_beginning: bool = True,
+                 stop: asyncio.Event | None = None) -> AsyncIterator[tuple[str, dict]]:
+    """Yield (kind, decoded message) from the given output topics, without a consumer group."""
+    topics = {settings.topic(kind): kind for kind in kinds}
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = []
+        await consumer.topics()  # a metadata round trip, so partitions_for_topic knows the topics
+        for topic in topics:
+            for p in sorted(consumer.partitions_for_topic(topic) or ()):
+                partitions.append(TopicPartition(topic, p))
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        while stop is None or not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, messages in batch.items():
+                for message in messages:
+                    kind = topics[tp.topic]
+                    yield kind, decode_row(message.value) if kind == "results" else orjson.loads(message.value)
+    finally:
+        await consumer.stop()

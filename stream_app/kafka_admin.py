@@ -1,0 +1,173 @@
+"""Kafka topic administration: create topics up front with explicit partition counts.
+
+Why this exists: a broker with topic auto-creation (real Kafka's default, and noida-db) creates an
+unknown topic with ONE partition on the first metadata request for its name. faust then fails with
+``PartitionsMismatch`` against its multi-partition tables/changelogs. So every topic the worker
+touches (sources, sinks, changelogs, faust's internal topics) is created here first, and the
+result is verified through metadata rather than trusted.
+
+Works against any Kafka-protocol broker; only aiokafka is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+__all__ = [
+    "TopicSpec",
+    "TopicSetupError",
+    "ensure_topics",
+    "ensure_topics_sync",
+    "topic_partitions",
+    "topic_config",
+    "run_sync",
+]
+
+T = TypeVar("T")
+
+_TOPIC_ALREADY_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What a topic must look like. ``config`` holds topic configs, e.g. ``{"cleanup.policy": "compact"}``."""
+
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+    replication_factor: int = 1
+
+
+class TopicSetupError(RuntimeError):
+    """A topic could not be created, or exists with the wrong partition count."""
+
+
+def run_sync(coro_factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, even if an event loop already runs here.
+
+    ``asyncio.run`` refuses to run inside a running loop (e.g. sync code called from a faust
+    agent or an async test), so in that case the coroutine runs on a fresh loop in a worker
+    thread and this call blocks until it is done. A factory (not a coroutine object) is taken so
+    the coroutine is created on the loop that runs it.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_factory())  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_factory())).result()  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def _admin(bootstrap: str, request_timeout_ms: int = 10_000) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def _partition_counts(client: AIOKafkaAdminClient) -> dict[str, int]:
+    """Partition count of every existing topic.
+
+    Asks for ALL topics on purpose: a metadata request that names an unknown topic would make an
+    auto-creating broker create it with one partition, the very thing this module prevents.
+    """
+    return {t["topic"]: len(t["partitions"]) for t in await client.describe_topics(None)}
+
+
+async def topic_partitions(bootstrap: str, name: str) -> int | None:
+    """Partition count of ``name``, or None if it does not exist (never auto-creates it)."""
+    async with _admin(bootstrap) as client:
+        return (await _partition_counts(client)).get(name)
+
+
+async def topic_config(bootstrap: str, name: str) -> dict[str, str]:
+    """The effective configs of an existing topic, e.g. ``{"cleanup.policy": "compact", ...}``."""
+    async with _admin(bootstrap) as client:
+        responses = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    return {
+        entry["config_names"]: entry["config_value"]
+        for response in responses
+        for resource in response.to_object()["resources"]
+        for entry in resource["config_entries"]
+    }
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, TopicSpec],
+    *,
+    verify_timeout: float = 10.0,
+) -> dict[str, int]:
+    """Create the missing topics in ``topics`` and verify every one has its partition count.
+
+    Idempotent: existing topics are left alone ("already exists" from a concurrent creator is
+    fine too), but an existing topic with a different partition count raises TopicSetupError,
+    because nothing safe can be done automatically (typically it was auto-created with one
+    partition before this ran). Existing topics' configs are not altered.
+    Returns the verified partition count per topic.
+    """
+    async with _admin(bootstrap) as client:
+        existing = await _partition_counts(client)
+        missing = [
+            NewTopic(
+                name,
+                num_partitions=spec.partitions,
+                replication_factor=spec.replication_factor,
+                topic_configs=dict(spec.config),
+            )
+            for name, spec in topics.items()
+            if name not in existing
+        ]
+        if missing:
+            response = await client.create_topics(missing)
+            failures = [
+                f"{err['topic']}: error {err['error_code']} {err['error_message'] or ''}".rstrip()
+                for err in response.to_object()["topic_errors"]
+                if err["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)
+            ]
+            if failures:
+                raise TopicSetupError("could not create topics: " + "; ".join(failures))
+
+        # A real multi-broker cluster may take a moment to show new topics in metadata.
+        deadline = asyncio.get_running_loop().time() + verify_timeout
+        while True:
+            counts = await _partition_counts(client)
+            absent = [name for name in topics if name not in counts]
+            if not absent:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise TopicSetupError(f"topics still missing after creation: {absent}")
+            await asyncio.sleep(0.2)
+
+    wrong = {
+        name: (counts[name], spec.partitions)
+        for name, spec in topics.items()
+        if counts[name] != spec.partitions
+    }
+    if wrong:
+        details = ", ".join(f"{n} has {have} partitions, want {want}" for n, (have, want) in wrong.items())
+        raise TopicSetupError(
+            f"partition count mismatch: {details} (was it auto-created before ensure_topics ran? "
+            "delete and recreate it, or use a new name)"
+        )
+    return {name: counts[name] for name in topics}
+
+
+def ensure_topics_sync(
+    bootstrap: str,
+    topics: Mapping[str, TopicSpec],
+    *,
+    verify_timeout: float = 10.0,
+) -> dict[str, int]:
+    """Sync wrapper of :func:`ensure_topics`; safe to call with or without a running loop."""
+    return run_sync(lambda: ensure_topics(bootstrap, topics, verify_timeout=verify_timeout))

@@ -1,0 +1,71 @@
+"""Worker settings from the environment; the same names are used in docker-compose.yml."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+# Environment variable -> (attribute, type, default). KAFKA_BOOTSTRAP unset means "no Kafka
+# configured": `seqstream demo` then starts an embedded broker; `seqstream worker` refuses.
+ENVIRONMENT = {
+    "KAFKA_BOOTSTRAP": ("bootstrap", str, None),
+    "SEQSTREAM_APP_ID": ("app_id", str, "seqstream"),
+    "SEQSTREAM_TOPIC_PREFIX": ("topic_prefix", str, "seqstream."),
+    "SEQSTREAM_PARTITIONS": ("partitions", int, 4),
+    "SEQSTREAM_REPLICATION": ("replication", int, 1),
+    "SEQSTREAM_STORE": ("store", str, "rocksdb://"),
+    "SEQSTREAM_DATADIR": ("datadir", str, "./seqstream-data"),
+    "SEQSTREAM_WEB_HOST": ("web_host", str, "127.0.0.1"),
+    "SEQSTREAM_WEB_PORT": ("web_port", int, 6066),
+    "SEQSTREAM_IDLE_TIMEOUT": ("idle_timeout", float, 30.0),
+    "SEQSTREAM_BATCH_SIZE": ("batch_size", int, 2000),
+    "SEQSTREAM_BATCH_WITHIN": ("batch_within", float, 0.05),
+    "SEQSTREAM_MAX_MESSAGE_BYTES": ("max_message_bytes", int, 65536),
+    "SEQSTREAM_SESSION_TIMEOUT": ("session_timeout", float, 10.0),
+    "SEQSTREAM_HEARTBEAT_INTERVAL": ("heartbeat_interval", float, 1.0),
+    "SEQSTREAM_API_TOKEN": ("api_token", str, None),
+    "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap: str | None
+    app_id: str
+    topic_prefix: str
+    partitions: int
+    replication: int
+    store: str
+    datadir: str
+    web_host: str
+    web_port: int
+    idle_timeout: float
+    batch_size: int
+    batch_within: float
+    max_message_bytes: int
+    session_timeout: float
+    heartbeat_interval: float
+    api_token: str | None
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for name, (attr, kind, default) in ENVIRONMENT.items():
+            raw = env.get(name)
+            try:
+                values[attr] = default if raw in (None, "") else kind(raw)
+            except ValueError:
+                raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+    def topic(self, kind: str) -> str:
+        return f"{self.topic_prefix}{kind}"
+
+    def to_env(self) -> dict[str, str]:
+        by_attr = {attr: name for name, (attr, _, _) in ENVIRONMENT.items()}
+        return {by_attr[f.name]: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+TOPIC_KINDS = ("observations", "experiments", "ticks", "results", "alerts", "deadletter")

@@ -1,0 +1,132 @@
+"""HTTP API served by every worker (faust web views).
+
+- ``POST /stats-engine/v0/batch``: the reference service's batch call (state.evaluate); the
+  response is a JSON list (one list of rows per metric) with non-finite numbers as the strings
+  "inf", "-inf", "nan".
+- ``GET /experiments``: experiments whose state this worker holds.
+- ``GET /experiments/{id}/results`` and ``/alerts``: latest rows and recent alerts, answered by the
+  worker that owns the experiment's partition (faust table routing).
+- ``PUT /experiments/{id}/config``: publish a config version (bearer token SEQSTREAM_API_TOKEN).
+- ``GET /health``, ``GET /metrics`` (Prometheus text).
+Errors are JSON ``{"error": message}`` with a 4xx/5xx status; request bodies are limited to
+SEQSTREAM_MAX_MESSAGE_BYTES x 16.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from faust.web import Request, Response, View
+
+from state import InvalidInput, evaluate
+from state.live import LiveExperiment
+
+from .app import app, latest_rows, live_table, local_experiments, metrics, recent_alerts, settings
+from .codec import config_message, decode_config, encode_row
+
+MAX_BODY = 16 * settings.max_message_bytes
+
+
+def _json(view: View, payload, status: int = 200) -> Response:
+    return view.bytes(payload if isinstance(payload, bytes) else orjson.dumps(payload), status=status,
+                      content_type="application/json")
+
+
+def _error(view: View, status: int, message: str) -> Response:
+    return _json(view, {"error": message}, status)
+
+
+async def _body(view: View, request: Request):
+    """The JSON body, or an error Response (size first, then syntax)."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        return _error(view, 413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        return _error(view, 413, f"request body exceeds the {MAX_BODY}-byte limit")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _error(view, 400, f"request body is not valid JSON: {exc}")
+
+
+def _rows_json(rows) -> bytes:
+    return b"[" + b",".join(encode_row(r) for r in rows) + b"]"
+
+
+@app.page("/health")
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        return _json(self, {"status": "ok", "app_id": settings.app_id, "experiments_local": len(latest_rows)})
+
+
+@app.page("/metrics")
+class PrometheusMetrics(View):
+    async def get(self, request: Request) -> Response:
+        return self.text(metrics.prometheus(), content_type="text/plain; version=0.0.4")
+
+
+@app.page("/stats-engine/v0/batch")
+class Batch(View):
+    async def post(self, request: Request) -> Response:
+        body = await _body(self, request)
+        if isinstance(body, Response):
+            return body
+        try:
+            response = evaluate(body)
+        except InvalidInput as exc:
+            return _error(self, 400, str(exc))
+        return _json(self, b"[" + b",".join(_rows_json(rows) for rows in response) + b"]")
+
+
+@app.page("/experiments")
+class Experiments(View):
+    async def get(self, request: Request) -> Response:
+        return _json(self, {"experiments": local_experiments()})
+
+
+@app.page("/experiments/{experiment_id}/results")
+class Results(View):
+    @app.table_route(table=live_table, match_info="experiment_id")
+    async def get(self, request: Request, experiment_id: str) -> Response:
+        blob = live_table.get(experiment_id.encode())
+        if blob is None:
+            return _error(self, 404, f"no experiment {experiment_id!r}")
+        summary = LiveExperiment.from_bytes(blob).summary()
+        rows = latest_rows.get(experiment_id, [])
+        return _json(self, b'{"summary":' + orjson.dumps(summary) + b',"rows":' + _rows_json(rows) + b"}")
+
+
+@app.page("/experiments/{experiment_id}/alerts")
+class Alerts(View):
+    @app.table_route(table=live_table, match_info="experiment_id")
+    async def get(self, request: Request, experiment_id: str) -> Response:
+        if live_table.get(experiment_id.encode()) is None:
+            return _error(self, 404, f"no experiment {experiment_id!r}")
+        return _json(self, {"experiment_id": experiment_id, "alerts": list(recent_alerts.get(experiment_id, ()))})
+
+
+@app.page("/experiments/{experiment_id}/config")
+class Config(View):
+    async def put(self, request: Request, experiment_id: str) -> Response:
+        token = settings.api_token
+        if not token:
+            return _error(self, 403, "config writes are disabled: set SEQSTREAM_API_TOKEN on the worker")
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _error(self, 401, "missing or wrong bearer token")
+        body = await _body(self, request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return _error(self, 400, "the config must be a JSON object")
+        options = {k: v for k, v in body.items() if k not in ("experiment_id", "version", "metrics")}
+        key = experiment_id.encode()
+        value = config_message(experiment_id, body.get("version"), options, body.get("metrics") or {})
+        try:
+            decode_config(key, value)  # reject now what the worker would dead-letter later
+        except InvalidInput as exc:
+            return _error(self, 400, str(exc))
+        await app.producer.send(settings.topic("experiments"), key, value, None, None, None)
+        return _json(self, {"status": "published", "experiment_id": experiment_id}, 202)
