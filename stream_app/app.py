@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 
 import faust
+from faust.streams import _current_event
 
 from .metrics import Metrics
 from .processor import BatchProcessor, InMessage
@@ -107,6 +109,23 @@ async def _send_all(topic: str, messages) -> list:
     return [await producer.send(topic, key, value, None, None, None) for key, value in messages]
 
 
+def _write_states(events, out) -> None:
+    """Write each experiment's state under an event of its own partition.
+
+    faust's rocksdb store files a key under the *current event's* partition even with
+    use_partitioner (faust.stores.rocksdb.Store._set); a batch mixes partitions, so without this a
+    state would land in another partition's local database and be read back stale after a
+    restart. The changelog partition comes from the key either way.
+    """
+    by_partition = {event.message.partition: event for event in events}
+    for experiment, blob in out.states.items():
+        token = _current_event.set(weakref.ref(by_partition[out.partitions[experiment]]))
+        try:
+            live_table[experiment.encode()] = blob
+        finally:
+            _current_event.reset(token)
+
+
 @app.agent(inputs)
 async def process(stream):
     view = _TableView()
@@ -121,8 +140,7 @@ async def process(stream):
         futures += await _send_all(dead_name, out.deadletters)
         if futures:
             await asyncio.gather(*futures)  # acked before the state that assumes them is written
-        for experiment, blob in out.states.items():
-            live_table[experiment.encode()] = blob
+        _write_states(events, out)
         sent = time.time()
         for result in out.closed:
             latest_rows[result.experiment_id] = result.rows

@@ -26,6 +26,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -65,12 +66,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: Linux SIGINTs the broker when the thread that started it dies.
+
+    Covers what atexit cannot: the test runner killed by SIGTERM/SIGKILL (CI timeouts).
+    """
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+
+
 class EmbeddedBroker:
     """noida-db (Kafka only) as a child process on 127.0.0.1.
 
     ``port``/``data_dir`` default to a free port and a temporary directory. ``stop()`` keeps the
     data dir and port, so ``start()`` again restarts the same broker with its data (useful for
     restart tests); leaving the context manager (or ``close()``) also deletes a temporary dir.
+
+    On Linux the broker also dies with the thread that started it (``die_with_parent``), so a
+    killed test run leaves no orphan: start it from a long-lived thread (the main thread or the
+    event loop's), not from a short-lived worker thread.
     """
 
     def __init__(
@@ -80,12 +95,14 @@ class EmbeddedBroker:
         *,
         host: str = "127.0.0.1",
         ready_timeout: float = 15.0,
+        die_with_parent: bool = True,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._own_data_dir = data_dir is None
         self._data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="noida-kafka-"))
         self.ready_timeout = ready_timeout
+        self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- properties ---------------------------------------------------------------------------
@@ -136,6 +153,7 @@ class EmbeddedBroker:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         atexit.register(self.stop)  # never leave an orphan broker if the caller forgets
 

@@ -39,6 +39,7 @@ class Outputs:
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     deadletters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     states: dict[str, bytes] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)  # experiment -> its partition
     closed: list[IntervalResult] = field(default_factory=list)
 
 
@@ -114,6 +115,7 @@ class BatchProcessor:
             if experiment is not None and experiment in live and (experiment in touched or experiment in store):
                 live[experiment].mark_processed(source, msg.offset)
                 touched.add(experiment)
+                out.partitions[experiment] = msg.partition
         for experiment in touched:
             out.states[experiment] = live[experiment].to_bytes()
         return out

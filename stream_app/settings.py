@@ -24,7 +24,7 @@ ENVIRONMENT = {
     "SEQSTREAM_SESSION_TIMEOUT": ("session_timeout", float, 10.0),
     "SEQSTREAM_HEARTBEAT_INTERVAL": ("heartbeat_interval", float, 1.0),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
-    "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),
+    "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def covid_request(metrics=COVID_METRICS) -> dict:
             for name in metrics
         ],
     }
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """A real Kafka-protocol broker for the whole session: KAFKA_BOOTSTRAP when set (any real
+    Kafka), otherwise an embedded noida-db started here and stopped by its own PID."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if bootstrap:
+        yield bootstrap
+        return
+    from stream_app.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker() as embedded:
+        yield embedded.bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,111 @@
+"""Helpers for integration tests on a real Kafka-protocol broker (see the ``broker`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream_app.codec import config_message, decode_row
+from stream_app.embedded_broker import free_port
+from stream_app.settings import Settings
+from stream_app.topics import create_topics
+from stream_app.worker_process import WorkerProcess
+
+_ids = itertools.count()
+
+
+def isolated_settings(bootstrap: str, tmp_path: Path, **overrides) -> Settings:
+    """Own app id, topic prefix, data dir and web port: tests share one broker, nothing else."""
+    n = next(_ids)
+    run = f"t{int(time.time() * 1000) % 10**9}-{n}"
+    settings = dataclasses.replace(
+        Settings.from_env({}), bootstrap=bootstrap, app_id=f"seqstream-{run}", topic_prefix=f"{run}.",
+        store="memory://", datadir=str(tmp_path / f"data-{n}"), web_port=free_port(), idle_timeout=2.0,
+        session_timeout=6.0, heartbeat_interval=1.0, log_level="warn")
+    settings = dataclasses.replace(settings, **overrides)
+    create_topics(settings)
+    return settings
+
+
+def start_worker(settings: Settings, tmp_path: Path, name: str = "worker", **overrides) -> WorkerProcess:
+    settings = dataclasses.replace(settings, **overrides)
+    worker = WorkerProcess(settings, tmp_path / f"{name}.log").start()
+    worker.wait_healthy(60)
+    return worker
+
+
+async def _produce(settings: Settings, messages) -> list:
+    """Send (topic kind, key, value bytes) in order; returns RecordMetadata per message."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2, enable_idempotence=True,
+                                max_request_size=4_194_304)
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.topic(kind), key=key, value=value) for kind, key, value in messages]
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+def produce(settings: Settings, messages) -> list:
+    return asyncio.run(_produce(settings, messages))
+
+
+def observation_messages(rows) -> list:
+    return [("observations", row["experiment_id"].encode(), orjson.dumps(row)) for row in rows]
+
+
+def config_messages(experiment_id: str, version: int = 1, options=None, metrics=None) -> list:
+    return [("experiments", experiment_id.encode(), config_message(experiment_id, version, options or {}, metrics or {}))]
+
+
+async def _collect(settings: Settings, kind: str, done, timeout: float) -> list[dict]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    out: list[dict] = []
+    try:
+        await consumer.topics()
+        topic = settings.topic(kind)
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done(out):
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    message = decode_row(record.value) if kind == "results" else orjson.loads(record.value)
+                    message["_offset"] = (record.partition, record.offset)
+                    out.append(message)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def collect(settings: Settings, kind: str, done=lambda out: False, timeout: float = 60.0) -> list[dict]:
+    """Messages of an output topic from the beginning, until ``done(messages)`` or the timeout."""
+    return asyncio.run(_collect(settings, kind, done, timeout))
+
+
+def result_key(row: dict) -> tuple:
+    return row["experiment_id"], row["metric"], row["variation_id"], row["interval_timestamp"]
+
+
+def distinct_results(rows: list[dict]) -> dict[tuple, str]:
+    """Rows by key; a key emitted twice (allowed after a crash) must carry identical numbers."""
+    out: dict[tuple, str] = {}
+    for row in rows:
+        row = {k: v for k, v in row.items() if k != "_offset"}
+        text = repr(row)
+        previous = out.setdefault(result_key(row), text)
+        assert previous == text, f"row {result_key(row)} emitted twice with different numbers"
+    return out
+
+
+def until_keys(n: int):
+    return lambda rows: len({result_key(r) for r in rows}) >= n
