@@ -12,12 +12,16 @@ import time
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from state import evaluate
 from state.simulate import ExperimentSpec, MetricSpec, simulate
 from tests.conftest import COVID_METRICS, covid_request
 from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings, observation_messages,
-                                  produce, start_worker, until_keys)
+                                  produce, result_key, start_worker, until_keys)
+from tests.test_processor import bad_values, good_rows
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -204,3 +208,58 @@ def test_results_encode_non_finite_numbers_as_strings(broker, tmp_path):
     burn_in = [r for r in raw if r["treatment_unit_cumcount"] < 100]
     assert burn_in and all(r["standard_error"] == math.inf for r in burn_in)
     assert all(r["corrected_conf_interval_lower"] == -math.inf for r in burn_in)
+
+
+@pytest.fixture(scope="module")
+def fuzz_worker(broker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    settings = isolated_settings(broker, tmp)
+    worker = start_worker(settings, tmp)
+    yield settings, worker
+    worker.stop()
+
+
+_fuzz_ids = iter(range(10**6))
+
+
+@hyp_settings(max_examples=4, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(bad=st.lists(bad_values(), min_size=1, max_size=8), positions=st.lists(st.integers(0, 23), min_size=8, max_size=8))
+def test_fuzzed_messages_on_the_real_broker(fuzz_worker, bad, positions):
+    """hypothesis-generated malformed messages between valid ones, through a running worker."""
+    settings, worker = fuzz_worker
+    experiment = f"fz{next(_fuzz_ids)}"
+    rows = [dict(r, experiment_id=experiment) for r in good_rows(experiment, intervals=4)]
+    messages = observation_messages(rows)
+    bad_messages = [("observations", experiment.encode(), value) for value in bad]
+    for message, position in zip(bad_messages, positions):
+        messages.insert(position, message)
+    metadata = produce(settings, messages)
+    bad_sources = {(md.topic, md.partition, md.offset) for md, m in zip(metadata, messages) if m in bad_messages}
+    mine = lambda out: [d for d in out if d["key"] == experiment]  # noqa: E731
+    dead = mine(collect(settings, "deadletter", lambda out: len(mine(out)) >= len(bad_messages), timeout=30))
+    results = [r for r in collect(settings, "results", lambda out: len({result_key(r) for r in out
+                                                                        if r["experiment_id"] == experiment}) >= 16,
+                                  timeout=30) if r["experiment_id"] == experiment]
+    assert worker.process.poll() is None, worker.log_tail()
+    assert {(d["topic"], d["partition"], d["offset"]) for d in dead} == bad_sources
+    assert all(d["reason"] for d in dead)
+    assert distinct_results(results) == expected_for(rows, experiment, {}, {})
+
+
+def test_incomplete_interval_closes_after_the_idle_timeout(broker, tmp_path):
+    settings = isolated_settings(broker, tmp_path, idle_timeout=2.0)
+    rows = covid_stream_rows("idle")[:6 * 3]
+    rows = rows[:-1]  # the third interval misses one arm: it can only close by the idle timeout
+    produce(settings, observation_messages(rows))
+    worker = start_worker(settings, tmp_path)
+    try:
+        started = time.monotonic()
+        results = collect(settings, "results", until_keys(3 * 4), timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        worker.stop()
+    assert len({result_key(r) for r in results}) == 12
+    last = max(r["interval_timestamp"] for r in results)
+    assert last == rows[-1]["interval_timestamp"]
+    assert waited >= 1.0  # it was the timeout, not a later interval, that closed it

@@ -1,0 +1,145 @@
+"""The stream's input path without Kafka: BatchProcessor fuzzed with hypothesis (many examples).
+
+The real-broker version of this fuzz lives in test_stream.py; here thousands of malformed
+messages check that nothing raises, every bad message becomes exactly one dead letter with a
+reason and its source, and the valid messages' results are those of state.evaluate.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from state import evaluate
+from stream_app.processor import BatchProcessor, InMessage
+from tests.conftest import covid_request
+
+PARTITIONS = 4
+TOPICS = {"obs": "observations", "cfg": "experiments", "tick": "ticks"}
+
+
+def partition_of(key: bytes) -> int:
+    return DefaultPartitioner()(key, list(range(PARTITIONS)), list(range(PARTITIONS)))
+
+
+def good_rows(experiment="fz", intervals=6):
+    request = covid_request()
+    rows = [dict(r, experiment_id=experiment, metric=m["config"]["name"]) for m in request["metrics"] for r in m["data"]]
+    rows.sort(key=lambda r: r["interval_timestamp"])
+    return rows[: intervals * 6]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = ["experiment_id", "metric", "variation_id", "interval_timestamp", "unit_count", "unit_observation_sum",
+          "unit_observation_sum_of_squares"]
+
+
+@st.composite
+def bad_values(draw):
+    base = dict(good_rows()[0])
+    kind = draw(st.sampled_from(["bytes", "json", "drop", "retype", "negative", "variance", "nan", "big"]))
+    if kind == "bytes":
+        raw = draw(st.binary(max_size=40))
+        try:
+            doc = orjson.loads(raw)
+            if isinstance(doc, dict):
+                raw = b"{" + raw  # make sure it cannot be a valid observation
+        except orjson.JSONDecodeError:
+            pass
+        return raw
+    if kind == "json":
+        return orjson.dumps(draw(json_values.filter(lambda v: not isinstance(v, dict) or "unit_count" not in v)))
+    if kind == "drop":
+        base.pop(draw(st.sampled_from(FIELDS)))
+    elif kind == "retype":
+        base[draw(st.sampled_from(FIELDS[2:]))] = draw(st.sampled_from([None, [], {}, True, "x"]))
+    elif kind == "negative":
+        base["unit_count"] = -draw(st.integers(1, 10**6))
+    elif kind == "variance":
+        base["unit_observation_sum"], base["unit_observation_sum_of_squares"] = 100.0, 1.0
+    elif kind == "nan":
+        return orjson.dumps(base).replace(b'"unit_observation_sum":', b'"unit_observation_sum":NaN,"_":')
+    else:
+        base["padding"] = "x" * 70_000
+    return orjson.dumps(base)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(bad_values(), st.integers(0, 35)), min_size=1, max_size=12),
+       st.integers(1, 50))
+def test_fuzzed_batches_dead_letter_exactly_the_bad_messages(bad, batch_size):
+    rows = good_rows()
+    key = b"fz"
+    part = partition_of(key)
+    stream = [("good", orjson.dumps(r)) for r in rows]
+    for value, position in bad:
+        stream.insert(position, ("bad", value))
+    messages = [InMessage("obs", part, offset, key, value) for offset, (_, value) in enumerate(stream)]
+    processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 0.0)
+    store: dict[str, bytes] = {}
+    results, dead = [], []
+    for i in range(0, len(messages), batch_size):
+        out = processor.process(messages[i:i + batch_size], store)
+        store.update(out.states)
+        results += [orjson.loads(v) for _, v in out.results]
+        dead += [orjson.loads(v) for _, v in out.deadletters]
+    bad_offsets = [m.offset for m, (kind, _) in zip(messages, stream) if kind == "bad"]
+    assert sorted(d["offset"] for d in dead) == bad_offsets
+    assert all(d["reason"] and d["topic"] == "obs" and d["partition"] == part for d in dead)
+    request = {"experiment_id": "fz", "config": {}, "metrics": [
+        {"config": {"name": m}, "data": [{k: v for k, v in r.items() if k not in ("experiment_id", "metric")}
+                                        for r in rows if r["metric"] == m]}
+        for m in dict.fromkeys(r["metric"] for r in rows)]}
+    # the last interval is complete (all arms known), so every interval has closed
+    expected = {(r["metric"], r["variation_id"], r["interval_timestamp"]): r["lift_estimate"]
+                for rows_ in evaluate(request) for r in rows_}
+    got = {(r["metric"], r["variation_id"], r["interval_timestamp"]): r["lift_estimate"] for r in results}
+    assert got == expected
+
+
+def test_redelivered_batch_is_skipped_by_offset():
+    rows = good_rows()
+    part = partition_of(b"fz")
+    messages = [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)]
+    processor = BatchProcessor(TOPICS, PARTITIONS)
+    store: dict[str, bytes] = {}
+    first = processor.process(messages[:20], store)
+    store.update(first.states)
+    again = processor.process(messages[:20], store)  # a crash before the offsets were committed
+    assert again.results == [] and again.deadletters == [] and processor.metrics.redelivered == 20
+
+
+def test_wrong_partition_and_unknown_keys_are_dead_lettered_without_creating_state():
+    part = partition_of(b"fz")
+    row = orjson.dumps(good_rows()[0])
+    processor = BatchProcessor(TOPICS, PARTITIONS)
+    out = processor.process([InMessage("obs", (part + 1) % PARTITIONS, 0, b"fz", row),
+                             InMessage("obs", part, 1, None, row)], {})
+    assert [orjson.loads(v)["offset"] for _, v in out.deadletters] == [0, 1]
+    assert "partition" in orjson.loads(out.deadletters[0][1])["reason"]
+    assert out.states == {}
+
+
+def test_config_then_tick_closes_an_idle_interval():
+    part = partition_of(b"fz")
+    now = [100.0]
+    processor = BatchProcessor(TOPICS, PARTITIONS, idle_timeout=5.0, clock=lambda: now[0])
+    store: dict[str, bytes] = {}
+    cfg = orjson.dumps({"experiment_id": "fz", "version": 1, "reference_variation_id": "control",
+                        "metrics": {"Customer support calls per visitor": {"is_binary": False}}})
+    rows = [r for r in good_rows() if r["metric"] == "Customer support calls per visitor"][:3]
+    out = processor.process([InMessage("cfg", part, 0, b"fz", cfg)]
+                            + [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)], store)
+    store.update(out.states)
+    assert out.results == []
+    assert processor.idle_experiments(store, ["fz"]) == []
+    now[0] = 106.0
+    assert processor.idle_experiments(store, ["fz"]) == ["fz"]
+    out = processor.process([InMessage("tick", part, 0, b"fz", b"{}")], store)
+    assert len(out.results) == 2  # message_1 and message_2 at the first interval
