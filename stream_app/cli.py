@@ -1,4 +1,4 @@
-"""``seqstream``: the command line (worker, demo, publish, tail)."""
+"""``seqstream``: the command line (worker, demo, publish, experiment, tail, watch, report)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,114 @@ def cmd_tail(args) -> int:
         return 0
 
 
+def _parse_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"--weights: expected name=number pairs, got {part!r}") from None
+    return weights
+
+
+def _parse_metric(text: str) -> tuple[str, dict]:
+    """NAME[:binary][:lower][:guardrail][:absolute] -> (name, options)."""
+    name, *flags = text.split(":")
+    known = {"binary": ("is_binary", True), "lower": ("lower_is_better", True),
+             "guardrail": ("in_fdr_family", False), "absolute": ("effect", "absolute")}
+    options = {}
+    for flag in flags:
+        if flag not in known:
+            raise SystemExit(f"--metric {text!r}: unknown flag {flag!r} (binary, lower, guardrail, absolute)")
+        key, value = known[flag]
+        options[key] = value
+    return name, options
+
+
+def cmd_experiment(args) -> int:
+    import time
+
+    import orjson
+
+    from state import InvalidInput
+
+    from .codec import config_message, decode_config
+    from .io import follow, producer, send_config
+
+    settings = Settings.from_env()
+    if not settings.bootstrap:
+        print("seqstream experiment: set KAFKA_BOOTSTRAP", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        async def show() -> int:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(args.wait, stop.set)
+            latest = None
+            async for _, message in follow(settings, ["experiments"], stop=stop):
+                if message.get("experiment_id") == args.experiment:
+                    latest = message
+            if latest is None:
+                print(f"no config published for experiment {args.experiment!r}", file=sys.stderr)
+                return 1
+            print(orjson.dumps(latest, option=orjson.OPT_INDENT_2).decode())
+            return 0
+
+        return asyncio.run(show())
+
+    if args.file:
+        doc = orjson.loads(open(args.file, "rb").read())
+        experiment = args.experiment or doc.get("experiment_id")
+        options = {k: v for k, v in doc.items() if k not in ("experiment_id", "version", "metrics")}
+        metrics = doc.get("metrics") or {}
+        version = doc.get("version")
+    else:
+        experiment = args.experiment
+        options = {"reference_variation_id": args.reference}
+        if args.weights:
+            options["weights"] = _parse_weights(args.weights)
+        if args.alpha is not None:
+            options["alpha"] = args.alpha
+        metrics = dict(_parse_metric(m) for m in args.metric or [])
+        version = None
+    if not experiment:
+        print("seqstream experiment set: name the experiment (--experiment or experiment_id in the file)", file=sys.stderr)
+        return 2
+    version = args.version if args.version is not None else version
+    if version is None:
+        version = int(time.time() * 1000)  # increasing across calls, so the newest set wins
+    message = config_message(experiment, version, options, metrics)
+    try:
+        decode_config(experiment.encode(), message)
+    except InvalidInput as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 1
+
+    async def publish() -> int:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            await send_config(prod, settings, experiment, message)
+        finally:
+            await prod.stop()
+        print(f"published config version {version} for {experiment}")
+        return 0
+
+    return asyncio.run(publish())
+
+
+def cmd_watch(args) -> int:
+    from .watch import main
+
+    return main(args)
+
+
+def cmd_report(args) -> int:
+    from .report import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqstream", description="Live, always-valid experiment analysis on Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +231,33 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", action="store_true", help="keep waiting for new messages")
     tail.add_argument("--wait", type=float, default=3.0, help="without --follow: stop after this many seconds")
     tail.set_defaults(func=cmd_tail)
+
+    experiment = sub.add_parser("experiment", help="publish or read experiment configs")
+    actions = experiment.add_subparsers(dest="action", required=True)
+    set_ = actions.add_parser("set", help="publish a config version (a JSON file, or flags)")
+    set_.add_argument("file", nargs="?", help="JSON config file (see README)")
+    set_.add_argument("--experiment", help="experiment id (default: experiment_id in the file)")
+    set_.add_argument("--reference", default="control", help="reference variation (default control)")
+    set_.add_argument("--weights", help="intended allocation, e.g. control=1,treatment=1")
+    set_.add_argument("--metric", action="append", help="NAME[:binary][:lower][:guardrail][:absolute], repeatable")
+    set_.add_argument("--alpha", type=float)
+    set_.add_argument("--version", type=int, help="config version (default: now in ms)")
+    set_.set_defaults(func=cmd_experiment)
+    show = actions.add_parser("show", help="print the latest published config")
+    show.add_argument("experiment")
+    show.add_argument("--wait", type=float, default=2.0, help="seconds to read the configs topic")
+    show.set_defaults(func=cmd_experiment)
+
+    watch = sub.add_parser("watch", help="live terminal view of results and alerts")
+    watch.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
+    watch.add_argument("--refresh", type=float, default=1.0, help="seconds between screen updates")
+    watch.add_argument("--once", action="store_true", help="print one snapshot of everything so far and exit")
+    watch.set_defaults(func=cmd_watch)
+
+    report = sub.add_parser("report", help="write an HTML report of an experiment's results")
+    report.add_argument("--experiment", required=True)
+    report.add_argument("--html", required=True, help="output file")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

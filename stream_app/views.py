@@ -37,18 +37,27 @@ def _error(view: View, status: int, message: str) -> Response:
     return _json(view, {"error": message}, status)
 
 
-async def _body(view: View, request: Request):
-    """The JSON body, or an error Response (size first, then syntax)."""
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def _body(request: Request):
+    """The JSON body; RequestError for one too large (checked before reading it all) or malformed."""
     length = request.content_length
     if length is not None and length > MAX_BODY:
-        return _error(view, 413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        return _error(view, 413, f"request body exceeds the {MAX_BODY}-byte limit")
+        raise RequestError(413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
+    chunks, size = [], 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise RequestError(413, f"request body exceeds the {MAX_BODY}-byte limit")
+        chunks.append(chunk)
     try:
-        return orjson.loads(raw)
+        return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
-        return _error(view, 400, f"request body is not valid JSON: {exc}")
+        raise RequestError(400, f"request body is not valid JSON: {exc}") from None
 
 
 def _rows_json(rows) -> bytes:
@@ -70,11 +79,10 @@ class PrometheusMetrics(View):
 @app.page("/stats-engine/v0/batch")
 class Batch(View):
     async def post(self, request: Request) -> Response:
-        body = await _body(self, request)
-        if isinstance(body, Response):
-            return body
         try:
-            response = evaluate(body)
+            response = evaluate(await _body(request))
+        except RequestError as exc:
+            return _error(self, exc.status, str(exc))
         except InvalidInput as exc:
             return _error(self, 400, str(exc))
         return _json(self, b"[" + b",".join(_rows_json(rows) for rows in response) + b"]")
@@ -116,9 +124,10 @@ class Config(View):
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return _error(self, 401, "missing or wrong bearer token")
-        body = await _body(self, request)
-        if isinstance(body, Response):
-            return body
+        try:
+            body = await _body(request)
+        except RequestError as exc:
+            return _error(self, exc.status, str(exc))
         if not isinstance(body, dict):
             return _error(self, 400, "the config must be a JSON object")
         options = {k: v for k, v in body.items() if k not in ("experiment_id", "version", "metrics")}
