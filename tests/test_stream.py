@@ -175,6 +175,8 @@ def test_bad_input_is_dead_lettered_with_reason_and_source(broker, tmp_path):
         ("observations", b"other", orjson.dumps(first)),  # key does not match the experiment_id
         ("observations", None, orjson.dumps(first)),
         ("experiments", b"mixed", b'{"version": "one"}'),
+        # late: a new arm for the first interval, long closed when this arrives
+        ("observations", b"mixed", orjson.dumps({**first, "variation_id": "latecomer"})),
     ]
     messages = [bad[0]] + observation_messages(good[:30]) + bad[1:] + observation_messages(good[30:])
     metadata = produce(settings, messages)
@@ -190,6 +192,7 @@ def test_bad_input_is_dead_lettered_with_reason_and_source(broker, tmp_path):
     assert alive
     assert {(d["topic"], d["partition"], d["offset"]) for d in dead} == bad_sources
     assert all(d["reason"] for d in dead)
+    assert any("late" in d["reason"] and "latecomer" in d["value"] for d in dead)
     originals = {m[2].decode() for m in bad}
     assert {d["value"] for d in dead} == originals  # the original bytes travel with the reason
     expected = expected_for(good, "mixed", {}, {})
