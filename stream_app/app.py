@@ -26,19 +26,29 @@ from faust.streams import _current_event
 from .metrics import Metrics
 from .processor import BatchProcessor, InMessage
 from .settings import Settings
-from .topics import TABLE_NAME
+from .topics import TABLE_NAME, create_topics_async
 
 log = logging.getLogger("seqstream")
 settings = Settings.from_env()
 
-app = faust.App(
+class SeqstreamApp(faust.App):
+    async def on_first_start(self) -> None:
+        """Create every topic with its partition count before the consumer subscribes: a broker
+        that auto-creates topics would otherwise make them with one partition. This makes
+        ``faust -A stream_app.app worker`` as safe as ``seqstream worker``."""
+        if settings.bootstrap:
+            await create_topics_async(settings)
+        await super().on_first_start()
+
+
+app = SeqstreamApp(
     settings.app_id,
     broker=f"kafka://{settings.bootstrap or '127.0.0.1:9092'}",
     store=settings.store,
     datadir=settings.datadir,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication,
-    topic_allow_declare=False,  # topics are created up front with explicit partitions (topics.py)
+    topic_allow_declare=False,  # created with explicit partitions in on_first_start (topics.py)
     processing_guarantee="at_least_once",
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout,
@@ -83,7 +93,11 @@ processor = BatchProcessor(
 )
 
 # What this worker has seen lately, for the web views (the owner of an experiment answers).
+# In memory only: after a failover the new owner shows what it has produced since (the results
+# topic holds the full history).
+HISTORY_INTERVALS = 1000
 latest_rows: dict[str, list[dict]] = {}
+history: dict[str, deque] = {}  # experiment -> deque of rows lists, one per closed interval
 recent_alerts: dict[str, deque] = {}
 open_intervals: dict[str, float] = {}  # experiment -> last activity, for the idle timer
 _open_index_built = False
@@ -144,6 +158,7 @@ async def process(stream):
         sent = time.time()
         for result in out.closed:
             latest_rows[result.experiment_id] = result.rows
+            history.setdefault(result.experiment_id, deque(maxlen=HISTORY_INTERVALS)).append(result.rows)
             if result.alerts:
                 recent_alerts.setdefault(result.experiment_id, deque(maxlen=200)).extend(a.to_dict() for a in result.alerts)
             metrics.close_latency_sum += sent - received
@@ -151,6 +166,23 @@ async def process(stream):
         for experiment in out.states:
             open_intervals[experiment] = received
         metrics.batches += 1
+
+
+INPUT_TOPICS = {settings.topic(kind) for kind in ("observations", "experiments", "ticks")}
+
+
+@app.timer(interval=5.0)
+async def measure_lag():
+    """Messages behind the log end on this worker's input partitions (GET /metrics)."""
+    consumer = app.consumer
+    lag = 0
+    for tp in consumer.assignment():
+        if tp.topic in INPUT_TOPICS:
+            highwater = consumer.highwater(tp)
+            read = consumer._read_offset.get(tp)  # faust's last delivered offset per partition
+            if highwater is not None:
+                lag += max(0, highwater - (read + 1 if read is not None else 0))
+    metrics.consumer_lag = lag
 
 
 @app.timer(interval=max(0.5, settings.idle_timeout / 4))
@@ -171,3 +203,4 @@ async def close_idle_intervals():
 
 
 from . import views  # noqa: E402,F401  (registers the web views on app)
+from . import dashboard  # noqa: E402,F401  (registers the dashboard page)

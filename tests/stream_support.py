@@ -20,7 +20,7 @@ from stream_app.worker_process import WorkerProcess
 _ids = itertools.count()
 
 
-def isolated_settings(bootstrap: str, tmp_path: Path, **overrides) -> Settings:
+def isolated_settings(bootstrap: str, tmp_path: Path, create: bool = True, **overrides) -> Settings:
     """Own app id, topic prefix, data dir and web port: tests share one broker, nothing else."""
     n = next(_ids)
     run = f"t{int(time.time() * 1000) % 10**9}-{n}"
@@ -29,7 +29,8 @@ def isolated_settings(bootstrap: str, tmp_path: Path, **overrides) -> Settings:
         store="memory://", datadir=str(tmp_path / f"data-{n}"), web_port=free_port(), idle_timeout=2.0,
         session_timeout=6.0, heartbeat_interval=1.0, log_level="warn")
     settings = dataclasses.replace(settings, **overrides)
-    create_topics(settings)
+    if create:
+        create_topics(settings)
     return settings
 
 

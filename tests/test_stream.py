@@ -65,6 +65,34 @@ def test_covid_through_the_stream_equals_evaluate_row_for_row(broker, tmp_path):
     assert collect(settings, "deadletter", timeout=1) == []
 
 
+def test_plain_faust_worker_creates_its_topics_with_their_partitions(broker, tmp_path):
+    """`faust -A stream_app.app worker` works on a fresh prefix: no topic auto-created with 1 partition."""
+    import asyncio
+    import os
+    import subprocess
+
+    from stream_app.kafka_admin import topic_partitions
+    from stream_app.topics import topic_specs
+    from stream_app.worker_process import WorkerProcess
+
+    settings = isolated_settings(broker, tmp_path, create=False, partitions=3)
+    worker = WorkerProcess(settings, tmp_path / "faust.log")
+    env = {**os.environ, **settings.to_env()}
+    worker.process = subprocess.Popen(["faust", "-A", "stream_app.app", "worker", "-l", "warn",
+                                       "--web-port", str(settings.web_port)], env=env,
+                                      stdout=open(tmp_path / "faust.log", "wb"), stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+    try:
+        worker.wait_healthy(60)
+        produce(settings, observation_messages(covid_stream_rows("plain")))
+        got = distinct_results(collect(settings, "results", until_keys(72), timeout=60))
+    finally:
+        worker.stop()
+    assert got == expected_covid("plain")
+    for name, spec in topic_specs(settings).items():
+        assert asyncio.run(topic_partitions(broker, name)) == spec.partitions, name
+
+
 def test_kill_9_at_several_points_changes_nothing(broker, tmp_path):
     """rocksdb store, as in production; kill -9 after several chunks, restart, finish."""
     settings = isolated_settings(broker, tmp_path, store="rocksdb://")
