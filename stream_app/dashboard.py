@@ -1,0 +1,80 @@
+"""The live dashboard served by every worker (faust web views).
+
+- ``GET /dashboard``: one self-contained HTML page (stream_app/static/dashboard.html; no external
+  scripts or styles) that polls the JSON API below and updates in place: the experiments list, the
+  selected experiment's results table, a chart of lift with its always-valid confidence sequence
+  per interval for every metric x variation, and the alerts feed. ``?experiment=ID`` selects one.
+- ``GET /experiments/{id}/history[?since=TS]``: the result rows of every interval this worker has
+  closed for the experiment (oldest first, at most app.HISTORY_INTERVALS), only those after
+  interval timestamp ``TS`` when given; answered by the worker that owns the experiment's
+  partition. Non-finite numbers are the strings "inf", "-inf", "nan", as everywhere in the API.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import orjson
+from faust.web import Request, Response, View
+
+from state.live import LiveExperiment
+
+from .app import app, history, live_table
+from .views import _error, _json, _rows_json
+
+STATIC = Path(__file__).resolve().parent / "static"
+DASHBOARD_HTML = STATIC / "dashboard.html"
+
+
+@app.page("/dashboard")
+class Dashboard(View):
+    async def get(self, request: Request) -> Response:
+        try:
+            page = DASHBOARD_HTML.read_bytes()  # read per request: small, and edits show on reload
+        except OSError as exc:
+            return _error(self, 500, f"dashboard page missing from the installation: {exc}")
+        return self.bytes(page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+def _since(request: Request):
+    """The ``since`` query parameter as a float, None when absent, or an error message."""
+    raw = request.query.get("since")
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return f"since must be an interval timestamp (unix seconds), got {raw!r}"
+    return None if math.isnan(value) else value
+
+
+def _interval_timestamp(rows: list[dict]) -> float | None:
+    return rows[0].get("interval_timestamp") if rows else None
+
+
+@app.page("/experiments/{experiment_id}/history")
+class History(View):
+    @app.table_route(table=live_table, match_info="experiment_id")
+    async def get(self, request: Request, experiment_id: str) -> Response:
+        blob = live_table.get(experiment_id.encode())
+        if blob is None:
+            return _error(self, 404, f"no experiment {experiment_id!r}")
+        since = _since(request)
+        if isinstance(since, str):
+            return _error(self, 400, since)
+        state = LiveExperiment.from_bytes(blob).state
+        head = {
+            "experiment_id": experiment_id,
+            "reference_variation_id": state.config.reference_variation_id,
+            "alpha": state.config.alpha,
+            # which direction is an improvement, per metric (rows do not carry it)
+            "lower_is_better": {m: bool(state.metric_config(m).lower_is_better) for m in state.metrics},
+        }
+        parts = []
+        for rows in list(history.get(experiment_id, ())):
+            ts = _interval_timestamp(rows)
+            if since is not None and ts is not None and ts <= since:
+                continue
+            parts.append(b'{"interval_timestamp":' + orjson.dumps(ts) + b',"rows":' + _rows_json(rows) + b"}")
+        return _json(self, orjson.dumps(head)[:-1] + b',"intervals":[' + b",".join(parts) + b"]}")
