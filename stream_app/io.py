@@ -117,6 +117,9 @@ async def follow(settings: Settings, kinds: Sequence[str], *, from_beginning: bo
         for topic in topics:
             for p in sorted(consumer.partitions_for_topic(topic) or ()):
                 partitions.append(TopicPartition(topic, p))
+        if not partitions:
+            missing = ", ".join(topics)
+            raise SystemExit(f"no such topic(s) on {settings.bootstrap}: {missing} (is the topic prefix right?)")
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
@@ -127,6 +130,9 @@ async def follow(settings: Settings, kinds: Sequence[str], *, from_beginning: bo
             for tp, messages in batch.items():
                 for message in messages:
                     kind = topics[tp.topic]
-                    yield kind, decode_row(message.value) if kind == "results" else orjson.loads(message.value)
+                    try:  # a tombstone or a foreign message must not end a reader
+                        yield kind, decode_row(message.value) if kind == "results" else orjson.loads(message.value)
+                    except (orjson.JSONDecodeError, TypeError, AttributeError):
+                        continue
     finally:
         await consumer.stop()

@@ -1,0 +1,319 @@
+"""``seqstream watch`` and ``seqstream report``: the pure parts on the covid data (rows from
+``state.evaluate``), then the real CLI in subprocesses against a worker on a real broker."""
+
+from __future__ import annotations
+
+import argparse
+import html as html_lib
+import io
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+
+import orjson
+import pytest
+from rich.console import Console
+
+from state import Alert, evaluate
+from stream_app.report import build_report
+from stream_app.report import main as report_main
+from stream_app.watch import WatchState, fmt_significance, render
+from tests.conftest import COVID_METRICS, covid_request, covid_rows
+
+MINUTES, CALLS = "Total customer support minutes per visitor", "Customer support calls per visitor"
+assert set(COVID_METRICS) == {MINUTES, CALLS}
+
+
+def covid_results(experiment_id: str = "covid") -> list[dict]:
+    request = dict(covid_request(), experiment_id=experiment_id)
+    return sorted((r for rows in evaluate(request) for r in rows), key=lambda r: r["interval_timestamp"])
+
+
+def config(experiment_id: str = "covid", version: int = 1, minutes_lower: bool = True) -> dict:
+    return {"experiment_id": experiment_id, "version": version, "reference_variation_id": "control",
+            "metrics": {MINUTES: {"is_binary": False, "lower_is_better": minutes_lower}, CALLS: {"is_binary": False}}}
+
+
+def watch_state(minutes_lower: bool = True, **kwargs) -> WatchState:
+    state = WatchState(**kwargs)
+    state.apply("experiments", config(minutes_lower=minutes_lower))
+    for row in covid_results():
+        state.apply("results", row)
+    return state
+
+
+def styled_rows(renderable) -> list[list[tuple[str, object]]]:
+    """Rendered lines as [(text, rich Style)] of their non-blank segments."""
+    console = Console(width=220, force_terminal=True, color_system="truecolor")
+    lines = console.render_lines(renderable, console.options, pad=False)
+    return [[(seg.text.strip(), seg.style) for seg in line if seg.text.strip()] for line in lines]
+
+
+def verdicts(renderable) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(metric, variation) -> (significance text, its colour) from the rendered experiment table."""
+    out, metric = {}, None
+    for line in styled_rows(renderable):
+        texts = [t for t, _ in line if t not in ("│", "┃")]
+        if len(texts) == 7 and texts[1].startswith("message_"):
+            metric = texts[0].replace(" (lower is better)", "") or metric
+            style = [s for t, s in line if t == texts[6]][0]
+            out[(metric, texts[1])] = (texts[6], style.color.name if style.color else None)
+        elif len(texts) == 6 and texts[0].startswith("message_"):  # metric shown on its first row only
+            style = [s for t, s in line if t == texts[5]][0]
+            out[(metric, texts[0])] = (texts[5], style.color.name if style.color else None)
+    return out
+
+
+def export(renderable) -> str:
+    console = Console(width=220, record=True, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+# --------------------------------------------------------------------------------------- watch
+def test_lower_is_better_turns_the_significant_negative_lifts_into_green_improvements():
+    found = verdicts(render(watch_state(minutes_lower=True)))
+    assert found == {(MINUTES, "message_1"): ("improvement", "green"), (MINUTES, "message_2"): ("improvement", "green"),
+                     (CALLS, "message_1"): ("regression", "red"), (CALLS, "message_2"): ("regression", "red")}
+
+
+def test_higher_is_better_makes_them_red_regressions():
+    found = verdicts(render(watch_state(minutes_lower=False)))
+    assert set(found.values()) == {("regression", "red")} and len(found) == 4
+
+
+def test_watch_shows_the_latest_row_with_lift_always_valid_interval_and_corrected_p():
+    rows = covid_results()
+    last = {(r["metric"], r["variation_id"]): r for r in rows}[(MINUTES, "message_1")]
+    text = export(render(watch_state()))
+    line = next(li for li in text.splitlines() if "message_1" in li and "3,367" in li and "-44.48%" in li)
+    lo, hi = last["corrected_conf_interval_lower"], last["corrected_conf_interval_upper"]
+    assert f"[{lo * 100:+.2f}%, {hi * 100:+.2f}%]" in line
+    assert "<0.0001" in line and "3,367 / 3,304" in line
+    assert "covid" in text and "vs control" in text and "config v1" in text and "lower is better" in text
+
+
+def test_watch_state_keeps_the_latest_interval_the_newest_config_and_the_last_ten_alerts():
+    state = watch_state()
+    rows = covid_results()
+    state.apply("results", rows[0])  # an older interval delivered again: ignored
+    assert {r["interval_timestamp"] for r in state.rows.values()} == {rows[-1]["interval_timestamp"]}
+    assert not state.apply("experiments", config(version=1, minutes_lower=False))  # equal version: ignored
+    assert lower_flag(state) is True
+    assert state.apply("experiments", config(version=2, minutes_lower=False))
+    assert lower_flag(state) is False
+    for bad in (None, [1, 2], {"experiment_id": 3}, {"experiment_id": "covid", "metric": "m"},
+                {"experiment_id": "covid", "version": "one"}):
+        assert not state.apply("results", bad) and not state.apply("experiments", bad)
+    for i in range(15):
+        state.apply("alerts", Alert("significance_reached", "covid", 1600082460.0 + i, f"alert {i}", MINUTES,
+                                    "message_1", {"direction": "improvement"}).to_dict())
+    assert [a["message"] for a in state.alerts] == [f"alert {i}" for i in range(5, 15)]
+
+
+def lower_flag(state: WatchState) -> bool:
+    return state.configs["covid"]["metrics"][MINUTES]["lower_is_better"]
+
+
+def test_srm_alerts_are_highlighted_and_flag_the_experiment():
+    state = watch_state()
+    state.apply("alerts", Alert("srm", "covid", 1600082520.0, "sample ratio mismatch: observed shares ...").to_dict())
+    state.apply("alerts", Alert("significance_reached", "covid", 1600082580.0, "'message_1' on calls: significant regression",
+                                CALLS, "message_1", {"direction": "regression"}).to_dict())
+    lines = styled_rows(render(state))
+    srm = [s for line in lines for t, s in line if t == "SRM"]
+    assert srm and all(s.bgcolor is not None and s.bgcolor.name == "red" for s in srm)
+    title = [s for line in lines for t, s in line if t == "SAMPLE RATIO MISMATCH"]
+    assert title and title[0].bgcolor.name == "red"
+    regression = [s for line in lines for t, s in line if t == "significance_reached"]
+    assert regression[0].color.name == "red"
+
+
+def test_experiment_filter_and_empty_screen():
+    state = WatchState(experiments=frozenset({"other"}))
+    for row in covid_results():
+        assert not state.apply("results", row)
+    text = export(render(state))
+    assert "waiting for results for other" in text and "none" in text
+
+
+def test_burn_in_rows_show_no_lift():
+    state = WatchState()
+    for row in covid_results()[:4]:  # the first interval: too few units, interval (-inf, inf)
+        state.apply("results", row)
+    text = export(render(state))
+    assert "burn-in" in text and "[-inf, +inf]" in text and "not significant" in text
+
+
+@pytest.mark.parametrize("module", ["watch", "report"])
+def test_main_needs_kafka_bootstrap(module, monkeypatch, capsys):
+    import importlib
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    args = argparse.Namespace(experiment=["x"] if module == "watch" else "x", html="x.html", refresh=1.0, once=True)
+    assert importlib.import_module(f"stream_app.{module}").main(args) == 2
+    assert "KAFKA_BOOTSTRAP" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------- report
+def csv_totals() -> dict[tuple[str, str], tuple[int, float]]:
+    totals = defaultdict(lambda: [0, 0.0])
+    for r in covid_rows():
+        totals[(r["metric_name"], r["variation_id"])][0] += int(r["unit_count"])
+        totals[(r["metric_name"], r["variation_id"])][1] += float(r["unit_observation_sum"])
+    return {k: (n, s) for k, (n, s) in totals.items()}
+
+
+def value_text(total: float) -> str:
+    """Totals as the report prints them: counts whole, sums to two decimals."""
+    return f"{total:,.0f}" if total.is_integer() else f"{total:,.2f}"
+
+
+def metric_section(html: str, metric: str) -> str:
+    return html.split(f"<h2>{metric}</h2>", 1)[1].split("</section>", 1)[0]
+
+
+def table_rows(section: str) -> list[tuple[str, list[str]]]:
+    """(tr class, cell texts) of the overview table."""
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [(cls, [html_lib.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td[^>]*>(.*?)</td>", tr)])
+            for cls, tr in re.findall(r'<tr class="([^"]*)">(.*?)</tr>', body)]
+
+
+def test_report_overview_tables_follow_the_stats_engine_layout():
+    rows = covid_results()
+    html = build_report("covid", rows, [config(minutes_lower=True)])
+    totals = csv_totals()
+    for metric in (MINUTES, CALLS):
+        section = metric_section(html, metric)
+        for column in ("Variation", "Subjects", "Value", "Average value", "Improvement", "Confidence interval",
+                       "p-value", "Statistical significance"):
+            assert f"<th>{column}</th>" in section
+        table = table_rows(section)
+        baseline_cls, baseline = table[0]
+        units, total = totals[(metric, "control")]
+        assert baseline_cls == "baseline"
+        assert baseline[:5] == ["control", "baseline", f"{units:,}", value_text(total), f"{total / units:.4f}"]
+        latest = {r["variation_id"]: r for r in rows if r["metric"] == metric}
+        assert [variation for _, (variation, *_) in table[1:]] == ["message_2", "message_1"]
+        for cls, cells in table[1:]:
+            row, (units, total) = latest[cells[0]], totals[(metric, cells[0])]
+            assert cells[2:5] == [f"{units:,}", value_text(total), f"{total / units:.4f}"]
+            assert cells[5] == f"{row['lift_estimate'] * 100:+.2f}%"
+            lo, hi = row["corrected_conf_interval_lower"], row["corrected_conf_interval_upper"]
+            assert cells[6] == f"[{lo * 100:+.2f}%, {hi * 100:+.2f}%]"
+            assert cells[7] == "<0.0001" and cells[8] == ">99.00%"
+            assert cls == ("improvement" if metric == MINUTES else "regression")
+        assert section.count("<svg") == 2 and section.count("<polygon") == 2  # lift line and CI band per variation
+    assert html.count("<svg") == 4
+
+
+def test_report_colours_follow_lower_is_better_and_escape_names():
+    rows = [dict(r, experiment_id="<a&b>") for r in covid_results()]
+    html = build_report("<a&b>", rows, [dict(config(minutes_lower=False), experiment_id="<a&b>")])
+    assert "<a&b>" not in html and "&lt;a&amp;b&gt;" in html
+    assert {cls for cls, _ in table_rows(metric_section(html, MINUTES))[1:]} == {"regression"}
+
+
+def test_report_is_self_contained_and_finite():
+    html = build_report("covid", covid_results(), None)
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    for external in ("http:", "https:", "<script", "src=", "<link", "@import", "url("):
+        assert external not in html
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+        numbers = re.findall(r'(?:points|cx|cy|x1|x2|y1|y2|x|y)="([^"]*)"', svg)
+        assert numbers and not any(re.search(r"nan|inf", n) for n in numbers)
+
+
+def test_report_of_early_rows_handles_burn_in_and_duplicates():
+    early = [r for r in covid_results() if r["interval_timestamp"] <= 1600082520.0]
+    html = build_report("covid", early + early, {"covid": config()})  # re-emitted rows count once
+    assert "1 look(s) after 1 in burn-in" in html
+    burn_in = build_report("covid", early[:4], None)
+    assert "no estimate yet" in burn_in and "[-inf, +inf]" in burn_in
+    with pytest.raises(ValueError):
+        build_report("missing", early, None)
+
+
+def test_significance_format():
+    assert fmt_significance(0.0) == ">99.00%" and fmt_significance(0.05) == "95.00%"
+    assert fmt_significance(1.0) == "0.00%" and fmt_significance(math.nan) == "n/a"
+
+
+# ----------------------------------------------------------------------- the CLI on a real broker
+@pytest.mark.timeout(150)
+def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
+    from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings,
+                                      observation_messages, produce, start_worker, until_keys)
+
+    settings = isolated_settings(broker, tmp_path)
+    experiment = "cli-covid"
+    expected = distinct_results(covid_results(experiment))
+    options = {k: v for k, v in config(experiment).items() if k not in ("experiment_id", "version", "metrics")}
+    stream_rows = sorted((dict(r, experiment_id=experiment, metric=m["config"]["name"])
+                          for m in covid_request()["metrics"] for r in m["data"]), key=lambda r: r["interval_timestamp"])
+    produce(settings, config_messages(experiment, 1, {**options, "use_stats_resets": True}, config()["metrics"])
+            + observation_messages(stream_rows))
+    worker = start_worker(settings, tmp_path)
+    try:
+        results = collect(settings, "results", until_keys(len(expected)), timeout=60)
+    finally:
+        worker.kill()  # the results are on the topic: no need to wait for a graceful shutdown
+    assert distinct_results(results) == expected
+
+    env = {**os.environ, **settings.to_env(), "COLUMNS": "200"}
+    html = tmp_path / "report.html"
+    bad_csv = tmp_path / "broken.csv"
+    bad_csv.write_text("variation_id,interval_timestamp,unit_count,unit_observation_sum,"
+                       "unit_observation_sum_of_squares,metric_name\n"
+                       "control,2020-09-14 11:21:00,75,10.5,40.1,m\n"
+                       "treatment,2020-09-14 11:21:00,lots,10.5,40.1,m\n"
+                       "control,2020-09-14 11:22:00,80,11.0,41.0,m\n")
+
+    def cli(*argv):
+        return subprocess.Popen([sys.executable, "-m", "stream_app", *argv], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    running = {"report": cli("report", "--experiment", experiment, "--html", str(html)),
+               "watch": cli("watch", "--once"),
+               "tail": cli("tail", "results", "--from-beginning", "--experiment", experiment),
+               "publish": cli("publish", str(bad_csv), "--experiment", "bad-csv")}
+    for name, value in settings.to_env().items():  # meanwhile, in this process: a report of nothing
+        monkeypatch.setenv(name, value)
+    missing = argparse.Namespace(experiment="no-such-experiment", html=str(tmp_path / "x.html"))
+    assert report_main(missing) == 1
+    err = capsys.readouterr().err
+    assert "no results for experiment 'no-such-experiment'" in err and experiment in err
+    assert not (tmp_path / "x.html").exists()
+    done = {}
+    for name, process in running.items():
+        out, err = process.communicate(timeout=60)
+        done[name] = (process.returncode, out, err)
+
+    code, out, err = done["report"]
+    assert code == 0, err
+    page = html.read_text()
+    units, total = csv_totals()[(MINUTES, "control")]
+    assert f"<td>{units:,}</td><td>{total:,.2f}</td>" in page and page.count("<svg") == 4
+    assert table_rows(metric_section(page, MINUTES))[1][0] == "improvement"
+    assert table_rows(metric_section(page, CALLS))[1][0] == "regression"
+
+    code, out, err = done["watch"]
+    assert code == 0, err
+    screen, alerts = out.split("latest alerts", 1)
+    screen = screen.split("\n", 1)[1]  # below the header and its colour legend
+    assert experiment in screen and screen.count("improvement") == 2 and screen.count("regression") == 2
+    assert "-44.48%" in screen and "significance_reached" in alerts
+
+    code, out, err = done["tail"]
+    assert code == 0, err
+    lines = [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(lines) == len(expected) and {r["experiment_id"] for r in lines} == {experiment}
+
+    code, out, err = done["publish"]
+    assert code == 1 and "line 3" in err and "nothing sent" in err
+    sent = collect(settings, "observations", timeout=1.0)
+    assert sent and not [m for m in sent if m.get("experiment_id") == "bad-csv"]
