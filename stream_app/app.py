@@ -53,6 +53,7 @@ app = SeqstreamApp(
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=settings.heartbeat_interval,
+    broker_rebalance_timeout=settings.rebalance_timeout,
     web_bind=settings.web_host,
     web_port=settings.web_port,
     web_in_thread=False,

@@ -14,26 +14,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.protocol.group import LeaveGroupRequest
 
 __all__ = [
     "TopicSpec",
+    "KafkaAdminError",
     "TopicSetupError",
     "ensure_topics",
     "ensure_topics_sync",
     "topic_partitions",
     "topic_config",
+    "group_members",
+    "evict_group_members",
     "run_sync",
 ]
 
 T = TypeVar("T")
 
-_TOPIC_ALREADY_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
+_TOPIC_ALREADY_EXISTS = 36  # Kafka error codes
+_UNKNOWN_MEMBER_ID = 25
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,11 @@ class TopicSpec:
     replication_factor: int = 1
 
 
-class TopicSetupError(RuntimeError):
+class KafkaAdminError(RuntimeError):
+    """An admin request to the broker failed."""
+
+
+class TopicSetupError(KafkaAdminError):
     """A topic could not be created, or exists with the wrong partition count."""
 
 
@@ -161,6 +170,40 @@ async def ensure_topics(
             "delete and recreate it, or use a new name)"
         )
     return {name: counts[name] for name in topics}
+
+
+async def group_members(bootstrap: str, group_id: str) -> list[str]:
+    """Member ids the broker currently holds for a consumer group (empty if none/unknown)."""
+    async with _admin(bootstrap) as client:
+        responses = await client.describe_consumer_groups([group_id])
+    return [
+        member["member_id"]
+        for response in responses
+        for group in response.to_object()["groups"]
+        for member in group["members"]
+    ]
+
+
+async def evict_group_members(
+    bootstrap: str, group_id: str, member_ids: Sequence[str] | None = None
+) -> list[str]:
+    """Remove members from a consumer group by sending LeaveGroup on their behalf.
+
+    Why: noida-db 0.2.3 never expires a member whose process died without leaving (kill -9,
+    OOM): its session timeout is ignored, so a restarted worker (new member id) waits in
+    JoinGroup/SyncGroup forever. Real Kafka drops such members after ``session.timeout.ms``.
+    Call this in crash tests after killing a worker and before starting its replacement.
+    Default: every current member, which is right when all of the group's workers are dead
+    (a live member that gets evicted just rejoins). Returns the evicted member ids.
+    """
+    targets = list(member_ids) if member_ids is not None else await group_members(bootstrap, group_id)
+    async with _admin(bootstrap) as client:
+        coordinator = await client.find_coordinator(group_id)
+        for member_id in targets:
+            response = await client._send_request(LeaveGroupRequest(group_id, member_id), coordinator)
+            if response.error_code not in (0, _UNKNOWN_MEMBER_ID):
+                raise KafkaAdminError(f"LeaveGroup({group_id}, {member_id}) failed: error {response.error_code}")
+    return targets
 
 
 def ensure_topics_sync(

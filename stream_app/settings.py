@@ -23,6 +23,7 @@ ENVIRONMENT = {
     "SEQSTREAM_MAX_MESSAGE_BYTES": ("max_message_bytes", int, 65536),
     "SEQSTREAM_SESSION_TIMEOUT": ("session_timeout", float, 10.0),
     "SEQSTREAM_HEARTBEAT_INTERVAL": ("heartbeat_interval", float, 1.0),
+    "SEQSTREAM_REBALANCE_TIMEOUT": ("rebalance_timeout", float, 60.0),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
@@ -45,6 +46,7 @@ class Settings:
     max_message_bytes: int
     session_timeout: float
     heartbeat_interval: float
+    rebalance_timeout: float
     api_token: str | None
     log_level: str
 

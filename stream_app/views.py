@@ -64,10 +64,17 @@ def _rows_json(rows) -> bytes:
     return b"[" + b",".join(encode_row(r) for r in rows) + b"]"
 
 
+def _assigned_partitions() -> list[int]:
+    """Partitions of the observations topic this worker consumes now (empty while rebalancing)."""
+    observations = settings.topic("observations")
+    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == observations)
+
+
 @app.page("/health")
 class Health(View):
     async def get(self, request: Request) -> Response:
-        return _json(self, {"status": "ok", "app_id": settings.app_id, "experiments_local": len(latest_rows)})
+        return _json(self, {"status": "ok", "app_id": settings.app_id, "partitions": _assigned_partitions(),
+                            "experiments_local": len(latest_rows)})
 
 
 @app.page("/metrics")

@@ -27,7 +27,7 @@ def isolated_settings(bootstrap: str, tmp_path: Path, create: bool = True, **ove
     settings = dataclasses.replace(
         Settings.from_env({}), bootstrap=bootstrap, app_id=f"seqstream-{run}", topic_prefix=f"{run}.",
         store="memory://", datadir=str(tmp_path / f"data-{n}"), web_port=free_port(), idle_timeout=2.0,
-        session_timeout=6.0, heartbeat_interval=1.0, log_level="warn")
+        session_timeout=6.0, heartbeat_interval=1.0, rebalance_timeout=10.0, log_level="warn")
     settings = dataclasses.replace(settings, **overrides)
     if create:
         create_topics(settings)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -20,6 +22,8 @@ from stream_app.kafka_admin import (
     TopicSpec,
     ensure_topics,
     ensure_topics_sync,
+    evict_group_members,
+    group_members,
     topic_config,
     topic_partitions,
 )
@@ -103,6 +107,51 @@ def test_produce_and_consume_keyed_messages(broker):
     assert {k: v for k, (v, _) in got.items()} == sent
     assert all(got[k][1] == meta[k].partition for k in sent)  # keyed partitioning is stable
     assert len({m.partition for m in meta.values()}) > 1  # keys spread over the 4 partitions
+
+
+_CRASHING_MEMBER = """
+import asyncio, sys
+from aiokafka import AIOKafkaConsumer
+async def main():
+    c = AIOKafkaConsumer(sys.argv[2], bootstrap_servers=sys.argv[1], group_id=sys.argv[3],
+                         session_timeout_ms=6000, heartbeat_interval_ms=500)
+    await c.start()
+    while not c.assignment():
+        await asyncio.sleep(0.05)
+    print("assigned", flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+def test_evict_member_left_behind_by_kill_9(broker):
+    """noida-db never expires a member that died without LeaveGroup; eviction unblocks the group."""
+    topic, group = _name("crash"), _name("group")
+    ensure_topics_sync(broker.bootstrap, {topic: TopicSpec(partitions=4)})
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_MEMBER, broker.bootstrap, topic, group],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "assigned"
+    finally:
+        child.kill()
+        child.wait()
+
+    async def replace_member():
+        [stale] = await group_members(broker.bootstrap, group)
+        assert await evict_group_members(broker.bootstrap, group) == [stale]
+        assert await group_members(broker.bootstrap, group) == []
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group)
+        await consumer.start()
+        try:
+            async with asyncio.timeout(10):
+                while len(consumer.assignment()) < 4:
+                    await consumer.getmany(timeout_ms=100)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(replace_member())
 
 
 def test_stop_ends_the_process_and_restart_keeps_data(tmp_path):
