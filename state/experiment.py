@@ -108,6 +108,9 @@ class ExperimentState:
         self._metric_names = [self.metrics[m] for m in self.hyp_metric.tolist()]
         self._variation_names = [self.variations[v] for v in self.hyp_variation.tolist()]
         self._shares = None  # expected SRM shares, cached until variations or weights change
+        # Serialised forms of the configs, made once per config change rather than per write.
+        self.config_doc = self.config.to_dict()
+        self.metric_config_docs = {name: cfg.to_dict() for name, cfg in self.metric_configs.items()}
 
     # ------------------------------------------------------------------------------ registration
     def _index(self, names: list[str], name: str) -> int:

@@ -38,6 +38,14 @@ class Observation:
 
 def parse_timestamp(value: Any, field: str = "interval_timestamp") -> float:
     """Unix seconds (int or float) or an ISO-8601 string with a time zone -> float seconds."""
+    if type(value) in _NUMBER_TYPES:
+        try:
+            value = float(value)
+        except OverflowError:
+            raise InvalidInput(f"is out of range: {value!r}", field=field) from None
+        if value - value == 0.0:
+            return value
+        raise InvalidInput(f"must be finite, got {value!r}", field=field)
     if isinstance(value, bool):
         raise InvalidInput(f"must be unix seconds or an ISO-8601 time with zone, got {value!r}", field=field)
     if isinstance(value, (int, float)):
@@ -55,20 +63,33 @@ def parse_timestamp(value: Any, field: str = "interval_timestamp") -> float:
     raise InvalidInput(f"must be unix seconds or an ISO-8601 time with zone, got {type(value).__name__}", field=field)
 
 
+_NUMBER_TYPES = (int, float)  # exact types: bool is an int subclass and is refused
+
+
 def _number(data: Mapping[str, Any], field: str) -> float:
-    if field not in data:
-        raise InvalidInput("is missing", field=field)
-    value = data[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(f"must be a number, got {type(value).__name__} {value!r}", field=field)
-    value = float(value)
-    if not math.isfinite(value):
+    value = data.get(field, _MISSING)
+    if type(value) in _NUMBER_TYPES:
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float range
+            raise InvalidInput(f"is out of range: {value!r}", field=field) from None
+        if value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
+            return value
         raise InvalidInput(f"must be finite, got {value!r}", field=field)
-    return value
+    if value is _MISSING:
+        raise InvalidInput("is missing", field=field)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # numeric subclasses, e.g. numpy
+        return _number({field: float(value)}, field)
+    raise InvalidInput(f"must be a number, got {type(value).__name__} {value!r}", field=field)
+
+
+_MISSING = object()
 
 
 def _identifier(data: Mapping[str, Any], field: str) -> str:
     value = data.get(field)
+    if type(value) is str and value:
+        return value
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise InvalidInput(f"must be a non-empty string, got {value!r}", field=field)
     return str(value)

@@ -48,8 +48,8 @@ def state_to_dict(state: ExperimentState) -> dict:
     return {
         "v": FORMAT_VERSION,
         "experiment_id": state.experiment_id,
-        "config": state.config.to_dict(),
-        "metric_configs": {name: cfg.to_dict() for name, cfg in state.metric_configs.items()},
+        "config": state.config_doc,
+        "metric_configs": state.metric_config_docs,
         "metrics": state.metrics,
         "variations": state.variations,
         "arms": [list(key) for key in state._arm_of],

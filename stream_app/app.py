@@ -124,6 +124,16 @@ async def _send_all(topic: str, messages) -> list:
     return [await producer.send(topic, key, value, None, None, None) for key, value in messages]
 
 
+@app.on_partitions_revoked.connect
+async def _forget_live_on_revoke(app, revoked, **kwargs) -> None:
+    processor.invalidate()  # partitions may move: the table is the truth again
+
+
+@app.on_partitions_assigned.connect
+async def _forget_live_on_assign(app, assigned, **kwargs) -> None:
+    processor.invalidate()
+
+
 def _write_states(events, out) -> None:
     """Write each experiment's state under an event of its own partition.
 

@@ -87,6 +87,11 @@ def _finite(value: Any) -> Any:
 
 
 def encode_row(row: Mapping[str, Any]) -> bytes:
+    # Rows hold no None, so orjson's "null" can only come from NaN/inf (or a name containing
+    # "null"): the common, all-finite row is dumped once, without a per-value check.
+    data = orjson.dumps(row)
+    if b"null" not in data:
+        return data
     return orjson.dumps({k: _finite(v) for k, v in row.items()})
 
 

@@ -9,7 +9,9 @@ input-handling path unit-testable, and the agent a thin I/O loop.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Mapping
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -22,6 +24,16 @@ from .codec import (decode_config, decode_observation, deadletter_message, encod
 from .metrics import Metrics
 
 _partitioner = DefaultPartitioner()
+# Live experiments kept between batches; beyond this many, the least recently used are dropped
+# (and read back from the table when they return).
+CACHE_SIZE = 50_000
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives this key: where its state lives."""
+    every = list(range(partitions))
+    return _partitioner(key, every, every)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,18 +66,30 @@ class BatchProcessor:
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.metrics = metrics or Metrics()
+        # This worker is the only writer of the experiments on its partitions, so between
+        # rebalances the objects it wrote are exactly what the table holds: keeping them saves
+        # a deserialisation per experiment per batch. invalidate() on every rebalance.
+        self._cache: OrderedDict[str, LiveExperiment] = OrderedDict()
+
+    def invalidate(self) -> None:
+        self._cache.clear()
 
     def process(self, messages: list[InMessage], store: Mapping[str, bytes]) -> Outputs:
         out = Outputs()
         live: dict[str, LiveExperiment] = {}
         now = self.clock()
 
+        cache = self._cache
+
         def load(experiment: str) -> LiveExperiment:
-            cached = live.get(experiment)
-            if cached is None:
-                blob = store.get(experiment)
-                cached = live[experiment] = LiveExperiment.from_bytes(blob) if blob else LiveExperiment.new(experiment)
-            return cached
+            current = live.get(experiment)
+            if current is None:
+                current = cache.get(experiment)
+                if current is None:
+                    blob = store.get(experiment)
+                    current = LiveExperiment.from_bytes(blob) if blob else LiveExperiment.new(experiment)
+                live[experiment] = current
+            return current
 
         def is_binary(experiment: str, metric: str) -> bool:
             config = load(experiment).state.metric_configs.get(metric)
@@ -80,7 +104,7 @@ class BatchProcessor:
                 if msg.value is not None and len(msg.value) > self.max_message_bytes:
                     raise InvalidInput(f"message of {len(msg.value)} bytes exceeds the {self.max_message_bytes}-byte limit")
                 experiment = experiment_key(msg.key)
-                expected = _partitioner(msg.key, list(range(self.partitions)), list(range(self.partitions)))
+                expected = partition_for(msg.key, self.partitions)
                 if expected != msg.partition:
                     experiment = None  # its state lives on another partition: never touch it from here
                     raise InvalidInput(f"key {msg.key!r} belongs on partition {expected}, not {msg.partition}: "
@@ -118,6 +142,10 @@ class BatchProcessor:
                 out.partitions[experiment] = msg.partition
         for experiment in touched:
             out.states[experiment] = live[experiment].to_bytes()
+            cache[experiment] = live[experiment]
+            cache.move_to_end(experiment)
+        while len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
         return out
 
     def idle_experiments(self, store: Mapping[str, bytes], experiments) -> list[str]:

@@ -27,6 +27,8 @@ GOOD = {"metric": "m", "variation_id": "t", "interval_timestamp": 1600000000, "u
         ({"unit_observation_sum": 10.0, "unit_observation_sum_of_squares": 5.0}, "negative variance"),
         ({"unit_count": 0}, "unit_count is 0 but the sums are not"),
         ({"unit_count": 2.0**60}, "2\\*\\*53"),
+        ({"unit_observation_sum": 10**400}, "out of range"),
+        ({"interval_timestamp": 10**400}, "out of range"),
         ({"variation_id": ""}, "non-empty"),
         ({"interval_timestamp": "2020-09-14 11:21:00"}, "needs a zone"),
         ({"interval_timestamp": "yesterday"}, "not an ISO-8601"),

@@ -1,0 +1,78 @@
+"""The stream's processing ceiling without Kafka (issue 3 context): BatchProcessor.process alone.
+
+1,000 experiments x 5 metrics x 3 variations, one-minute intervals, batches of 2,000 messages
+through a dict store, after two warm-up intervals. Prints observations per second; asserts
+nothing. Run: python bench/bench_processor.py [--intervals N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from state.simulate import ExperimentSpec, MetricSpec, simulate  # noqa: E402
+from stream_app.processor import BatchProcessor, InMessage, partition_for  # noqa: E402
+
+
+def messages(experiments: int, intervals: int) -> list[InMessage]:
+    metrics = tuple(MetricSpec(f"m{i}", 1.0, sd=2.0, lifts={"t1": 0.02}) for i in range(5))
+    per_interval: list[list] = [[] for _ in range(intervals)]
+    for e in range(experiments):
+        spec = ExperimentSpec(f"exp-{e:05d}", metrics, variations=("control", "t1", "t2"),
+                              units_per_interval=3000, intervals=intervals)
+        for i, rows in enumerate(simulate(spec, e)):
+            per_interval[i].extend(rows)
+    offsets = [0] * 4
+    out = []
+    for rows in per_interval:
+        for row in rows:
+            key = row["experiment_id"].encode()
+            p = partition_for(key, 4)
+            out.append(InMessage("obs", p, offsets[p], key, orjson.dumps(row)))
+            offsets[p] += 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--experiments", type=int, default=1000)
+    parser.add_argument("--intervals", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    msgs = messages(args.experiments, args.intervals)
+    warm = 2 * args.experiments * 15
+    processor = BatchProcessor({"obs": "observations"}, 4)
+    store: dict[str, bytes] = {}
+
+    def run(chunk):
+        for j in range(0, len(chunk), args.batch):
+            out = processor.process(chunk[j:j + args.batch], store)
+            store.update(out.states)
+
+    run(msgs[:warm])
+    profiler = cProfile.Profile() if args.profile else None
+    t0 = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    run(msgs[warm:])
+    if profiler:
+        profiler.disable()
+    elapsed = time.perf_counter() - t0
+    n = len(msgs) - warm
+    print(f"BatchProcessor.process alone: {n:,} observations in {elapsed:.2f} s = {n / elapsed:,.0f} obs/s "
+          f"({args.experiments} experiments x 15 arms, batches of {args.batch}, dict store)")
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+
+
+if __name__ == "__main__":
+    main()
