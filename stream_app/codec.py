@@ -47,16 +47,49 @@ def experiment_key(key: bytes | None) -> str:
         raise InvalidInput("message key is not UTF-8: key every message by its experiment_id") from None
 
 
-def decode_observation(key: bytes | None, value: bytes | None, is_binary_of) -> tuple[str, Observation]:
-    """(experiment id, validated observation); ``is_binary_of(experiment, metric)`` gives the
-    metric's config so 0/1 metrics are checked as such."""
-    experiment = experiment_key(key)
-    doc = loads_object(value, "observation")
+def _observation(doc: Any, experiment: str, is_binary_of) -> Observation:
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"an observation must be a JSON object, got {type(doc).__name__}")
     if doc.get("experiment_id") != experiment:
         raise InvalidInput(f"experiment_id {doc.get('experiment_id')!r} does not match the message key {experiment!r}",
                            field="experiment_id")
     metric = doc.get("metric")
-    return experiment, parse_observation(doc, is_binary=bool(isinstance(metric, str) and is_binary_of(experiment, metric)))
+    return parse_observation(doc, is_binary=bool(isinstance(metric, str) and is_binary_of(experiment, metric)))
+
+
+def decode_observations(key: bytes | None, value: bytes | None, is_binary_of):
+    """(experiment id, [(element index or None, Observation or the InvalidInput it raised)]).
+
+    A message is one observation (a JSON object) or several of one experiment (a non-empty JSON
+    array of objects, e.g. an experiment's whole interval): packing rows this way costs the
+    stream one message instead of one per row. Whole-message faults raise; a bad element is
+    returned with its error so the others still count. ``is_binary_of(experiment, metric)``
+    gives the metric's config so 0/1 metrics are checked as such.
+    """
+    experiment = experiment_key(key)
+    if value is None:
+        raise InvalidInput("empty observation message")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"observation is not valid JSON: {exc}") from None
+    if isinstance(doc, dict):
+        return experiment, [(None, _observation(doc, experiment, is_binary_of))]
+    if not isinstance(doc, list) or not doc:
+        raise InvalidInput("an observations message must be a JSON object or a non-empty array of objects, "
+                           f"got {type(doc).__name__ if doc != [] else 'an empty array'}")
+    out = []
+    for index, element in enumerate(doc):
+        try:
+            out.append((index, _observation(element, experiment, is_binary_of)))
+        except InvalidInput as exc:
+            out.append((index, exc))
+    return experiment, out
+
+
+def element_bytes(value: bytes, index: int) -> bytes:
+    """The original JSON of one element of an array message (for its dead letter)."""
+    return orjson.dumps(orjson.loads(value)[index])
 
 
 def decode_config(key: bytes | None, value: bytes | None) -> tuple[str, int, EngineConfig, dict[str, MetricConfig]]:
@@ -113,7 +146,7 @@ def decode_row(value: bytes) -> dict[str, Any]:
 
 
 def deadletter_message(reason: str, topic: str, partition: int, offset: int, key: bytes | None,
-                       value: bytes | None, error: str = "invalid_input") -> bytes:
+                       value: bytes | None, error: str = "invalid_input", element: int | None = None) -> bytes:
     """The original bytes (UTF-8 text when they decode, else base64), the reason and the source."""
     def carry(raw: bytes | None) -> tuple[str | None, str]:
         if raw is None:
@@ -125,6 +158,8 @@ def deadletter_message(reason: str, topic: str, partition: int, offset: int, key
 
     key_text, key_encoding = carry(key)
     value_text, value_encoding = carry(value)
-    return orjson.dumps({"reason": reason, "error": error, "topic": topic, "partition": partition, "offset": offset,
-                         "key": key_text, "key_encoding": key_encoding, "value": value_text,
-                         "value_encoding": value_encoding})
+    doc = {"reason": reason, "error": error, "topic": topic, "partition": partition, "offset": offset,
+           "key": key_text, "key_encoding": key_encoding, "value": value_text, "value_encoding": value_encoding}
+    if element is not None:
+        doc["element"] = element  # index in the array message; value holds that element
+    return orjson.dumps(doc)

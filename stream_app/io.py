@@ -95,10 +95,18 @@ def producer(settings: Settings) -> AIOKafkaProducer:
 
 
 async def send_observations(prod: AIOKafkaProducer, settings: Settings, rows: Iterable[dict]) -> int:
+    """Send rows, one message per experiment (a JSON array when it has several rows): callers
+    pass one interval at a time, so each message is an experiment's interval. Returns rows sent."""
     topic = settings.topic("observations")
-    futures = [await prod.send(topic, key=row["experiment_id"].encode(), value=orjson.dumps(row)) for row in rows]
+    by_experiment: dict[str, list[dict]] = {}
+    for row in rows:
+        by_experiment.setdefault(row["experiment_id"], []).append(row)
+    futures = []
+    for experiment, group in by_experiment.items():
+        value = orjson.dumps(group[0] if len(group) == 1 else group)
+        futures.append(await prod.send(topic, key=experiment.encode(), value=value))
     await asyncio.gather(*futures)
-    return len(futures)
+    return sum(len(group) for group in by_experiment.values())
 
 
 async def send_config(prod: AIOKafkaProducer, settings: Settings, experiment_id: str, message: bytes) -> None:

@@ -19,8 +19,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from state import InvalidInput, IntervalResult
 from state.live import Duplicate, LiveExperiment
 
-from .codec import (decode_config, decode_observation, deadletter_message, encode_alert, encode_row,
-                    experiment_key)
+from .codec import (decode_config, decode_observations, deadletter_message, element_bytes, encode_alert,
+                    encode_row, experiment_key)
 from .metrics import Metrics
 
 _partitioner = DefaultPartitioner()
@@ -114,13 +114,8 @@ class BatchProcessor:
                     self.metrics.redelivered += 1
                     continue
                 if kind == "observations":
-                    self.metrics.observations_in += 1
-                    _, obs = decode_observation(msg.key, msg.value, is_binary)
-                    try:
-                        closed = state.offer(obs, now)
-                    except Duplicate:
-                        self.metrics.duplicates += 1
-                        closed = []
+                    _, elements = decode_observations(msg.key, msg.value, is_binary)
+                    closed = self._offer_all(state, elements, msg, now, out)
                 elif kind == "experiments":
                     _, version, config, metric_configs = decode_config(msg.key, msg.value)
                     state.configure(version, config, metric_configs)
@@ -147,6 +142,27 @@ class BatchProcessor:
         while len(cache) > CACHE_SIZE:
             cache.popitem(last=False)
         return out
+
+    def _offer_all(self, state: LiveExperiment, elements, msg: InMessage, now: float, out: Outputs) -> list:
+        """Offer a message's observations; a single one's error fails the message (dead-lettered
+        whole by the caller), an array element's error dead-letters just that element."""
+        closed = []
+        for index, obs in elements:
+            try:
+                if isinstance(obs, InvalidInput):
+                    raise obs
+                self.metrics.observations_in += 1
+                closed += state.offer(obs, now)
+            except Duplicate:
+                self.metrics.duplicates += 1
+            except InvalidInput as exc:
+                if index is None:
+                    raise
+                self.metrics.deadletters += 1
+                out.deadletters.append((msg.key, deadletter_message(
+                    f"element {index}: {exc}", msg.topic, msg.partition, msg.offset, msg.key,
+                    element_bytes(msg.value, index), element=index)))
+        return closed
 
     def idle_experiments(self, store: Mapping[str, bytes], experiments) -> list[str]:
         """Experiments (of those given) whose open interval has been idle past the timeout."""

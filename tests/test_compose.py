@@ -530,7 +530,7 @@ def test_topics_step_creates_the_app_topics(broker):
 
 @pytest.mark.timeout(60)
 def test_publisher_publishes_the_demo_traffic(broker):
-    from stream_app.codec import decode_config, decode_observation
+    from stream_app.codec import decode_config, decode_observations
 
     services = load_project().services
     intervals = 2
@@ -540,21 +540,25 @@ def test_publisher_publishes_the_demo_traffic(broker):
     assert f"interval {intervals}/{intervals}" in result.stdout
     settings = Settings.from_env(env)
     configs, observations, _ = demo_shape(intervals)
+    messages = configs * intervals  # one array message per experiment and interval
     got = asyncio.run(read_topics(broker.bootstrap, [settings.topic("experiments"), settings.topic("observations")],
-                                  configs + observations))
+                                  configs + messages))
     config_messages, observation_messages = got[settings.topic("experiments")], got[settings.topic("observations")]
-    assert len(config_messages) == configs and len(observation_messages) == observations
+    assert len(config_messages) == configs and len(observation_messages) == messages
     experiments = set()
     for message in config_messages:
         experiment, version, _, metrics = decode_config(message.key, message.value)
         experiments.add(experiment)
         assert version == 1 and metrics
     timestamps = set()
+    decoded = 0
     for message in observation_messages:
-        experiment, observation = decode_observation(message.key, message.value, lambda e, m: False)
+        experiment, elements = decode_observations(message.key, message.value, lambda e, m: False)
         assert experiment in experiments
-        timestamps.add(json.loads(message.value)["interval_timestamp"])
-    assert len(timestamps) == intervals
+        assert all(index is not None and not isinstance(obs, Exception) for index, obs in elements)
+        decoded += len(elements)
+        timestamps.update(obs.interval_timestamp for _, obs in elements)
+    assert decoded == observations and len(timestamps) == intervals
 
 
 @pytest.mark.timeout(90)

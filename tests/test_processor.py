@@ -31,6 +31,14 @@ def good_rows(experiment="fz", intervals=6):
     return rows[: intervals * 6]
 
 
+def _is_json(value: bytes) -> bool:
+    try:
+        orjson.loads(value)
+        return True
+    except orjson.JSONDecodeError:
+        return False
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
@@ -54,11 +62,15 @@ def bad_values(draw):
             pass
         return raw
     if kind == "json":
-        return orjson.dumps(draw(json_values.filter(lambda v: not isinstance(v, dict) or "unit_count" not in v)))
+        # not a list: an array is a valid envelope (tested below); an empty one is a bad message
+        value = draw(json_values.filter(lambda v: not isinstance(v, (dict, list)) or (isinstance(v, dict) and "unit_count" not in v)))
+        return orjson.dumps(draw(st.sampled_from([value, []])))
     if kind == "drop":
         base.pop(draw(st.sampled_from(FIELDS)))
     elif kind == "retype":
-        base[draw(st.sampled_from(FIELDS[2:]))] = draw(st.sampled_from([None, [], {}, True, "x"]))
+        field = draw(st.sampled_from(FIELDS[2:]))
+        wrong = [None, [], {}, True] + ([] if field == "variation_id" else ["x"])  # "x" is a valid variation id
+        base[field] = draw(st.sampled_from(wrong))
     elif kind == "negative":
         base["unit_count"] = -draw(st.integers(1, 10**6))
     elif kind == "variance":
@@ -101,6 +113,52 @@ def test_fuzzed_batches_dead_letter_exactly_the_bad_messages(bad, batch_size):
                 for rows_ in evaluate(request) for r in rows_}
     got = {(r["metric"], r["variation_id"], r["interval_timestamp"]): r["lift_estimate"] for r in results}
     assert got == expected
+
+
+# Element-level faults only: raw bytes, NaN or oversize break the whole message (covered above).
+bad_elements = bad_values().filter(lambda v: len(v) < 4096 and _is_json(v))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(st.lists(st.tuples(bad_elements, st.integers(0, 5)), max_size=6), st.integers(1, 6))
+def test_array_messages_count_good_elements_and_dead_letter_bad_ones(bad, per_message):
+    """An experiment's rows packed into array messages (per_message rows each), with bad
+    elements mixed in: every bad element is one dead letter naming its index; the results are
+    evaluate's on the good rows."""
+    rows = good_rows()
+    part = partition_of(b"fz")
+    elements: list = [orjson.dumps(r) for r in rows]
+    for value, position in bad:
+        elements.insert(position, value)
+    chunks = [elements[i:i + per_message] for i in range(0, len(elements), per_message)]
+    decodable = [InMessage("obs", part, offset, b"fz", b"[" + b",".join(c) + b"]") for offset, c in enumerate(chunks)]
+    processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 0.0)
+    store: dict[str, bytes] = {}
+    out = processor.process(decodable, store)
+    dead = [orjson.loads(v) for _, v in out.deadletters]
+    bad_elements = sum(1 for m in decodable for e in orjson.loads(m.value) if not _valid(e))
+    assert len(dead) == bad_elements
+    assert all(d["reason"].startswith(f"element {d['element']}:") for d in dead)
+    results = [orjson.loads(v) for _, v in out.results]
+    assert {(r["metric"], r["variation_id"], r["interval_timestamp"]) for r in results} == _expected_keys(rows)
+
+
+
+
+def _valid(element) -> bool:
+    from state import InvalidInput, parse_observation
+    try:
+        return isinstance(element, dict) and element.get("experiment_id") == "fz" and bool(parse_observation(element))
+    except InvalidInput:
+        return False
+
+
+def _expected_keys(rows) -> set:
+    request = {"experiment_id": "fz", "config": {}, "metrics": [
+        {"config": {"name": m}, "data": [{k: v for k, v in r.items() if k not in ("experiment_id", "metric")}
+                                        for r in rows if r["metric"] == m]}
+        for m in dict.fromkeys(r["metric"] for r in rows)]}
+    return {(r["metric"], r["variation_id"], r["interval_timestamp"]) for rows_ in evaluate(request) for r in rows_}
 
 
 def test_redelivered_batch_is_skipped_by_offset():

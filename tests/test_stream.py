@@ -216,7 +216,8 @@ def test_bad_input_is_dead_lettered_with_reason_and_source(broker, tmp_path):
         ("observations", b"mixed", orjson.dumps({k: v for k, v in first.items() if k != "metric"})),
         ("observations", b"mixed", orjson.dumps(first).replace(b'"unit_observation_sum":', b'"unit_observation_sum":NaN,"x":')),
         ("observations", b"mixed", orjson.dumps({**first, "unit_observation_sum": 10.0, "unit_observation_sum_of_squares": 1.0})),
-        ("observations", b"mixed", b"[1, 2, 3]"),
+        ("observations", b"mixed", b'"just a string"'),
+        ("observations", b"mixed", b"[]"),
         ("observations", b"mixed", orjson.dumps({**first, "pad": "x" * 5000})),
         ("observations", b"other", orjson.dumps(first)),  # key does not match the experiment_id
         ("observations", None, orjson.dumps(first)),

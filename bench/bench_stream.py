@@ -1,0 +1,920 @@
+"""End-to-end stream speed (issue 3): prints figures, asserts nothing but sanity.
+
+On the embedded broker (noida-db, a fresh one per phase), with real worker child processes
+(stream_app.worker_process), each with its own app id, topic prefix, web port and data dir:
+
+1. Throughput: INTERVALS one-minute intervals of EXPERIMENTS experiments x 5 metrics x 3
+   variations are published to the observations topic first (batched aiokafka, keyed by
+   experiment_id, orjson values as stream_app/io.py writes them), then one worker is started per
+   store (memory://, rocksdb://). Reported: observations/second from worker start (and from the
+   first result row) to the last expected result row, or, when the run is cut at --max-seconds,
+   the worker's own observations_in counter (GET /metrics) over the time. Expected rows =
+   intervals x experiments x metrics x treatments; distinct (experiment, metric, variation,
+   interval) keys are counted.
+2. Yardsticks: plain aiokafka reading the same topic from the beginning (no processing), and the
+   processing code alone (stream_app.processor.BatchProcessor over the same messages in batches
+   of SEQSTREAM_BATCH_SIZE, no Kafka): the ceiling a worker could reach if Kafka I/O were free.
+3. Latency at a steady rate (default 2,000 observations/s: 200 experiments x 5 metrics x 2
+   variations per one-minute interval, one interval per wall second, sent in 20 slots): latency
+   = arrival of an (experiment, interval)'s last result row minus the send of its last
+   observation. Rows not received within --latency-drain s after traffic count as infinite.
+4. State size: the changelog's latest LiveExperiment bytes per (experiment, metric, variation),
+   the same state rebuilt offline, and the worker's VmRSS per arm.
+
+Targets (issue): >= 20,000 observations/s through one worker; <= 2 KB state per
+(experiment, metric, variation).
+
+Broker note: noida-db answers an empty Fetch at once (it ignores fetch.max.wait.ms), so an
+aiokafka consumer left assigned busy-polls a core. The readers here keep their partitions
+paused and poll end offsets instead (a 10-50 ms resolution, stated with the figures).
+
+Run: python bench/bench_stream.py            (about 5 minutes; --help for the sizes)
+     python bench/bench_stream.py --profile  (adds py-spy of the workers and cProfile of the
+                                              processing code; raw stacks in /tmp/bench_helper)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import cProfile
+import dataclasses
+import itertools
+import math
+import os
+import pstats
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
+
+from state.live import LiveExperiment  # noqa: E402
+from stream_app.codec import decode_observations  # noqa: E402
+from stream_app.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
+from stream_app.processor import BatchProcessor, InMessage  # noqa: E402
+from stream_app.settings import Settings  # noqa: E402
+from stream_app.topics import changelog_topic, create_topics  # noqa: E402
+from stream_app.worker_process import WorkerProcess  # noqa: E402
+
+METRICS = ("conversion", "revenue", "signups", "session_minutes", "retained")
+BINARY = {"conversion": 0.10, "signups": 0.03, "retained": 0.40}
+NORMAL = {"revenue": (5.0, 12.0), "session_minutes": (8.0, 6.0)}
+START_TS = 1_700_000_000
+INTERVAL_S = 60
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def variations_of(n: int) -> tuple[str, ...]:
+    return ("control",) + tuple(f"treatment_{i}" for i in range(1, n))
+
+
+# ------------------------------------------------------------------------------ data generation
+def generate_interval(rng: np.random.Generator, experiments: list[str], metrics: tuple[str, ...],
+                      variations: tuple[str, ...], interval: int, units: float) -> list[tuple[bytes, bytes]]:
+    """(key, value) messages for one interval of every experiment, experiment by experiment.
+
+    Vectorised draws as state.simulate makes them (binomial sums for 0/1 metrics; normal sums and
+    the chi-square decomposition of the sum of squares otherwise), encoded as stream_app/io.py does."""
+    e, v = len(experiments), len(variations)
+    n = rng.poisson(units / v, size=(e, v)).astype(np.float64) + 2.0
+    sums, squares = {}, {}
+    for m in metrics:
+        if m in BINARY:
+            s = rng.binomial(n.astype(np.int64), BINARY[m]).astype(np.float64)
+            sums[m], squares[m] = s.tolist(), s.tolist()
+        else:
+            mu, sd = NORMAL.get(m, (5.0, 10.0))
+            s = rng.normal(n * mu, sd * np.sqrt(n))
+            sums[m], squares[m] = s.tolist(), (s * s / n + sd * sd * rng.chisquare(n - 1)).tolist()
+    ts = START_TS + interval * INTERVAL_S
+    counts = n.astype(np.int64).tolist()
+    out = []
+    for i, experiment in enumerate(experiments):
+        key = experiment.encode()
+        for m in metrics:
+            for k, variation in enumerate(variations):
+                out.append((key, orjson.dumps({
+                    "experiment_id": experiment, "metric": m, "variation_id": variation,
+                    "interval_timestamp": ts, "unit_count": counts[i][k],
+                    "unit_observation_sum": sums[m][i][k],
+                    "unit_observation_sum_of_squares": squares[m][i][k]})))
+    return out
+
+
+def pack_by_experiment(messages: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """One array message per run of one experiment's rows (an experiment-interval, as
+    generate_interval orders them): the envelope stream_app.codec.decode_observations accepts."""
+    packed: list[tuple[bytes, bytes]] = []
+    for key, group in itertools.groupby(messages, key=lambda kv: kv[0]):
+        packed.append((key, b"[" + b",".join(value for _, value in group) + b"]"))
+    return packed
+
+
+# ------------------------------------------------------------------------------------ kafka bits
+async def publish_all(bootstrap: str, topic: str, partitions: int, messages: list[tuple[bytes, bytes]]) -> float:
+    """Publish fast: record batches built per partition (murmur2 of the key, the partition the
+    worker expects), one future per batch, no per-message await. Seconds until all are acked."""
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
+                            max_request_size=8 * 1024 * 1024, acks=1)
+    await prod.start()
+    part = DefaultPartitioner()
+    all_parts = list(range(partitions))
+    t0 = time.perf_counter()
+    try:
+        batches = {p: prod.create_batch() for p in all_parts}
+        futures = []
+        for key, value in messages:
+            p = part(key, all_parts, all_parts)
+            if batches[p].append(key=key, value=value, timestamp=None) is None:
+                futures.append(await prod.send_batch(batches[p], topic, partition=p))
+                batches[p] = prod.create_batch()
+                batches[p].append(key=key, value=value, timestamp=None)
+        for p, batch in batches.items():
+            if batch.record_count():
+                futures.append(await prod.send_batch(batch, topic, partition=p))
+        await asyncio.gather(*futures)
+        return time.perf_counter() - t0
+    finally:
+        await prod.stop()
+
+
+async def assigned_consumer(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    await consumer.topics()
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not parts:
+        await consumer.stop()
+        raise RuntimeError(f"topic {topic} has no partitions")
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+    return consumer, parts
+
+
+class Reader:
+    """Reads a topic from the beginning without busy-polling the broker: partitions stay paused,
+    the end offsets are polled every ``idle`` s, and only partitions with new data are fetched."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, parts: list[TopicPartition], idle: float):
+        self.consumer, self.parts, self.idle = consumer, parts, idle
+        consumer.pause(*parts)
+
+    @classmethod
+    async def open(cls, bootstrap: str, topic: str, idle: float) -> "Reader":
+        return cls(*await assigned_consumer(bootstrap, topic), idle)
+
+    async def poll(self) -> list:
+        c = self.consumer
+        ends = await c.end_offsets(self.parts)
+        behind = [tp for tp in self.parts if ends[tp] > await c.position(tp)]
+        if not behind:
+            await asyncio.sleep(self.idle)
+            return []
+        c.resume(*behind)
+        try:
+            batch = await c.getmany(*behind, timeout_ms=1000, max_records=50000)
+        finally:
+            c.pause(*behind)
+        return [r for records in batch.values() for r in records]
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+
+
+async def plain_consume(bootstrap: str, topic: str, total: int, decode: bool) -> tuple[int, float]:
+    """Yardstick: read the topic from the beginning, nothing else (optionally orjson.loads)."""
+    consumer, _ = await assigned_consumer(bootstrap, topic)
+    try:
+        count = 0
+        t0 = time.perf_counter()
+        while count < total and time.perf_counter() - t0 < 120:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=50000)
+            for records in batch.values():
+                count += len(records)
+                if decode:
+                    for r in records:
+                        orjson.loads(r.value)
+        return count, time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+
+
+async def latest_per_key(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+    reader = await Reader.open(bootstrap, topic, idle=0.05)
+    latest: dict[bytes, bytes] = {}
+    try:
+        total = sum((await reader.consumer.end_offsets(reader.parts)).values())
+        count, t0 = 0, time.perf_counter()
+        while count < total and time.perf_counter() - t0 < 60:
+            for r in await reader.poll():
+                count += 1
+                if r.value is None:
+                    latest.pop(r.key, None)
+                else:
+                    latest[r.key] = r.value
+        return latest
+    finally:
+        await reader.close()
+
+
+# --------------------------------------------------------------------------------- worker bits
+def proc_status_kb(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_s(pid: int | None) -> float | None:
+    """utime + stime of a process in seconds (None if it is gone)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
+    """GET /metrics, names without the seqstream_ prefix and _total suffix ({} if unreachable)."""
+    try:
+        with urllib.request.urlopen(worker.url + "/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(?:seqstream_)?(\w+?)(?:_total)?\s+([-0-9.e+]+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def brief_metrics(m: dict[str, float]) -> str:
+    keys = ("observations_in", "rows_out", "intervals_closed", "batches", "deadletters", "duplicates", "redelivered")
+    text = ", ".join(f"{k}={m[k]:,.0f}" for k in keys if k in m)
+    if m.get("batches"):
+        text += f" ({m.get('observations_in', 0) / m['batches']:.0f} obs per batch)"
+    return text
+
+
+def crash_lines(worker: WorkerProcess) -> list[str]:
+    try:
+        text = worker.log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if "Crashed reason=" in line:
+            tail = next((lines[j].strip() for j in range(i + 1, min(len(lines), i + 40))
+                         if re.match(r"^\w*(Error|Exception)\b", lines[j].strip())), "")
+            where = [lines[j].strip() for j in range(i + 1, min(len(lines), i + 40)) if "/work/main/" in lines[j]]
+            out.append(f"{line.split('] ', 3)[-1].strip()} {tail} at {where[-1] if where else '?'}")
+    return list(dict.fromkeys(out))
+
+
+class MetricsSampler:
+    """Polls the worker's /metrics every ``period`` s (in a thread): (perf_counter, metrics)."""
+
+    def __init__(self, worker: WorkerProcess, period: float = 2.0):
+        self.worker, self.period = worker, period
+        self.samples: list[tuple[float, dict]] = []
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            m = await loop.run_in_executor(None, worker_metrics, self.worker)
+            if m:
+                self.samples.append((time.perf_counter(), m))
+            await asyncio.sleep(self.period)
+
+    def obs_in(self) -> list[tuple[float, float]]:
+        return [(t, m.get("observations_in", 0.0)) for t, m in self.samples]
+
+    async def stop(self):
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+class Profiler:
+    """py-spy record --format raw --threads --idle against a worker; a per-thread summary."""
+
+    IDLE = re.compile(r"^(EpollSelector\.)?(select|poll|epoll_wait)\b|^(Condition\.)?wait \(threading|^_worker \(concurrent")
+
+    def __init__(self, pid: int, out: Path, rate: int):
+        self.out, self.proc = out, None
+        exe = shutil.which("py-spy")
+        if exe is None:
+            log("py-spy not found (pip install py-spy): no worker profile")
+            return
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
+                                      "--nonblocking", "--idle", "--threads", "-o", str(out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def summary(self, top: int) -> list[str]:
+        if self.proc is None or not self.out.exists():
+            return ["(no profile)"]
+        per_thread: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        names: dict[str, str] = {}
+        busy_self, busy_incl = collections.Counter(), collections.Counter()
+        total_busy = 0
+        for line in self.out.read_text(errors="replace").splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not n.isdigit():
+                continue
+            n = int(n)
+            frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+            m = re.match(r"thread \((\w+)\)(?::\s*(.*))?$", frames[0])
+            if m:
+                frames = frames[1:]
+                tid = m.group(1)
+                if m.group(2):
+                    names[tid] = m.group(2)
+            else:
+                tid = "?"
+            if not frames:
+                continue
+            leaf = frames[-1]
+            idle = bool(self.IDLE.search(leaf))
+            per_thread[tid][0] += n
+            per_thread[tid][1] += n if idle else 0
+            if not idle:
+                total_busy += n
+                busy_self[leaf] += n
+                for f in set(frames):
+                    busy_incl[f] += n
+        if not per_thread:
+            return ["(empty profile)"]
+        lines = ["threads (samples, share idle in select/wait): " + "; ".join(
+            f"{names.get(t, t)} {s:,} ({100 * i / s:.0f}% idle)"
+            for t, (s, i) in sorted(per_thread.items(), key=lambda kv: -kv[1][0]))]
+        if total_busy:
+            lines.append(f"busy samples {total_busy:,}; top self time (share of busy samples):")
+            lines += [f"  {100 * c / total_busy:5.1f}%  {f}" for f, c in busy_self.most_common(top)]
+            keep = re.compile(r"\((state|stream_app)/|\(faust/(streams|agents|transport/consumer|transport/conductor)")
+            lines.append("top inclusive (seqstream code and faust's stream path):")
+            lines += [f"  {100 * c / total_busy:5.1f}%  {f}" for f, c in busy_incl.most_common()
+                      if keep.search(f) and not f.startswith(("<module>", "main ", "cmd_worker "))][:top]
+        return lines
+
+
+# ---------------------------------------------------------------------------------- throughput
+@dataclasses.dataclass
+class ThroughputResult:
+    store: str
+    observations: int
+    expected_rows: int
+    distinct_rows: int
+    duplicate_rows: int
+    publish_s: float
+    healthy_s: float | None
+    first_row_s: float | None
+    last_row_s: float | None
+    end_s: float
+    obs_in_end: float | None
+    steady_obs_per_s: float | None
+    complete: bool
+    crashes: list[str]
+    state_sizes: list[int]
+    rss_kb: int | None
+    hwm_kb: int | None
+    datadir_kb: int | None
+    cpu: dict
+    worker_metrics: dict
+    profile: list[str]
+
+
+def steady_rate(points: list[tuple[float, float]]) -> float | None:
+    """Slope of observations_in over the middle of the samples where it was growing."""
+    growing = [(t, v) for t, v in points if v > 0]
+    if len(growing) < 3:
+        return None
+    a, b = growing[len(growing) // 5], growing[-1 - len(growing) // 5]
+    return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] and b[1] > a[1] else None
+
+
+async def throughput_run(base: Settings, store: str, messages, args, workdir: Path, tag: str,
+                         broker_pid: int | None) -> ThroughputResult:
+    settings = dataclasses.replace(base, app_id=f"bench-{tag}", topic_prefix=f"bench-{tag}.", store=store,
+                                   datadir=str(workdir / f"data-{tag}"), web_port=free_port(),
+                                   idle_timeout=args.idle_timeout)
+    create_topics(settings)
+    topic = settings.topic("observations")
+    if args.pack:
+        messages = pack_by_experiment(messages)
+    log(f"[{store}] publishing {args.n_obs:,} observations in {len(messages):,} messages to {topic}")
+    publish_s = await publish_all(settings.bootstrap, topic, settings.partitions, messages)
+    log(f"[{store}] published in {publish_s:.1f} s = {len(messages) / publish_s:,.0f} msg/s; starting the worker")
+
+    n_metrics, n_var = args.metrics, args.variations
+    expected = args.intervals * args.experiments * n_metrics * (n_var - 1)
+    reader = await Reader.open(settings.bootstrap, settings.topic("results"), idle=0.05)
+    seen: set = set()
+    duplicates = 0
+    arrivals: list[float] = []
+
+    t_start = time.perf_counter()
+    cpu0 = {"broker": cpu_s(broker_pid), "bench": time.process_time()}
+    worker = WorkerProcess(settings, workdir / f"worker-{tag}.log").start()
+    profiler = (Profiler(worker.process.pid, Path(args.profile_dir) / f"worker-{tag}.txt", args.profile_rate)
+                if args.profile else None)
+    loop = asyncio.get_running_loop()
+    healthy = loop.run_in_executor(None, worker.wait_healthy, 60.0)
+    healthy_at = None
+    sampler = None
+    try:
+        last_progress, last_obs_in = time.perf_counter(), -1.0
+        while len(seen) < expected:
+            if healthy.done() and healthy_at is None:
+                healthy.result()
+                healthy_at = time.perf_counter()
+                sampler = MetricsSampler(worker)
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
+            now = time.perf_counter()
+            if sampler and sampler.samples and sampler.samples[-1][1].get("observations_in", 0) != last_obs_in:
+                last_obs_in = sampler.samples[-1][1].get("observations_in", 0)
+                last_progress = max(last_progress, sampler.samples[-1][0])
+            if now - t_start > args.max_seconds:
+                log(f"[{store}] cut at --max-seconds {args.max_seconds:g}: {len(seen):,} of {expected:,} rows")
+                break
+            if now - last_progress > args.stall:
+                log(f"[{store}] no progress for {args.stall:g} s: {len(seen):,} of {expected:,} rows")
+                break
+            records = await reader.poll()
+            now = time.perf_counter()
+            for r in records:
+                row = orjson.loads(r.value)
+                k = (row["experiment_id"], row["metric"], row["variation_id"], float(row["interval_timestamp"]))
+                if k in seen:
+                    duplicates += 1
+                else:
+                    seen.add(k)
+                    arrivals.append(now)
+            if records:
+                last_progress = now
+        end = time.perf_counter()
+        if healthy_at is None:
+            await healthy
+            healthy_at = time.perf_counter()
+        if profiler:
+            profiler.stop()
+        final_metrics = worker_metrics(worker)
+        if sampler and final_metrics:
+            sampler.samples.append((end, final_metrics))
+        rss, hwm = proc_status_kb(worker.process.pid, "VmRSS"), proc_status_kb(worker.process.pid, "VmHWM")
+        cpu = {"wall": end - t_start, "worker": cpu_s(worker.process.pid), "bench": time.process_time() - cpu0["bench"],
+               "broker": (cpu_s(broker_pid) - cpu0["broker"]) if broker_pid else None}
+    finally:
+        if sampler:
+            await sampler.stop()
+        if profiler:
+            profiler.stop()
+        await reader.close()
+        worker.stop()
+    crashes = crash_lines(worker)
+
+    sizes: list[int] = []
+    try:
+        sizes = [len(v) for v in (await latest_per_key(settings.bootstrap, changelog_topic(settings))).values()]
+    except Exception as exc:  # noqa: BLE001 - a figure, not a test
+        log(f"[{store}] changelog read failed: {exc!r}")
+    datadir_kb = None
+    if store.startswith("rocksdb"):
+        datadir_kb = sum(f.stat().st_size for f in Path(settings.datadir).rglob("*") if f.is_file()) // 1024
+    return ThroughputResult(
+        store=store, observations=args.n_obs, expected_rows=expected, distinct_rows=len(seen),
+        duplicate_rows=duplicates, publish_s=publish_s,
+        healthy_s=(healthy_at - t_start) if healthy_at else None,
+        first_row_s=(arrivals[0] - t_start) if arrivals else None,
+        last_row_s=(arrivals[-1] - t_start) if arrivals else None,
+        end_s=end - t_start, obs_in_end=final_metrics.get("observations_in") if final_metrics else None,
+        steady_obs_per_s=steady_rate(sampler.obs_in()) if sampler else None,
+        complete=len(seen) >= expected, crashes=crashes, state_sizes=sizes,
+        rss_kb=rss, hwm_kb=hwm, datadir_kb=datadir_kb, cpu=cpu, worker_metrics=final_metrics,
+        profile=profiler.summary(args.profile_top) if profiler else [])
+
+
+def throughput_lines(r: ThroughputResult, name: str, args) -> list[str]:
+    n_obs, arms = r.observations, args.experiments * args.metrics * args.variations
+    out = [f"publish    [{name}] {n_obs:,} obs published (batched aiokafka, acks=1) in {r.publish_s:.2f} s "
+           f"= {n_obs / r.publish_s:,.0f} msg/s"]
+    if r.complete:
+        rate = n_obs / r.last_row_s
+        out.append(f"throughput [{name}] {n_obs:,} obs processed in {r.last_row_s:.1f} s (worker start -> last of "
+                   f"{r.expected_rows:,} rows, {r.duplicate_rows} dup) = {rate:,.0f} obs/s; first -> last row "
+                   f"{r.last_row_s - r.first_row_s:.1f} s = {n_obs / (r.last_row_s - r.first_row_s):,.0f} obs/s "
+                   f"[healthy {r.healthy_s:.1f} s, first row {r.first_row_s:.1f} s] "
+                   f"target >= 20,000: {'MET' if rate >= 20000 else 'NOT MET'}")
+    else:
+        done = r.obs_in_end or 0.0
+        rate = r.steady_obs_per_s or (done / r.end_s if r.end_s else 0.0)
+        out.append(f"throughput [{name}] INCOMPLETE: {r.distinct_rows:,}/{r.expected_rows:,} rows; worker consumed "
+                   f"{done:,.0f} of {n_obs:,} obs in {r.end_s:.1f} s from start = {done / r.end_s:,.0f} obs/s; steady "
+                   f"(worker observations_in slope) {r.steady_obs_per_s or float('nan'):,.0f} obs/s "
+                   f"[healthy {r.healthy_s or float('nan'):.1f} s, first row "
+                   f"{r.first_row_s if r.first_row_s is not None else float('nan'):.1f} s] "
+                   f"target >= 20,000: {'MET' if rate >= 20000 else 'NOT MET'}")
+    for crash in r.crashes:
+        out.append(f"CRASH      [{name}] worker log: {crash}")
+    if r.worker_metrics:
+        out.append(f"worker     [{name}] /metrics: {brief_metrics(r.worker_metrics)}")
+    c = r.cpu
+    out.append(f"cpu        [{name}] over {c['wall']:.1f} s: worker {c['worker'] or 0:.1f} s "
+               f"({100 * (c['worker'] or 0) / c['wall']:.0f}% of one core), broker "
+               + (f"{c['broker']:.1f} s ({100 * c['broker'] / c['wall']:.0f}%)" if c["broker"] is not None else "n/a")
+               + f", this script {c['bench']:.1f} s ({100 * c['bench'] / c['wall']:.0f}%)")
+    per_exp = args.metrics * args.variations
+    if r.state_sizes:
+        mean = statistics.mean(r.state_sizes)
+        out.append(f"state      [{name}] changelog latest value: {len(r.state_sizes):,} experiments, mean {mean:,.0f} B "
+                   f"(max {max(r.state_sizes):,} B) / {per_exp} arms = {mean / per_exp:,.0f} B per (experiment, metric, "
+                   f"variation); target <= 2,048: {'MET' if mean / per_exp <= 2048 else 'NOT MET'}")
+    if r.rss_kb:
+        out.append(f"memory     [{name}] worker VmRSS {r.rss_kb / 1024:,.0f} MiB (VmHWM {r.hwm_kb / 1024:,.0f} MiB) / "
+                   f"{arms:,} arms = {r.rss_kb * 1024 / arms:,.0f} B per arm (whole process: interpreter, faust, buffers)")
+    if r.datadir_kb is not None:
+        out.append(f"disk       [{name}] rocksdb datadir {r.datadir_kb / 1024:,.1f} MiB")
+    if r.profile:
+        out.append(f"profile    [{name}] py-spy of the worker (raw: {args.profile_dir}/worker-*-{name}.txt):")
+        out += ["           " + line for line in r.profile]
+    return out
+
+
+# ------------------------------------------------------------------------- processing-only ceiling
+def engine_ceiling(messages, partitions: int, batch_size: int, per_interval: int, warm: int, timed: int,
+                   profile: bool) -> tuple[int, float, list[str]]:
+    """BatchProcessor.process over the messages as the worker batches them (dict store, no Kafka):
+    ``warm`` intervals untimed (arms registered), then ``timed`` intervals timed."""
+    part = DefaultPartitioner()
+    parts = list(range(partitions))
+    offsets = [0] * partitions
+    inputs = []
+    for key, value in messages[:(warm + timed) * per_interval]:
+        p = part(key, parts, parts)
+        inputs.append(InMessage("obs", p, offsets[p], key, value))
+        offsets[p] += 1
+
+    def run(proc, store, lo, hi):
+        for j in range(lo, hi, batch_size):
+            out = proc.process(inputs[j:min(hi, j + batch_size)], store)
+            store.update(out.states)
+
+    split = warm * per_interval
+    proc, store = BatchProcessor({"obs": "observations"}, partitions), {}
+    run(proc, store, 0, split)
+    t0 = time.perf_counter()
+    run(proc, store, split, len(inputs))
+    elapsed = time.perf_counter() - t0
+    lines: list[str] = []
+    if profile:
+        proc, store = BatchProcessor({"obs": "observations"}, partitions), {}
+        run(proc, store, 0, split)
+        prof = cProfile.Profile()
+        prof.enable()
+        run(proc, store, split, len(inputs))
+        prof.disable()
+        stats = pstats.Stats(prof)
+        total = sum(v[2] for v in stats.stats.values())  # tottime sum = profiled time
+        cum = {f"{Path(k[0]).parent.name}/{Path(k[0]).name}:{k[2]}": v[3] for k, v in stats.stats.items()}
+        buckets = [
+            ("state load LiveExperiment.from_bytes", "state/live.py:from_bytes"),
+            ("state save LiveExperiment.to_bytes", "state/live.py:to_bytes"),
+            ("decode+validate (codec.decode_observations)", "stream_app/codec.py:decode_observations"),
+            ("interval close + scoring (ExperimentState.update)", "state/experiment.py:update"),
+            ("result encoding (codec.encode_row)", "stream_app/codec.py:encode_row"),
+            ("partition check (aiokafka murmur2 per message)", "aiokafka/partitioner.py:__call__"),
+            ("partition check (processor.partition_for)", "stream_app/processor.py:partition_for"),
+        ]
+        lines.append(f"cProfile of BatchProcessor.process, {len(inputs) - split:,} obs ({total:.2f} s profiled); "
+                     "cumulative share:")
+        for label, key in buckets:
+            if key in cum:
+                lines.append(f"  {100 * cum[key] / total:5.1f}%  {label}")
+        own = stats.stats.get(next((k for k in stats.stats if k[0].endswith("stream_app/processor.py") and k[2] == "process"),
+                                   None), None)
+        if own:
+            lines.append(f"  {100 * own[2] / total:5.1f}%  BatchProcessor.process own loop (self time)")
+    return len(inputs) - split, elapsed, lines
+
+
+def offline_state_bytes(messages_by_experiment: dict[bytes, list[bytes]], partitions: int, sample: int) -> tuple[float, int]:
+    """LiveExperiment fed the same rows offline (the worker's decode path), as the table stores it."""
+    part = DefaultPartitioner()
+    parts = list(range(partitions))
+    sizes = []
+    for key in list(messages_by_experiment)[:sample]:
+        live = LiveExperiment.new(key.decode())
+        source = f"obs:{part(key, parts, parts)}"
+        for offset, value in enumerate(messages_by_experiment[key]):
+            _, elements = decode_observations(key, value, lambda e, m: False)
+            for _, obs in elements:
+                live.offer(obs, time.time())
+            live.mark_processed(source, offset)
+        sizes.append(len(live.to_bytes()))
+    return statistics.mean(sizes), max(sizes)
+
+
+# ------------------------------------------------------------------------------------- latency
+async def latency_run(base: Settings, args, workdir: Path, tag: str, n_experiments: int) -> dict:
+    settings = dataclasses.replace(base, app_id=f"bench-{tag}", topic_prefix=f"bench-{tag}.", store=args.latency_store,
+                                   datadir=str(workdir / f"data-{tag}"), web_port=free_port(),
+                                   idle_timeout=args.idle_timeout)
+    create_topics(settings)
+    variations = variations_of(args.latency_variations)
+    metrics = METRICS[:args.metrics]
+    experiments = [f"lat-{i:05d}" for i in range(n_experiments)]
+    per_exp = len(metrics) * len(variations)
+    rate = n_experiments * per_exp / args.latency_period
+    rows_per_close = len(metrics) * (len(variations) - 1)
+    n_intervals = args.latency_warmup + int(round(args.latency_seconds / args.latency_period))
+
+    worker = WorkerProcess(settings, workdir / f"worker-{tag}.log").start()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, worker.wait_healthy, 60.0)
+    await asyncio.sleep(2.0)  # let the consumer group settle before traffic
+    idle_rss = proc_status_kb(worker.process.pid, "VmRSS")
+    reader = await Reader.open(settings.bootstrap, settings.topic("results"), idle=args.latency_poll)
+    sent_at: dict[tuple[str, float], float] = {}
+    counts: collections.Counter = collections.Counter()
+    done_at: dict[tuple[str, float], float] = {}
+    stop = asyncio.Event()
+
+    async def receive():
+        while not stop.is_set():
+            records = await reader.poll()
+            now = time.perf_counter()
+            for r in records:
+                row = orjson.loads(r.value)
+                k = (row["experiment_id"], float(row["interval_timestamp"]))
+                counts[k] += 1
+                if counts[k] == rows_per_close:
+                    done_at[k] = now
+
+    receiver = asyncio.create_task(receive())
+    prod = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=args.latency_linger_ms, acks=1)
+    await prod.start()
+    rng = np.random.default_rng(7)
+    topic = settings.topic("observations")
+    ticks = args.latency_ticks
+    per_tick = -(-n_experiments // ticks)
+    sent = 0
+    lag_max = 0.0
+    m0 = await loop.run_in_executor(None, worker_metrics, worker)
+    t_traffic = time.perf_counter()
+    try:
+        for i in range(n_intervals):
+            msgs = generate_interval(rng, experiments, metrics, variations, i, args.units)
+            for t in range(ticks):
+                due = t_traffic + (i + t / ticks) * args.latency_period
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    lag_max = max(lag_max, -delay)
+                for e in range(t * per_tick, min(n_experiments, (t + 1) * per_tick)):
+                    for key, value in msgs[e * per_exp:(e + 1) * per_exp]:
+                        await prod.send(topic, key=key, value=value)  # enqueued; acks awaited at the end
+                    sent_at[(experiments[e], float(START_TS + i * INTERVAL_S))] = time.perf_counter()
+                    sent += per_exp
+        traffic_s = time.perf_counter() - t_traffic
+        m1 = await loop.run_in_executor(None, worker_metrics, worker)
+        await prod.flush()
+        measured = [k for k in sent_at if (k[1] - START_TS) // INTERVAL_S >= args.latency_warmup]
+        deadline = time.perf_counter() + args.latency_drain
+        while time.perf_counter() < deadline and not all(k in done_at for k in measured):
+            await asyncio.sleep(0.1)
+        rss = proc_status_kb(worker.process.pid, "VmRSS")
+        m2 = await loop.run_in_executor(None, worker_metrics, worker)
+    finally:
+        stop.set()
+        await receiver
+        await prod.stop()
+        await reader.close()
+        worker.stop()
+    lat = sorted(1000 * (done_at[k] - sent_at[k]) for k in measured if k in done_at)
+    missing = sum(1 for k in measured if k not in done_at)
+    allv = lat + [math.inf] * missing
+
+    def pct(p):
+        return allv[min(len(allv) - 1, int(round(p / 100 * (len(allv) - 1))))] if allv else math.nan
+
+    processed = (m1.get("observations_in", 0) - m0.get("observations_in", 0)) if m0 and m1 else None
+    return {"rate_target": rate, "rate_sent": sent / traffic_s, "traffic_s": traffic_s, "sent": sent,
+            "worker_rate": processed / traffic_s if processed is not None else None,
+            "samples": len(lat), "missing": missing, "p50": pct(50), "p90": pct(90), "p99": pct(99),
+            "max": allv[-1] if allv else math.nan, "pacing_lag_max_ms": 1000 * lag_max, "idle_rss_kb": idle_rss,
+            "rss_kb": rss, "worker_metrics": m2, "crashes": crash_lines(worker),
+            "shape": f"{n_experiments} exp x {len(metrics)} metrics x {len(variations)} variations per "
+                     f"{args.latency_period:g} s"}
+
+
+def ms(v: float) -> str:
+    return "not received" if math.isinf(v) else f"{v:,.0f} ms"
+
+
+def latency_lines(lat: dict, args) -> list[str]:
+    name = args.latency_store.split(":")[0]
+    wr = f"{lat['worker_rate']:,.0f}" if lat["worker_rate"] is not None else "n/a"
+    out = [f"latency    [{name}] publish->result at {lat['rate_sent']:,.0f} obs/s sent (target {lat['rate_target']:,.0f}; "
+           f"{lat['shape']}; {lat['traffic_s']:.0f} s of traffic, first {args.latency_warmup} intervals excluded; "
+           f"reader resolution ~{1000 * args.latency_poll:.0f} ms): p50 {ms(lat['p50'])}, p90 {ms(lat['p90'])}, "
+           f"p99 {ms(lat['p99'])}, max {ms(lat['max'])} over {lat['samples'] + lat['missing']:,} (experiment, interval) "
+           f"closes, {lat['missing']:,} not received within {args.latency_drain:g} s after traffic; worker consumed "
+           f"{wr} obs/s during traffic"]
+    wm = lat["worker_metrics"]
+    if wm:
+        internal = (f"; mean in-worker close latency (batch received -> results acked) "
+                    f"{1000 * wm['close_latency_sum'] / wm['close_latency_count']:.0f} ms"
+                    if wm.get("close_latency_count") else "")
+        out.append(f"latency    [{name}] worker /metrics: {brief_metrics(wm)}{internal}")
+    for crash in lat["crashes"]:
+        out.append(f"CRASH      [{name}] latency worker log: {crash}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- main
+async def main_async(args, broker_bootstrap: str | None, workdir: Path) -> list[str]:
+    base = dataclasses.replace(Settings.from_env(), log_level="warn")
+    run_id = time.strftime("%H%M%S")
+    metrics = METRICS[:args.metrics]
+    variations = variations_of(args.variations)
+    experiments = [f"exp-{i:05d}" for i in range(args.experiments)]
+    per_interval = len(experiments) * len(metrics) * len(variations)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    messages: list[tuple[bytes, bytes]] = []
+    for i in range(args.intervals):
+        messages += generate_interval(rng, experiments, metrics, variations, i, args.units)
+    n_obs = args.n_obs = len(messages)
+    log(f"generated {n_obs:,} observations ({args.experiments} exp x {len(metrics)} metrics x {len(variations)} "
+        f"variations x {args.intervals} intervals, {sum(len(v) for _, v in messages) / n_obs:.0f} B each) "
+        f"in {time.perf_counter() - t0:.1f} s")
+    figures = [f"context    python bench/bench_stream.py: {n_obs:,} obs = {args.experiments} exp x {len(metrics)} metrics x "
+               f"{len(variations)} variations x {args.intervals} intervals; "
+               + ("KAFKA_BOOTSTRAP broker" if broker_bootstrap else "embedded noida-db (fresh per phase)")
+               + f", {base.partitions} partitions, batch {base.batch_size}/{base.batch_within:g} s, {os.cpu_count()} cores, "
+               + ("one message per experiment-interval (--pack)" if args.pack else "one message per observation")]
+    brokers: list[EmbeddedBroker] = []
+
+    def settings_for(phase: str) -> Settings:
+        """A fresh embedded broker per phase (noida-db snapshots slow down with many messages),
+        unless KAFKA_BOOTSTRAP names a broker; the previous phase's broker is stopped first."""
+        while brokers:
+            brokers.pop().stop()
+        if broker_bootstrap:
+            return dataclasses.replace(base, bootstrap=broker_bootstrap)
+        broker = EmbeddedBroker(data_dir=workdir / f"broker-{phase}").start()
+        brokers.append(broker)
+        return dataclasses.replace(base, bootstrap=broker.bootstrap)
+
+    def emit(lines: list[str]) -> None:
+        figures.extend(lines)
+        for line in lines:
+            log(line)
+
+    try:
+        for k, store in enumerate(args.stores):
+            settings = settings_for(store)
+            result = await throughput_run(settings, f"{store}://", messages, args, workdir, f"{run_id}-{store}",
+                                          brokers[0].pid if brokers else None)
+            if k == 0 and not args.skip_yardstick:
+                topic = f"bench-{run_id}-{store}.observations"
+                n_msgs = len(pack_by_experiment(messages)) if args.pack else n_obs
+                count, secs = await plain_consume(settings.bootstrap, topic, n_msgs, decode=False)
+                emit([f"yardstick  plain aiokafka consumer reading {topic} from the beginning: {count:,} msgs in "
+                      f"{secs:.2f} s = {count / secs:,.0f} msg/s"])
+                count, secs = await plain_consume(settings.bootstrap, topic, n_msgs, decode=True)
+                emit([f"yardstick  same + orjson.loads of every value: {count:,} msgs in {secs:.2f} s = "
+                      f"{count / secs:,.0f} msg/s"])
+            emit(throughput_lines(result, store, args))
+        while brokers:
+            brokers.pop().stop()
+
+        warm = min(2, max(0, args.intervals - 1))
+        timed = max(1, min(args.engine_intervals, args.intervals - warm))
+        count, secs, prof_lines = engine_ceiling(messages, base.partitions, base.batch_size, per_interval, warm, timed,
+                                                 args.profile)
+        emit([f"ceiling    processing code alone (BatchProcessor.process, batches of {base.batch_size}, dict store, no "
+              f"Kafka, after {warm} warm-up intervals): {count:,} obs in {secs:.2f} s = {count / secs:,.0f} obs/s"]
+             + ["           " + line for line in prof_lines])
+
+        by_exp: dict[bytes, list[bytes]] = collections.defaultdict(list)
+        for key, value in messages:
+            by_exp[key].append(value)
+        mean_b, max_b = offline_state_bytes(by_exp, base.partitions, args.offline_sample)
+        per_exp = len(metrics) * len(variations)
+        emit([f"state      offline LiveExperiment fed the same {args.intervals} intervals ({args.offline_sample} "
+              f"experiments): {mean_b:,.0f} B per experiment (max {max_b:,}) = {mean_b / per_exp:,.0f} B per "
+              f"(experiment, metric, variation); target <= 2,048: {'MET' if mean_b / per_exp <= 2048 else 'NOT MET'}"])
+        del messages, by_exp
+
+        if args.latency_seconds > 0:
+            for n_exp in args.latency_experiments:
+                settings = settings_for(f"latency-{n_exp}")
+                log(f"latency run: {n_exp} experiments, {args.latency_seconds:g} s measured")
+                lat = await latency_run(settings, args, workdir, f"{run_id}-lat{n_exp}", n_exp)
+                emit(latency_lines(lat, args))
+                if lat["idle_rss_kb"] and lat["rss_kb"]:
+                    emit([f"memory     [latency {n_exp} exp] worker VmRSS idle {lat['idle_rss_kb'] / 1024:,.0f} MiB "
+                          f"-> {lat['rss_kb'] / 1024:,.0f} MiB after traffic"])
+    finally:
+        while brokers:
+            brokers.pop().stop()
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiments", type=int, default=1000)
+    p.add_argument("--pack", action="store_true",
+                   help="publish each experiment-interval's rows as one array message (else one message per row)")
+    p.add_argument("--metrics", type=int, default=5, choices=range(1, len(METRICS) + 1))
+    p.add_argument("--variations", type=int, default=3)
+    p.add_argument("--intervals", type=int, default=20, help="20 x 1000 x 5 x 3 = 300,000 observations")
+    p.add_argument("--units", type=float, default=3000.0, help="mean units per experiment-interval")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--stores", default="memory,rocksdb", help="comma-separated: memory,rocksdb")
+    p.add_argument("--max-seconds", type=float, default=120.0,
+                   help="cut each throughput run after this long (the rate then comes from the worker's counter)")
+    p.add_argument("--stall", type=float, default=20.0, help="stop a run after this long without progress")
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="worker SEQSTREAM_IDLE_TIMEOUT")
+    p.add_argument("--skip-yardstick", action="store_true")
+    p.add_argument("--engine-intervals", type=int, default=2, help="intervals timed for the processing-only ceiling")
+    p.add_argument("--offline-sample", type=int, default=20, help="experiments rebuilt offline for the state size")
+    p.add_argument("--latency-seconds", type=float, default=25.0, help="measured paced traffic; 0 skips latency")
+    p.add_argument("--latency-experiments", default="200",
+                   help="comma-separated experiment counts, one latency run each (200 -> 2,000 obs/s)")
+    p.add_argument("--latency-variations", type=int, default=2)
+    p.add_argument("--latency-period", type=float, default=1.0, help="wall seconds per one-minute interval")
+    p.add_argument("--latency-warmup", type=int, default=3, help="intervals not measured")
+    p.add_argument("--latency-ticks", type=int, default=20, help="send slots per interval")
+    p.add_argument("--latency-linger-ms", type=int, default=5)
+    p.add_argument("--latency-poll", type=float, default=0.01, help="result reader poll period (s)")
+    p.add_argument("--latency-drain", type=float, default=15.0, help="wait for late results after traffic (s)")
+    p.add_argument("--latency-store", default="memory://")
+    p.add_argument("--profile", action="store_true", help="py-spy the throughput workers; cProfile the ceiling")
+    p.add_argument("--profile-dir", default="/tmp/bench_helper")
+    p.add_argument("--profile-rate", type=int, default=100)
+    p.add_argument("--profile-top", type=int, default=12)
+    p.add_argument("--keep", action="store_true", help="keep the temporary dir (worker and broker logs)")
+    args = p.parse_args()
+    args.stores = [s.strip().split(":")[0] for s in args.stores.split(",") if s.strip()]
+    args.latency_experiments = [int(x) for x in args.latency_experiments.split(",") if x.strip()]
+    if args.variations < 2 or args.latency_variations < 2:
+        p.error("need a control and at least one treatment")
+    if args.profile:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+    bootstrap = Settings.from_env().bootstrap  # KAFKA_BOOTSTRAP set: use that broker, not embedded ones
+    workdir = Path(tempfile.mkdtemp(prefix="seqstream-bench-"))
+    t0 = time.perf_counter()
+    try:
+        figures = asyncio.run(main_async(args, bootstrap, workdir))
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\n".join(figures + [f"total      {time.perf_counter() - t0:.0f} s"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
