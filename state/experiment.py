@@ -14,12 +14,13 @@ vector; there is no per-interval history, so state stays bounded.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .config import EngineConfig, MetricConfig
-from .effects import _estimate_effects
+from .effects import EffectEstimate, _estimate_effects
 from .errors import InvalidInput
 from .fdr import benjamini_hochberg
 from .observation import Observation
@@ -38,6 +39,25 @@ _RUNNING_START = {
     "reset_lo": -math.inf,  # running intersection at reset_alpha (section 6)
     "reset_hi": math.inf,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """One look at every hypothesis (arrays over hypotheses), before the running quantities."""
+
+    estimate: EffectEstimate
+    valid: np.ndarray  # past burn-in, defined and testable
+    all_valid: bool
+    undefined: np.ndarray  # relative lift with a zero control mean
+    degenerate: np.ndarray  # zero or non-finite effect variance
+    theta: np.ndarray  # reported effect: 0 in burn-in, NaN when undefined
+    centre: np.ndarray  # theta, 0 where there is no valid estimate
+    variance: np.ndarray
+    tau2: np.ndarray | float
+    spread: np.ndarray  # V (V + tau^2) / tau^2, inf where invalid: (-inf, inf) intervals
+    log_ratio: np.ndarray  # ln((V + tau^2) / V)
+    log_mlr: np.ndarray
+    local_p: np.ndarray
 
 
 class ExperimentState:
@@ -231,7 +251,7 @@ class ExperimentState:
         self.srm_alerted = False
         return True
 
-    def _score(self) -> dict[str, np.ndarray]:
+    def _score(self) -> "Scores":
         cfg = self.config
         est = _estimate_effects(
             self.segment_stats,
@@ -265,27 +285,15 @@ class ExperimentState:
             spread = np.where(valid, spread, np.inf)
             log_mlr = np.where(valid, log_mlr, 0.0)
             local_p = np.where(valid, local_p, 1.0)
-        return {
-            "centre": centre,  # theta, 0 where there is no valid estimate
-            "spread": spread,
-            "log_ratio": log_ratio,
-            "estimate": est,
-            "valid": valid,
-            "all_valid": all_valid,
-            "undefined": undefined,
-            "degenerate": degenerate,
-            "theta": theta,
-            "variance": variance,
-            "tau2": tau2,
-            "log_mlr": log_mlr,
-            "local_p": local_p,
-        }
+        return Scores(estimate=est, valid=valid, all_valid=all_valid, undefined=undefined, degenerate=degenerate,
+                      theta=theta, centre=centre, variance=variance, tau2=tau2, spread=spread, log_ratio=log_ratio,
+                      log_mlr=log_mlr, local_p=local_p)
 
     def _interval(self, scores, level) -> tuple[np.ndarray, np.ndarray]:
         """Local confidence interval at ``level``; (-inf, inf) where there is no valid estimate."""
         log_level = math.log(level) if isinstance(level, float) else np.log(level)
-        half = np.sqrt(scores["spread"] * (scores["log_ratio"] - 2.0 * log_level))
-        return scores["centre"] - half, scores["centre"] + half
+        half = np.sqrt(scores.spread * (scores.log_ratio - 2.0 * log_level))
+        return scores.centre - half, scores.centre + half
 
     def _reset_check(self, scores) -> np.ndarray:
         """Section 6: under a constant effect the running intersection at reset_alpha stays
@@ -302,7 +310,7 @@ class ExperimentState:
 
     def _advance(self, ts, scores, reset, epoch_boundary, alerts) -> dict[str, list]:
         cfg, run = self.config, self.running
-        local_p = scores["local_p"]
+        local_p = scores.local_p
         run["min_p"] = np.minimum(run["min_p"], local_p)
         local_lo, local_hi = self._interval(scores, cfg.alpha)
         run["unc_lo"] = np.maximum(run["unc_lo"], local_lo)
@@ -334,14 +342,14 @@ class ExperimentState:
         self._collect_alerts(ts, scores, reset, rejected, alerts)
         self.rejected = rejected
 
-        est = scores["estimate"]
+        est = scores.estimate
         lifetime_t = self.lifetime[self.hyp_treatment_arm]
         lifetime_c = self.lifetime[self.hyp_control_arm]
         n = len(local_p)
-        standard_error = np.sqrt(scores["variance"])
-        if not scores["all_valid"]:
-            standard_error = np.where(scores["valid"], standard_error, np.inf)
-        mixture_likelihood_ratio = np.exp(scores["log_mlr"])  # may overflow to inf: output only
+        standard_error = np.sqrt(scores.variance)
+        if not scores.all_valid:
+            standard_error = np.where(scores.valid, standard_error, np.inf)
+        mixture_likelihood_ratio = np.exp(scores.log_mlr)  # may overflow to inf: output only
         columns = {
             "alpha": [cfg.alpha] * n,
             "corrected_conf_interval_lower": run["cor_lo"].tolist(),
@@ -350,7 +358,7 @@ class ExperimentState:
             "epoch_boundary": [epoch_boundary] * n,
             "fdr_correction_factor": factor_column,
             "interval_timestamp": [ts] * n,
-            "lift_estimate": scores["theta"].tolist(),
+            "lift_estimate": scores.theta.tolist(),
             "local_p_value": local_p.tolist(),
             "mixture_likelihood_ratio": mixture_likelihood_ratio.tolist(),
             "rejected": rejected.tolist(),
@@ -381,17 +389,17 @@ class ExperimentState:
 
     def _collect_alerts(self, ts, scores, reset, rejected, alerts: list[Alert]) -> None:
         metrics, variations = self._metric_names, self._variation_names
-        theta = scores["theta"]
+        theta = scores.theta
         if reset.any():
             self._reset_alerts(ts, reset, alerts)
         changed = rejected != self.rejected
         if changed.any():
             self._significance_alerts(ts, theta, changed, rejected, alerts)
-        if scores["all_valid"]:
+        if scores.all_valid:
             if self.quality_flag.any():
                 self.quality_flag = np.zeros(len(self.quality_flag), dtype=bool)
             return
-        problem = scores["undefined"] | scores["degenerate"]
+        problem = scores.undefined | scores.degenerate
         if problem.any():
             self._quality_alerts(ts, scores, problem, alerts)
         self.quality_flag = problem
@@ -419,7 +427,7 @@ class ExperimentState:
     def _quality_alerts(self, ts, scores, problem, alerts: list[Alert]) -> None:
         metrics, variations = self._metric_names, self._variation_names
         for h in np.flatnonzero(problem & ~self.quality_flag).tolist():
-            reason = ("control mean is 0: relative lift is undefined" if scores["undefined"][h]
+            reason = ("control mean is 0: relative lift is undefined" if scores.undefined[h]
                       else "effect variance is 0 or not finite: no test possible")
             alerts.append(Alert("data_quality", self.experiment_id, ts, f"{variations[h]!r} on {metrics[h]!r}: {reason}",
                                 metrics[h], variations[h], {"reason": reason}))
