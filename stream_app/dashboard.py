@@ -18,10 +18,8 @@ from pathlib import Path
 import orjson
 from faust.web import Request, Response, View
 
-from state.live import LiveExperiment
-
 from .app import app, history, live_table
-from .views import _error, _json, _rows_json
+from .views import NotFound, _error, _json, _rows_json, live_experiment
 
 STATIC = Path(__file__).resolve().parent / "static"
 DASHBOARD_HTML = STATIC / "dashboard.html"
@@ -57,13 +55,13 @@ def _interval_timestamp(rows: list[dict]) -> float | None:
 class History(View):
     @app.table_route(table=live_table, match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
-        blob = live_table.get(experiment_id.encode())
-        if blob is None:
-            return _error(self, 404, f"no experiment {experiment_id!r}")
+        try:
+            state = live_experiment(experiment_id).state
+        except NotFound as exc:
+            return _error(self, 404, str(exc))
         since = _since(request)
         if isinstance(since, str):
             return _error(self, 400, since)
-        state = LiveExperiment.from_bytes(blob).state
         head = {
             "experiment_id": experiment_id,
             "reference_variation_id": state.config.reference_variation_id,

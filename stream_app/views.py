@@ -60,6 +60,18 @@ async def _body(request: Request):
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
 
 
+class NotFound(Exception):
+    pass
+
+
+def live_experiment(experiment_id: str) -> LiveExperiment:
+    """The owner's state of an experiment (the views are table-routed to the owner)."""
+    blob = live_table.get(experiment_id.encode())
+    if blob is None:
+        raise NotFound(f"no experiment {experiment_id!r}")
+    return LiveExperiment.from_bytes(blob)
+
+
 def _rows_json(rows) -> bytes:
     return b"[" + b",".join(encode_row(r) for r in rows) + b"]"
 
@@ -105,10 +117,10 @@ class Experiments(View):
 class Results(View):
     @app.table_route(table=live_table, match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
-        blob = live_table.get(experiment_id.encode())
-        if blob is None:
-            return _error(self, 404, f"no experiment {experiment_id!r}")
-        summary = LiveExperiment.from_bytes(blob).summary()
+        try:
+            summary = live_experiment(experiment_id).summary()
+        except NotFound as exc:
+            return _error(self, 404, str(exc))
         rows = latest_rows.get(experiment_id, [])
         return _json(self, b'{"summary":' + orjson.dumps(summary) + b',"rows":' + _rows_json(rows) + b"}")
 
@@ -117,7 +129,7 @@ class Results(View):
 class Alerts(View):
     @app.table_route(table=live_table, match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
-        if live_table.get(experiment_id.encode()) is None:
+        if live_table.get(experiment_id.encode()) is None:  # existence only: no need to decode
             return _error(self, 404, f"no experiment {experiment_id!r}")
         return _json(self, {"experiment_id": experiment_id, "alerts": list(recent_alerts.get(experiment_id, ()))})
 

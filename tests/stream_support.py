@@ -93,6 +93,17 @@ def collect(settings: Settings, kind: str, done=lambda out: False, timeout: floa
     return asyncio.run(_collect(settings, kind, done, timeout))
 
 
+def request_for(rows: list[dict], experiment_id: str, config: dict | None = None,
+                metric_options: dict | None = None) -> dict:
+    """The batch request (state.evaluate) equivalent to these stream observation rows."""
+    metric_options = metric_options or {}
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    return {"experiment_id": experiment_id, "config": dict(config or {}), "metrics": [
+        {"config": {"name": m, **metric_options.get(m, {})},
+         "data": [{k: v for k, v in r.items() if k not in ("experiment_id", "metric")} for r in rows if r["metric"] == m]}
+        for m in metrics]}
+
+
 def result_key(row: dict) -> tuple:
     return row["experiment_id"], row["metric"], row["variation_id"], row["interval_timestamp"]
 

@@ -26,7 +26,7 @@ import pytest
 from state import evaluate
 from state.simulate import ExperimentSpec, MetricSpec, simulate
 from stream_app.embedded_broker import free_port
-from tests.stream_support import (collect, config_messages, isolated_settings, observation_messages, produce,
+from tests.stream_support import (collect, config_messages, isolated_settings, observation_messages, produce, request_for,
                                   result_key, start_worker, until_keys)
 
 pytestmark = pytest.mark.timeout(240)
@@ -61,11 +61,7 @@ def _configs():
 
 def _final_expected(rows: list[dict], experiment: str, config: dict, metric_options: dict) -> dict:
     """(metric, variation) -> the last interval's row, as state.evaluate computes it."""
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    request = {"experiment_id": experiment, "config": config, "metrics": [
-        {"config": {"name": m, **metric_options.get(m, {})},
-         "data": [{k: v for k, v in r.items() if k not in ("experiment_id", "metric")} for r in rows if r["metric"] == m]}
-        for m in metrics]}
+    request = request_for(rows, experiment, config, metric_options)
     final = {}
     for metric_rows in evaluate(request):
         for row in metric_rows:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from state import evaluate
 from stream_app.processor import BatchProcessor, InMessage
 from tests.conftest import covid_request
+from tests.stream_support import request_for
 
 PARTITIONS = 4
 TOPICS = {"obs": "observations", "cfg": "experiments", "tick": "ticks"}
@@ -104,10 +105,7 @@ def test_fuzzed_batches_dead_letter_exactly_the_bad_messages(bad, batch_size):
     bad_offsets = [m.offset for m, (kind, _) in zip(messages, stream) if kind == "bad"]
     assert sorted(d["offset"] for d in dead) == bad_offsets
     assert all(d["reason"] and d["topic"] == "obs" and d["partition"] == part for d in dead)
-    request = {"experiment_id": "fz", "config": {}, "metrics": [
-        {"config": {"name": m}, "data": [{k: v for k, v in r.items() if k not in ("experiment_id", "metric")}
-                                        for r in rows if r["metric"] == m]}
-        for m in dict.fromkeys(r["metric"] for r in rows)]}
+    request = request_for(rows, "fz")
     # the last interval is complete (all arms known), so every interval has closed
     expected = {(r["metric"], r["variation_id"], r["interval_timestamp"]): r["lift_estimate"]
                 for rows_ in evaluate(request) for r in rows_}
@@ -154,10 +152,7 @@ def _valid(element) -> bool:
 
 
 def _expected_keys(rows) -> set:
-    request = {"experiment_id": "fz", "config": {}, "metrics": [
-        {"config": {"name": m}, "data": [{k: v for k, v in r.items() if k not in ("experiment_id", "metric")}
-                                        for r in rows if r["metric"] == m]}
-        for m in dict.fromkeys(r["metric"] for r in rows)]}
+    request = request_for(rows, "fz")
     return {(r["metric"], r["variation_id"], r["interval_timestamp"]) for rows_ in evaluate(request) for r in rows_}
 
 

@@ -116,12 +116,17 @@ def run_fast(spec: ExperimentSpec, seed: int, config: EngineConfig | None = None
     for i in range(spec.intervals):
         obs = _draw_interval(rng, spec, i, groups)
         res = state.update(obs[0].interval_timestamp, obs)
-        for c in TRACE_COLUMNS:
-            cols[c].append(res.columns[c])
-        alerts.extend(res.alerts)
-        srm.append(res.srm)
-        metrics = metrics or list(res.columns["metric"])
+        metrics = _record(res, cols, alerts, srm, metrics)
     return _trace(spec, metrics, cols, alerts, srm)
+
+
+def _record(res, cols: dict[str, list], alerts: list, srm: list, metrics):
+    """Append one interval's result to a trace under construction; returns the metric order."""
+    for c in TRACE_COLUMNS:
+        cols[c].append(res.columns[c])
+    alerts.extend(res.alerts)
+    srm.append(res.srm)
+    return metrics or list(res.columns["metric"])
 
 
 def run_simulate(spec: ExperimentSpec, seed: int, config: EngineConfig | None = None, stop=None) -> Trace:
@@ -134,11 +139,7 @@ def run_simulate(spec: ExperimentSpec, seed: int, config: EngineConfig | None = 
     for rows in simulate(spec, seed):
         obs = [parse_observation(r, is_binary=configs[r["metric"]].is_binary) for r in rows]
         res = state.update(obs[0].interval_timestamp, obs)
-        for c in TRACE_COLUMNS:
-            cols[c].append(res.columns[c])
-        alerts.extend(res.alerts)
-        srm.append(res.srm)
-        metrics = metrics or list(res.columns["metric"])
+        metrics = _record(res, cols, alerts, srm, metrics)
         if stop is not None and stop(res):
             break
     return _trace(spec, metrics, cols, alerts, srm)

@@ -24,7 +24,7 @@ from stream_app.kafka_admin import evict_group_members
 from state.simulate import ExperimentSpec, MetricSpec, simulate
 from tests.conftest import COVID_METRICS, covid_request
 from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings, observation_messages,
-                                  produce, result_key, start_worker, until_keys)
+                                  produce, request_for, result_key, start_worker, until_keys)
 from tests.test_processor import bad_values, good_rows
 
 pytestmark = pytest.mark.timeout(240)
@@ -47,11 +47,7 @@ def expected_covid(experiment_id: str) -> dict:
 
 
 def expected_for(rows: list[dict], experiment_id: str, config: dict, metric_options: dict) -> dict:
-    metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    request = {"experiment_id": experiment_id, "config": config, "metrics": [
-        {"config": {"name": m, **metric_options.get(m, {})},
-         "data": [{k: v for k, v in r.items() if k not in ("experiment_id", "metric")} for r in rows if r["metric"] == m]}
-        for m in metrics]}
+    request = request_for(rows, experiment_id, config, metric_options)
     return distinct_results([r for rows_ in evaluate(request) for r in rows_])
 
 
