@@ -50,19 +50,23 @@ def cmd_publish(args) -> int:
         return 1
 
     async def run() -> int:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         prod = producer(settings)
         await prod.start()
-        sent = 0
+        groups = by_interval(rows)
+        columns = (TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn())
         try:
-            groups = by_interval(rows)
-            for i, group in enumerate(groups, start=1):
-                sent += await send_observations(prod, settings, group)
-                print(f"\rinterval {i}/{len(groups)}  rows sent {sent}", end="", file=sys.stderr, flush=True)
-                if args.pace and i < len(groups):
-                    await asyncio.sleep(args.pace)
+            with Progress(*columns, console=Console(stderr=True)) as progress:
+                task = progress.add_task("rows", total=len(rows))
+                for i, group in enumerate(groups, start=1):
+                    progress.advance(task, await send_observations(prod, settings, group))
+                    if args.pace and i < len(groups):
+                        await asyncio.sleep(args.pace)
         finally:
             await prod.stop()
-        print(file=sys.stderr)
+        print(f"sent {len(rows)} rows in {len(groups)} intervals", file=sys.stderr)
         return 0
 
     return asyncio.run(run())
@@ -83,10 +87,18 @@ def cmd_tail(args) -> int:
         loop = asyncio.get_running_loop()
         if not args.follow:
             loop.call_later(args.wait, stop.set)
+        console = None
+        if args.table:
+            from rich.console import Console
+
+            console = Console()
         async for kind, message in follow(settings, [args.topic], from_beginning=args.from_beginning, stop=stop):
-            if args.experiment and message.get("experiment_id") != args.experiment:
+            if args.experiment and message.get("experiment_id", _key_of(message)) != args.experiment:
                 continue
-            print(orjson.dumps(message).decode(), flush=True)
+            if console is not None:
+                console.print(_table_line(kind, message), highlight=False, soft_wrap=True)
+            else:
+                print(orjson.dumps(message).decode(), flush=True)
         return 0
 
     try:
@@ -203,6 +215,32 @@ def cmd_report(args) -> int:
     return main(args)
 
 
+def _key_of(message: dict):
+    return message.get("key")  # dead letters carry the original key
+
+
+def _table_line(kind: str, m: dict) -> str:
+    """One readable, aligned line per message for ``tail --table`` (rich markup for colour)."""
+    import math
+    import time
+
+    from rich.markup import escape
+
+    if kind == "results":
+        def pct(v):
+            return "n/a" if not isinstance(v, float) or math.isnan(v) or math.isinf(v) else f"{v * 100:+.2f}%"
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["interval_timestamp"]))
+        verdict = "[bold green]significant[/]" if m["rejected"] else "[dim]not significant[/]"
+        return (f"{when}  {m['experiment_id']:<18} {m['metric']:<28.28} {m['variation_id']:<14.14} "
+                f"lift {pct(m['lift_estimate']):>9}  CI \\[{pct(m['corrected_conf_interval_lower'])}, "
+                f"{pct(m['corrected_conf_interval_upper'])}]  p {m['corrected_p_value']:.3g}  {verdict}")
+    if kind == "alerts":
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["interval_timestamp"]))
+        colour = "red" if m["kind"] in ("srm", "data_quality") else "yellow"
+        return f"{when}  [{colour}]{m['kind']:<20}[/] {m['experiment_id']:<18} {escape(m['message'])}"
+    return f"{m['topic']}\\[{m['partition']}]@{m['offset']}  key={m.get('key')!r}  [red]{escape(m['reason'])}[/]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqstream", description="Live, always-valid experiment analysis on Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--follow", action="store_true", help="keep waiting for new messages")
     tail.add_argument("--wait", type=float, default=3.0, help="without --follow: stop after this many seconds")
+    tail.add_argument("--table", action="store_true", help="readable aligned lines instead of JSON")
     tail.set_defaults(func=cmd_tail)
 
     experiment = sub.add_parser("experiment", help="publish or read experiment configs")

@@ -280,6 +280,7 @@ def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
     running = {"report": cli("report", "--experiment", experiment, "--html", str(html)),
                "watch": cli("watch", "--once"),
                "tail": cli("tail", "results", "--from-beginning", "--experiment", experiment),
+               "tail_table": cli("tail", "results", "--from-beginning", "--experiment", experiment, "--table"),
                "publish": cli("publish", str(bad_csv), "--experiment", "bad-csv")}
     for name, value in settings.to_env().items():  # meanwhile, in this process: a report of nothing
         monkeypatch.setenv(name, value)
@@ -312,6 +313,13 @@ def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     lines = [orjson.loads(line) for line in out.splitlines() if line.strip()]
     assert len(lines) == len(expected) and {r["experiment_id"] for r in lines} == {experiment}
+
+    code, out, err = done["tail_table"]
+    assert code == 0, err
+    readable = [line for line in out.splitlines() if line.strip()]
+    assert len(readable) == len(expected)
+    assert all(experiment in line and "lift" in line and " CI [" in line for line in readable)
+    assert sum("not significant" in line for line in readable) < len(readable)  # some are significant
 
     code, out, err = done["publish"]
     assert code == 1 and "line 3" in err and "nothing sent" in err
