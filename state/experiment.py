@@ -106,7 +106,8 @@ class ExperimentState:
         self._derive()
         if new_weights != self.epoch_weights:
             self.epoch_weights = new_weights
-            self.epoch_pending = True
+            # Before any data the allocation simply defines epoch 0: nothing to stratify yet.
+            self.epoch_pending = self.intervals > 0
         return self.epoch_pending
 
     def metric_config(self, metric: str) -> MetricConfig:

@@ -105,6 +105,14 @@ def test_allocation_change_starts_an_epoch_and_stratifies_the_estimate():
     assert not state.reconfigure(EngineConfig(weights={"control": 1, "t": 9}))  # same weights: same epoch
 
 
+def test_weights_set_before_any_data_define_epoch_zero():
+    state = ExperimentState("e")
+    assert state.reconfigure(EngineConfig(weights={"control": 1, "t": 1})) is False
+    row = state.update(0, [obs("m", "control", 0, 200, 100, 80), obs("m", "t", 0, 200, 110, 90)]).rows[0]
+    assert (row["epoch"], row["epoch_boundary"]) == (0, False)
+    assert state.expected_shares() == [0.5, 0.5]
+
+
 def test_flipped_effect_resets_only_when_enabled():
     spec = ExperimentSpec("e", (MetricSpec("m", 1.0, sd=1.0, lifts={"treatment": 0.3},
                                            lift_changes=((15, {"treatment": -0.3}),)),),
