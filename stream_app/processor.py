@@ -8,6 +8,7 @@ input-handling path unit-testable, and the agent a thin I/O loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .codec import (decode_config, decode_observations, deadletter_message, elem
                     encode_row, experiment_key)
 from .metrics import Metrics
 
+log = logging.getLogger("seqstream.processor")
 _partitioner = DefaultPartitioner()
 # Live experiments kept between batches; beyond this many, the least recently used are dropped
 # (and read back from the table when they return).
@@ -129,6 +131,12 @@ class BatchProcessor:
                 self.metrics.deadletters += 1
                 out.deadletters.append((msg.key, deadletter_message(str(exc), msg.topic, msg.partition, msg.offset,
                                                                     msg.key, msg.value)))
+            except Exception as exc:  # a bug, not bad input: keep the worker alive, keep the message
+                log.exception("internal error on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
+                self.metrics.deadletters += 1
+                out.deadletters.append((msg.key, deadletter_message(
+                    f"internal error: {exc!r}", msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                    error="internal_error")))
             # Record the offset so a redelivery is skipped; a bad message alone never creates an
             # experiment (a fuzzer's random keys would otherwise fill the table).
             if experiment is not None and experiment in live and (experiment in touched or experiment in store):

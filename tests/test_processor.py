@@ -156,6 +156,28 @@ def _expected_keys(rows) -> set:
     return {(r["metric"], r["variation_id"], r["interval_timestamp"]) for rows_ in evaluate(request) for r in rows_}
 
 
+def test_an_internal_error_is_dead_lettered_and_the_batch_goes_on(monkeypatch):
+    from state.live import LiveExperiment
+
+    rows = good_rows(intervals=2)
+    part = partition_of(b"fz")
+    messages = [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)]
+    original = LiveExperiment.offer
+    calls = {"n": 0}
+
+    def flaky(self, obs, now=0.0):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return original(self, obs, now)
+
+    monkeypatch.setattr(LiveExperiment, "offer", flaky)
+    out = BatchProcessor(TOPICS, PARTITIONS).process(messages, {})
+    dead = [orjson.loads(v) for _, v in out.deadletters]
+    assert [(d["offset"], d["error"]) for d in dead] == [(2, "internal_error")] and "boom" in dead[0]["reason"]
+    assert out.states  # the other messages were applied
+
+
 def test_redelivered_batch_is_skipped_by_offset():
     rows = good_rows()
     part = partition_of(b"fz")
