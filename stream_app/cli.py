@@ -29,7 +29,14 @@ def cmd_worker(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import main
 
-    return main(args)
+    try:
+        return main(args)
+    except BrokenPipeError:  # `seqstream demo --json | head`: the reader left; that is fine
+        import os
+
+        # As the Python docs advise: point stdout at devnull so the exit-time flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def cmd_publish(args) -> int:

@@ -128,8 +128,10 @@ async def run_demo(settings: Settings, *, data: str | None, experiment: str | No
             await asyncio.sleep(0.2)
     finally:
         done.set()
-        await reader
-        worker.stop()
+        try:
+            await reader
+        finally:
+            worker.stop()  # even when the reader failed (e.g. stdout closed by `| head`)
     if not as_json:
         print("\n" + summary_table(final, alerts), file=out)
     return 0

@@ -66,14 +66,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: Linux SIGINTs the broker when the thread that started it dies.
+def die_with_parent(sig: int = signal.SIGINT):
+    """A preexec_fn: on Linux the child gets ``sig`` when the thread that started it dies.
 
-    Covers what atexit cannot: the test runner killed by SIGTERM/SIGKILL (CI timeouts).
+    Covers what atexit and finally blocks cannot: the parent killed by SIGTERM/SIGKILL (a CI
+    timeout) or dying on an unhandled error, which would otherwise orphan brokers and workers.
     """
-    import ctypes
+    def preexec() -> None:
+        import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
+
+    return preexec
 
 
 class EmbeddedBroker:
@@ -153,7 +157,7 @@ class EmbeddedBroker:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent(signal.SIGINT) if self.die_with_parent else None,
             )
         atexit.register(self.stop)  # never leave an orphan broker if the caller forgets
 

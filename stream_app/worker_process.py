@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .embedded_broker import die_with_parent
 from .settings import Settings
 
 
@@ -25,7 +26,9 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker"], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=die_with_parent(signal.SIGTERM) if sys.platform.startswith("linux")
+                                        else None)
         log.close()
         return self
 

@@ -1,0 +1,77 @@
+"""`seqstream demo`, the README's main job: runs on a fresh machine with no Kafka configured,
+shows significance and an SRM alert, finishes within 60 s, and leaves nothing running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from tests.conftest import COVID_CSV, COVID_METRICS
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def demo(*args: str, **kwargs) -> tuple[subprocess.CompletedProcess, float]:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # the embedded broker path
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "stream_app", "demo", *args], env=env, capture_output=True,
+                          text=True, timeout=90, **kwargs)
+    return done, time.monotonic() - started
+
+
+def demo_workers() -> set[int]:
+    """PIDs of worker processes a demo started (its app ids start with seqstream-demo-)."""
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if b"SEQSTREAM_APP_ID=seqstream-demo-" in f.read():
+                    pids.add(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def test_demo_shows_significance_and_srm_within_a_minute():
+    before = demo_workers()
+    done, elapsed = demo()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert elapsed < 60
+    out = done.stdout
+    assert "ALERT significance_reached" in out and "ALERT srm: pricing-banner" in out
+    summary = out.split("significant\n", 1)[1]  # the summary table below its header
+    rows = {tuple(line.split()[:3]): line.split()[-1] for line in summary.splitlines()[1:] if line.count(" ") > 5}
+    assert rows[("checkout-redesign", "conversion", "treatment_a")] == "yes"
+    assert rows[("checkout-redesign", "support_tickets", "treatment_b")] == "no"
+    assert "sample ratio mismatch: pricing-banner" in out
+    time.sleep(1)
+    assert demo_workers() <= before  # worker and broker stopped
+
+
+def test_demo_json_replays_the_covid_csv():
+    done, _ = demo("--json", "--data", str(COVID_CSV), "--experiment", "covid", "--metrics", ",".join(COVID_METRICS))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 2 * 2 * 18 and {r["experiment_id"] for r in rows} == {"covid"}
+    final = [r for r in rows if r["interval_timestamp"] == max(x["interval_timestamp"] for x in rows)]
+    assert len(final) == 4 and all(r["rejected"] and r["lift_estimate"] < 0 for r in final)
+
+
+def test_closing_the_pipe_leaves_no_worker_behind():
+    before = demo_workers()
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    demo_process = subprocess.Popen([sys.executable, "-m", "stream_app", "demo", "--json"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    first = demo_process.stdout.readline()  # like `| head -1`
+    demo_process.stdout.close()
+    assert demo_process.wait(timeout=90) == 0
+    assert orjson.loads(first)["alpha"] == 0.1
+    deadline = time.monotonic() + 20
+    while demo_workers() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not demo_workers() - before
