@@ -26,7 +26,7 @@ from .fdr import benjamini_hochberg
 from .observation import Observation
 from .results import Alert, IntervalResult, SrmStatus
 from .sequential import SequentialTest
-from .srm import dirichlet_multinomial_log_bf
+from .srm import dirichlet_multinomial_log_bf, sequential_p_value
 
 # Running quantities per hypothesis and the value each starts a segment with.
 _RUNNING_START = {
@@ -463,7 +463,7 @@ class ExperimentState:
         if seen and k > 1:
             log_bf = dirichlet_multinomial_log_bf(counts, shares, self.config.srm_concentration)
             self.srm_max_log_bf = max(self.srm_max_log_bf, log_bf)
-        p_value = min(1.0, math.exp(-self.srm_max_log_bf)) if self.srm_max_log_bf > -math.inf else 1.0
+        p_value = sequential_p_value(self.srm_max_log_bf)
         detected = p_value <= self.config.srm_alpha
         if detected and not self.srm_alerted:
             self.srm_alerted = True

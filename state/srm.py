@@ -42,6 +42,11 @@ def dirichlet_multinomial_log_bf(counts, null_probabilities, concentration: floa
     return log_bf + math.lgamma(total_a) - math.lgamma(total_a + total_x)
 
 
+def sequential_p_value(max_log_bayes_factor: float) -> float:
+    """Anytime-valid p-value min(1, exp(-max over time of log BF)): the running minimum of 1/BF."""
+    return min(1.0, math.exp(-max_log_bayes_factor)) if max_log_bayes_factor > -math.inf else 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class SequentialSRM:
     """Running state of the sequential SRM test of one epoch: counts and the largest log BF.
@@ -68,7 +73,7 @@ class SequentialSRM:
 
     @property
     def p_value(self) -> float:
-        return min(1.0, math.exp(-self.max_log_bayes_factor)) if self.max_log_bayes_factor > -math.inf else 1.0
+        return sequential_p_value(self.max_log_bayes_factor)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ messages already reflected in the state are skipped by their offset (state.live)
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import weakref
 from collections import deque
@@ -28,7 +27,6 @@ from .processor import BatchProcessor, InMessage
 from .settings import Settings
 from .topics import TABLE_NAME, create_topics_async
 
-log = logging.getLogger("seqstream")
 settings = Settings.from_env()
 
 class SeqstreamApp(faust.App):
@@ -61,7 +59,6 @@ app = SeqstreamApp(
     consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
 )
 
-observations_topic = app.topic(settings.topic("observations"), key_serializer="raw", value_serializer="raw")
 inputs = app.topic(
     settings.topic("observations"),
     settings.topic("experiments"),

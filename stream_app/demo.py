@@ -68,7 +68,6 @@ async def run_demo(settings: Settings, *, data: str | None, experiment: str | No
         if errors:
             print("\n".join(errors[:20]), file=sys.stderr)
             return 2
-        experiments = {experiment: {"reference_variation_id": "control"}}
         metric_names = sorted({r["metric"] for r in rows})
         configs = {experiment: ({"reference_variation_id": "control", "use_stats_resets": True},
                                 {m: {"is_binary": False} for m in metric_names})}
@@ -82,7 +81,6 @@ async def run_demo(settings: Settings, *, data: str | None, experiment: str | No
                                            {m.name: {"is_binary": m.is_binary} for m in spec.metrics})
         per_spec = [simulate(spec, seed) for seed, spec in enumerate(specs, start=1)]
         intervals = [sum(group, []) for group in zip(*per_spec)]
-        experiments = configs
     expected_rows = _expected_rows(intervals, configs)
 
     await create_topics_async(settings)
