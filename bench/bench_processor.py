@@ -2,7 +2,7 @@
 
 1,000 experiments x 5 metrics x 3 variations, one-minute intervals, batches of 2,000 messages
 through a dict store, after two warm-up intervals. Prints observations per second; asserts
-nothing. Run: python bench/bench_processor.py [--intervals N] [--profile]
+nothing. Run: python bench/bench_processor.py [--intervals N] [--pack] [--profile]
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from state.simulate import ExperimentSpec, MetricSpec, simulate  # noqa: E402
 from stream_app.processor import BatchProcessor, InMessage, partition_for  # noqa: E402
 
 
-def messages(experiments: int, intervals: int) -> list[InMessage]:
+def messages(experiments: int, intervals: int, pack: bool = False) -> list[InMessage]:
+    """One message per observation, or with ``pack`` one JSON array per experiment-interval (as
+    ``seqstream publish`` sends them)."""
     metrics = tuple(MetricSpec(f"m{i}", 1.0, sd=2.0, lifts={"t1": 0.02}) for i in range(5))
     per_interval: list[list] = [[] for _ in range(intervals)]
     for e in range(experiments):
@@ -33,11 +35,15 @@ def messages(experiments: int, intervals: int) -> list[InMessage]:
     offsets = [0] * 4
     out = []
     for rows in per_interval:
+        groups: dict[str, list] = {}
         for row in rows:
-            key = row["experiment_id"].encode()
+            groups.setdefault(row["experiment_id"], []).append(row)
+        for experiment, group in groups.items():
+            key = experiment.encode()
             p = partition_for(key, 4)
-            out.append(InMessage("obs", p, offsets[p], key, orjson.dumps(row)))
-            offsets[p] += 1
+            for value in [orjson.dumps(group)] if pack else map(orjson.dumps, group):
+                out.append(InMessage("obs", p, offsets[p], key, value))
+                offsets[p] += 1
     return out
 
 
@@ -46,10 +52,11 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=1000)
     parser.add_argument("--intervals", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--pack", action="store_true", help="one message per experiment-interval")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    msgs = messages(args.experiments, args.intervals)
-    warm = 2 * args.experiments * 15
+    msgs = messages(args.experiments, args.intervals, args.pack)
+    warm = 2 * args.experiments * (1 if args.pack else 15)
     processor = BatchProcessor({"obs": "observations"}, 4)
     store: dict[str, bytes] = {}
 
@@ -67,8 +74,8 @@ def main() -> None:
     if profiler:
         profiler.disable()
     elapsed = time.perf_counter() - t0
-    n = len(msgs) - warm
-    print(f"BatchProcessor.process alone: {n:,} observations in {elapsed:.2f} s = {n / elapsed:,.0f} obs/s "
+    n = (len(msgs) - warm) * (15 if args.pack else 1)
+    print(f"BatchProcessor.process alone{' (packed)' if args.pack else ''}: {n:,} observations in {elapsed:.2f} s = {n / elapsed:,.0f} obs/s "
           f"({args.experiments} experiments x 15 arms, batches of {args.batch}, dict store)")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)

@@ -24,6 +24,8 @@ ENVIRONMENT = {
     "SEQSTREAM_SESSION_TIMEOUT": ("session_timeout", float, 10.0),
     "SEQSTREAM_HEARTBEAT_INTERVAL": ("heartbeat_interval", float, 1.0),
     "SEQSTREAM_REBALANCE_TIMEOUT": ("rebalance_timeout", float, 60.0),
+    # Longest client-side wait after an empty fetch answered early (stream_app/long_poll.py).
+    "SEQSTREAM_FETCH_IDLE_WAIT": ("fetch_idle_wait", float, 0.005),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
@@ -47,6 +49,7 @@ class Settings:
     session_timeout: float
     heartbeat_interval: float
     rebalance_timeout: float
+    fetch_idle_wait: float
     api_token: str | None
     log_level: str
 
