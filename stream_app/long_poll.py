@@ -26,6 +26,14 @@ DEFAULT_CAP_SECONDS = 0.005
 _installed_cap: list[float] = []
 
 
+def idle_wait(elapsed: float, got_records: bool, max_wait: float, cap: float) -> float:
+    """Seconds to wait after a fetch that took ``elapsed``: the rest of the broker's allowed wait
+    (``max_wait``, capped at ``cap``) when it brought nothing, else 0."""
+    if got_records:
+        return 0.0
+    return max(0.0, min(max_wait, cap) - elapsed)
+
+
 def install(cap: float = DEFAULT_CAP_SECONDS) -> None:
     """Idempotent: later calls only change the cap."""
     if _installed_cap:
@@ -37,15 +45,14 @@ def install(cap: float = DEFAULT_CAP_SECONDS) -> None:
     async def _proc_fetch_request(self, assignment, node_id, request):
         started = time.monotonic()
         got_records = await original(self, assignment, node_id, request)
-        if not got_records:
-            wait = min(self._fetch_max_wait_ms / 1000, _installed_cap[0]) - (time.monotonic() - started)
-            if wait > 0:
-                try:
-                    await asyncio.sleep(wait)
-                except asyncio.CancelledError:
-                    # As the wrapped coroutine does: the fetcher cancels fetch tasks on close and
-                    # unassignment and then awaits them, expecting them to end quietly.
-                    return False
+        wait = idle_wait(time.monotonic() - started, got_records, self._fetch_max_wait_ms / 1000, _installed_cap[0])
+        if wait > 0:
+            try:
+                await asyncio.sleep(wait)
+            except asyncio.CancelledError:
+                # As the wrapped coroutine does: the fetcher cancels fetch tasks on close and
+                # unassignment and then awaits them, expecting them to end quietly.
+                return False
         return got_records
 
     _proc_fetch_request.__wrapped__ = original
