@@ -41,7 +41,7 @@ _NUMBERS = struct.Struct("<3d")
 
 def _digest(n: float, s: float, q: float) -> int:
     """64-bit digest of a row's numbers: enough to tell a duplicate (equal) from a conflict
-    (different), at an eighth of the bytes the numbers and their keys took in every state write."""
+    (different), at a quarter of the bytes the numbers and their keys took in every state write."""
     return int.from_bytes(hashlib.blake2b(_NUMBERS.pack(n, s, q), digest_size=8).digest(), "little")
 
 
