@@ -14,18 +14,25 @@ from .embedded_broker import die_with_parent
 from .settings import Settings
 
 
+WORKER_ARGV = (sys.executable, "-m", "stream_app", "worker")
+
+
 class WorkerProcess:
-    def __init__(self, settings: Settings, log_path: str | Path, extra_env: dict[str, str] | None = None):
+    """``argv`` defaults to ``seqstream worker``; e.g. ``faust -A stream_app.app worker`` also works."""
+
+    def __init__(self, settings: Settings, log_path: str | Path, extra_env: dict[str, str] | None = None,
+                 argv: tuple[str, ...] | list[str] = WORKER_ARGV):
         self.settings = settings
         self.log_path = Path(log_path)
         self.extra_env = dict(extra_env or {})
+        self.argv = list(argv)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "WorkerProcess":
         env = {**os.environ, **self.settings.to_env(), **self.extra_env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker"], env=env,
+        self.process = subprocess.Popen(self.argv, env=env,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                         preexec_fn=die_with_parent(signal.SIGTERM) if sys.platform.startswith("linux")
                                         else None)
