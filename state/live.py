@@ -160,10 +160,12 @@ class LiveExperiment:
         self.pending = {}
         return result
 
+    def is_idle(self, now: float, idle_timeout: float) -> bool:
+        """An interval is open and has had no row for ``idle_timeout`` seconds."""
+        return self.open_interval is not None and now - self.last_activity >= idle_timeout
+
     def close_if_idle(self, now: float, idle_timeout: float) -> IntervalResult | None:
-        if self.open_interval is not None and now - self.last_activity >= idle_timeout:
-            return self.close()
-        return None
+        return self.close() if self.is_idle(now, idle_timeout) else None
 
     def summary(self) -> dict[str, Any]:
         """What a status view shows: progress, arms, SRM counts, the open interval."""

@@ -24,7 +24,7 @@ from faust.streams import _current_event
 
 from . import long_poll
 from .metrics import Metrics
-from .processor import BatchProcessor, InMessage, partition_for
+from .processor import BatchProcessor, partition_for
 from .settings import Settings
 from .topics import TABLE_NAME, create_topics_async
 
@@ -62,10 +62,10 @@ app = SeqstreamApp(
     consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
 )
 
+INPUT_KINDS = ("observations", "experiments", "ticks")
+INPUT_TOPICS = {settings.topic(kind): kind for kind in INPUT_KINDS}
 inputs = app.topic(
-    settings.topic("observations"),
-    settings.topic("experiments"),
-    settings.topic("ticks"),
+    *INPUT_TOPICS,
     key_serializer="raw",
     value_serializer="raw",
 )
@@ -86,7 +86,7 @@ live_table = app.Table(
 
 metrics = Metrics()
 processor = BatchProcessor(
-    {settings.topic(kind): kind for kind in ("observations", "experiments", "ticks")},
+    INPUT_TOPICS,
     settings.partitions,
     max_message_bytes=settings.max_message_bytes,
     idle_timeout=settings.idle_timeout,
@@ -151,14 +151,12 @@ async def _send_batched(topic: str, messages) -> list[asyncio.Future]:
     return futures
 
 
-@app.on_partitions_revoked.connect
-async def _forget_live_on_revoke(app, revoked, **kwargs) -> None:
+async def _forget_live_on_rebalance(app, partitions, **kwargs) -> None:
     processor.invalidate()  # partitions may move: the table is the truth again
 
 
-@app.on_partitions_assigned.connect
-async def _forget_live_on_assign(app, assigned, **kwargs) -> None:
-    processor.invalidate()
+app.on_partitions_revoked.connect(_forget_live_on_rebalance)
+app.on_partitions_assigned.connect(_forget_live_on_rebalance)
 
 
 def _write_states(events, out) -> None:
@@ -184,9 +182,7 @@ async def process(stream):
     results_name, alerts_name, dead_name = (settings.topic(k) for k in ("results", "alerts", "deadletter"))
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
         received = time.time()
-        messages = [InMessage(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-                    for e in events]
-        out = processor.process(messages, view)
+        out = processor.process([event.message for event in events], view)
         futures = await _send_batched(results_name, out.results)
         futures += await _send_batched(alerts_name, out.alerts)
         futures += await _send_batched(dead_name, out.deadletters)
@@ -204,9 +200,6 @@ async def process(stream):
         for experiment in out.states:
             open_intervals[experiment] = received
         metrics.batches += 1
-
-
-INPUT_TOPICS = {settings.topic(kind) for kind in ("observations", "experiments", "ticks")}
 
 
 @app.timer(interval=5.0)

@@ -15,10 +15,7 @@ def cmd_worker(args) -> int:
         print("seqstream worker: set KAFKA_BOOTSTRAP (host:port of a Kafka broker), "
               "or run `seqstream demo` to try everything on an embedded broker", file=sys.stderr)
         return 2
-    from .topics import create_topics
-
-    create_topics(settings)
-    from .app import app
+    from .app import app  # creates the topics before consuming (SeqstreamApp.on_first_start)
 
     sys.argv = ["seqstream", "worker", "-l", settings.log_level, "--web-port", str(settings.web_port),
                 "--web-bind", settings.web_host]

@@ -26,13 +26,17 @@ from state import EngineConfig, InvalidInput, MetricConfig, Observation, parse_o
 _NON_FINITE = {math.inf: "inf", -math.inf: "-inf"}
 
 
-def loads_object(value: bytes | None, what: str) -> dict:
+def _loads(value: bytes | None, what: str) -> Any:
     if value is None:
         raise InvalidInput(f"empty {what} message")
     try:
-        doc = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def loads_object(value: bytes | None, what: str) -> dict:
+    doc = _loads(value, what)
     if not isinstance(doc, dict):
         raise InvalidInput(f"{what} must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -67,12 +71,7 @@ def decode_observations(key: bytes | None, value: bytes | None, is_binary_of):
     gives the metric's config so 0/1 metrics are checked as such.
     """
     experiment = experiment_key(key)
-    if value is None:
-        raise InvalidInput("empty observation message")
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"observation is not valid JSON: {exc}") from None
+    doc = _loads(value, "observation")
     if isinstance(doc, dict):
         return experiment, [(None, _observation(doc, experiment, is_binary_of))]
     if not isinstance(doc, list) or not doc:

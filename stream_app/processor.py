@@ -40,6 +40,9 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class InMessage:
+    """What the processor reads of a message; the agent passes faust's own ``Message`` objects,
+    which have the same attributes."""
+
     topic: str
     partition: int
     offset: int
@@ -86,10 +89,7 @@ class BatchProcessor:
         def load(experiment: str) -> LiveExperiment:
             current = live.get(experiment)
             if current is None:
-                current = cache.get(experiment)
-                if current is None:
-                    blob = store.get(experiment)
-                    current = LiveExperiment.from_bytes(blob) if blob else LiveExperiment.new(experiment)
+                current = self._stored(experiment, store) or LiveExperiment.new(experiment)
                 live[experiment] = current
             return current
 
@@ -172,16 +172,22 @@ class BatchProcessor:
                     element_bytes(msg.value, index), element=index)))
         return closed
 
+    def _stored(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
+        """The experiment's live state: the cached object, else read from the table, else None."""
+        current = self._cache.get(experiment)
+        if current is None:
+            blob = store.get(experiment)
+            current = LiveExperiment.from_bytes(blob) if blob else None
+        return current
+
     def idle_experiments(self, store: Mapping[str, bytes], experiments) -> list[str]:
         """Experiments (of those given) whose open interval has been idle past the timeout."""
         now = self.clock()
         due = []
         for experiment in experiments:
-            blob = store.get(experiment)
-            if blob:
-                state = LiveExperiment.from_bytes(blob)
-                if state.open_interval is not None and now - state.last_activity >= self.idle_timeout:
-                    due.append(experiment)
+            state = self._stored(experiment, store)
+            if state is not None and state.is_idle(now, self.idle_timeout):
+                due.append(experiment)
         return due
 
     def _emit(self, closed: list[IntervalResult], out: Outputs) -> None:

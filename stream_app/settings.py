@@ -71,6 +71,3 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         by_attr = {attr: name for name, (attr, _, _) in ENVIRONMENT.items()}
         return {by_attr[f.name]: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
-
-
-TOPIC_KINDS = ("observations", "experiments", "ticks", "results", "alerts", "deadletter")
