@@ -152,7 +152,9 @@ async def _send_batched(topic: str, messages) -> list[asyncio.Future]:
 
 
 async def _forget_live_on_rebalance(app, partitions, **kwargs) -> None:
+    global _open_index_built
     processor.invalidate()  # partitions may move: the table is the truth again
+    _open_index_built = False  # newly assigned experiments may hold open intervals to close
 
 
 app.on_partitions_revoked.connect(_forget_live_on_rebalance)
@@ -219,7 +221,8 @@ async def measure_lag():
 @app.timer(interval=max(0.5, settings.idle_timeout / 4))
 async def close_idle_intervals():
     """Punctuate idle experiments: a tick through the agent closes their open interval in-stream
-    (tables can only be written from the agent). After a restart, rebuild the index once."""
+    (tables can only be written from the agent). After a restart or a rebalance, rebuild the index
+    from the table once."""
     global _open_index_built
     if not _open_index_built:
         for experiment in local_experiments():
