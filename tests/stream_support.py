@@ -16,6 +16,7 @@ from stream_app.embedded_broker import free_port
 from stream_app.settings import Settings
 from stream_app.topics import create_topics
 from stream_app.worker_process import WorkerProcess
+from tests.conftest import covid_request
 
 _ids = itertools.count()
 
@@ -91,6 +92,14 @@ async def _collect(settings: Settings, kind: str, done, timeout: float) -> list[
 def collect(settings: Settings, kind: str, done=lambda out: False, timeout: float = 60.0) -> list[dict]:
     """Messages of an output topic from the beginning, until ``done(messages)`` or the timeout."""
     return asyncio.run(_collect(settings, kind, done, timeout))
+
+
+def covid_stream_rows(experiment_id: str) -> list[dict]:
+    """The covid request's rows as stream observations, interval by interval, metrics in order."""
+    request = covid_request()
+    rows = [dict(r, experiment_id=experiment_id, metric=m["config"]["name"])
+            for m in request["metrics"] for r in m["data"]]
+    return sorted(rows, key=lambda r: r["interval_timestamp"])
 
 
 def request_for(rows: list[dict], experiment_id: str, config: dict | None = None,

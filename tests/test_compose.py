@@ -4,8 +4,8 @@ Static checks parse both files and compare them with the app's own definitions (
 variables of stream_app.settings.ENVIRONMENT, the CLI, the topic creation code, pyproject's
 script); every check is also run on deliberately broken copies of the files (test_check_rejects)
 so none of them can pass vacuously. The runtime tests execute the compose file's own topic
-creation and publisher snippets, and a worker with the compose environment, against an embedded
-Kafka-protocol broker.
+creation and publisher snippets, and a worker with the compose environment, against the
+session's Kafka-protocol broker (the ``broker`` fixture: KAFKA_BOOTSTRAP, else an embedded one).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest
@@ -461,14 +462,12 @@ def test_container_imports_need_no_embedded_broker():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-# -- runtime: the compose file's own snippets against a real (embedded) broker -----------------
+# -- runtime: the compose file's own snippets against a real broker (the session's) -----------
 
-@pytest.fixture(scope="module")
-def broker():
-    from stream_app.embedded_broker import EmbeddedBroker
-
-    with EmbeddedBroker() as running:
-        yield running
+def unique(name: str) -> str:
+    """A run id of its own each time: on a persistent broker (KAFKA_BOOTSTRAP) a rerun must not
+    read an earlier run's messages."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def service_env(service: dict, bootstrap: str, run: str, **extra: str) -> dict[str, str]:
@@ -521,11 +520,11 @@ def test_topics_step_creates_the_app_topics(broker):
     from stream_app.topics import topic_specs
 
     services = load_project().services
-    env = service_env(services["topics"], broker.bootstrap, "topicsrun")
+    env = service_env(services["topics"], broker, unique("topicsrun"))
     run_snippet(services["topics"], env)
     settings = Settings.from_env(env)
     for name, spec in topic_specs(settings).items():
-        assert asyncio.run(topic_partitions(broker.bootstrap, name)) == spec.partitions, name
+        assert asyncio.run(topic_partitions(broker, name)) == spec.partitions, name
 
 
 @pytest.mark.timeout(60)
@@ -534,14 +533,14 @@ def test_publisher_publishes_the_demo_traffic(broker):
 
     services = load_project().services
     intervals = 2
-    env = service_env(services["publisher"], broker.bootstrap, "pubrun", DEMO_INTERVALS=str(intervals), DEMO_PACE="0")
+    env = service_env(services["publisher"], broker, unique("pubrun"), DEMO_INTERVALS=str(intervals), DEMO_PACE="0")
     run_snippet(services["topics"], env)
     result = run_snippet(services["publisher"], env)
     assert f"interval {intervals}/{intervals}" in result.stdout
     settings = Settings.from_env(env)
     configs, observations, _ = demo_shape(intervals)
     messages = configs * intervals  # one array message per experiment and interval
-    got = asyncio.run(read_topics(broker.bootstrap, [settings.topic("experiments"), settings.topic("observations")],
+    got = asyncio.run(read_topics(broker, [settings.topic("experiments"), settings.topic("observations")],
                                   configs + messages))
     config_messages, observation_messages = got[settings.topic("experiments")], got[settings.topic("observations")]
     assert len(config_messages) == configs and len(observation_messages) == messages
@@ -570,7 +569,7 @@ def test_stack_end_to_end(broker, tmp_path):
 
     services = load_project().services
     intervals = 3
-    env = service_env(services["worker"], broker.bootstrap, "e2erun", DEMO_INTERVALS=str(intervals), DEMO_PACE="0")
+    env = service_env(services["worker"], broker, unique("e2erun"), DEMO_INTERVALS=str(intervals), DEMO_PACE="0")
     # The container paths and bind address are the only host-specific values.
     settings = dataclasses.replace(Settings.from_env(env), datadir=str(tmp_path / "data"), web_host="127.0.0.1",
                                    web_port=free_port())

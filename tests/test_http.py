@@ -13,8 +13,8 @@ import pytest
 from state import evaluate
 from stream_app.codec import decode_number
 from tests.conftest import covid_request
-from tests.stream_support import collect, isolated_settings, observation_messages, produce, start_worker, until_keys
-from tests.test_stream import covid_stream_rows
+from tests.stream_support import (collect, covid_stream_rows, isolated_settings, observation_messages, produce,
+                                  start_worker, until_keys)
 
 pytestmark = pytest.mark.timeout(180)
 TOKEN = "s3cret-token"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from state import evaluate
 from stream_app.processor import BatchProcessor, InMessage
 from tests.conftest import covid_request
-from tests.stream_support import request_for
+from tests.stream_support import covid_stream_rows, request_for
 
 PARTITIONS = 4
 TOPICS = {"obs": "observations", "cfg": "experiments", "tick": "ticks"}
@@ -26,10 +26,7 @@ def partition_of(key: bytes) -> int:
 
 
 def good_rows(experiment="fz", intervals=6):
-    request = covid_request()
-    rows = [dict(r, experiment_id=experiment, metric=m["config"]["name"]) for m in request["metrics"] for r in m["data"]]
-    rows.sort(key=lambda r: r["interval_timestamp"])
-    return rows[: intervals * 6]
+    return covid_stream_rows(experiment)[: intervals * 6]
 
 
 def _is_json(value: bytes) -> bool:

@@ -24,21 +24,13 @@ from stream_app.kafka_admin import evict_group_members
 from state.simulate import ExperimentSpec, MetricSpec, simulate
 from tests.conftest import COVID_METRICS, covid_request
 from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings, observation_messages,
-                                  produce, request_for, result_key, start_worker, until_keys)
+                                  covid_stream_rows, produce, request_for, result_key, start_worker, until_keys)
 from tests.test_processor import bad_values, good_rows
 
 pytestmark = pytest.mark.timeout(240)
 
 COVID_CONFIG = {"reference_variation_id": "control", "use_stats_resets": True}
 COVID_METRIC_OPTIONS = {name: {"is_binary": False} for name in COVID_METRICS}
-
-
-def covid_stream_rows(experiment_id: str) -> list[dict]:
-    """The covid request's rows as stream observations, interval by interval, metrics in order."""
-    request = covid_request()
-    rows = [dict(r, experiment_id=experiment_id, metric=m["config"]["name"])
-            for m in request["metrics"] for r in m["data"]]
-    return sorted(rows, key=lambda r: r["interval_timestamp"])
 
 
 def expected_covid(experiment_id: str) -> dict:

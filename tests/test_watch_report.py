@@ -246,17 +246,15 @@ def test_significance_format():
 # ----------------------------------------------------------------------- the CLI on a real broker
 @pytest.mark.timeout(150)
 def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
-    from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings,
-                                      observation_messages, produce, start_worker, until_keys)
+    from tests.stream_support import (collect, config_messages, covid_stream_rows, distinct_results,
+                                      isolated_settings, observation_messages, produce, start_worker, until_keys)
 
     settings = isolated_settings(broker, tmp_path)
     experiment = "cli-covid"
     expected = distinct_results(covid_results(experiment))
     options = {k: v for k, v in config(experiment).items() if k not in ("experiment_id", "version", "metrics")}
-    stream_rows = sorted((dict(r, experiment_id=experiment, metric=m["config"]["name"])
-                          for m in covid_request()["metrics"] for r in m["data"]), key=lambda r: r["interval_timestamp"])
     produce(settings, config_messages(experiment, 1, {**options, "use_stats_resets": True}, config()["metrics"])
-            + observation_messages(stream_rows))
+            + observation_messages(covid_stream_rows(experiment)))
     worker = start_worker(settings, tmp_path)
     try:
         results = collect(settings, "results", until_keys(len(expected)), timeout=60)
