@@ -79,6 +79,7 @@ def cmd_publish(args) -> int:
 def cmd_tail(args) -> int:
     import orjson
 
+    from .codec import encode_row
     from .io import follow
 
     settings = Settings.from_env()
@@ -101,8 +102,8 @@ def cmd_tail(args) -> int:
                 continue
             if console is not None:
                 console.print(_table_line(kind, message), highlight=False, soft_wrap=True)
-            else:
-                print(orjson.dumps(message).decode(), flush=True)
+            else:  # results as the worker wrote them: non-finite numbers as "inf", "-inf", "nan"
+                print((encode_row(message) if kind == "results" else orjson.dumps(message)).decode(), flush=True)
         return 0
 
     try:

@@ -16,11 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 from state.simulate import demo_experiments, simulate
 
-from .codec import config_message
+from .codec import config_message, encode_row
 from .embedded_broker import EmbeddedBroker, free_port
 from .io import by_interval, follow, producer, read_csv_observations, send_config, send_observations
 from .settings import Settings
@@ -96,7 +94,7 @@ async def run_demo(settings: Settings, *, data: str | None, experiment: str | No
             if kind == "results":
                 received += 1
                 final[(message["experiment_id"], message["metric"], message["variation_id"])] = message
-                print(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY).decode() if as_json else format_row(message),
+                print(encode_row(message).decode() if as_json else format_row(message),
                       file=out, flush=True)
             else:
                 alerts.append(message)
