@@ -144,8 +144,9 @@ def cmd_experiment(args) -> int:
 
     from state import InvalidInput
 
-    from .codec import config_message, decode_config
+    from .codec import checked_config_message
     from .io import follow, producer, send_config
+    from .watch import newer_config
 
     settings = Settings.from_env()
     if not settings.bootstrap:
@@ -157,8 +158,8 @@ def cmd_experiment(args) -> int:
             asyncio.get_running_loop().call_later(args.wait, stop.set)
             latest = None
             async for _, message in follow(settings, ["experiments"], stop=stop):
-                if message.get("experiment_id") == args.experiment:
-                    latest = message
+                if message.get("experiment_id") == args.experiment and newer_config(latest, message):
+                    latest = message  # the version the worker applies: the highest, not the last
             if latest is None:
                 print(f"no config published for experiment {args.experiment!r}", file=sys.stderr)
                 return 1
@@ -170,17 +171,15 @@ def cmd_experiment(args) -> int:
     if args.file:
         doc = orjson.loads(open(args.file, "rb").read())
         experiment = args.experiment or doc.get("experiment_id")
-        options = {k: v for k, v in doc.items() if k not in ("experiment_id", "version", "metrics")}
-        metrics = doc.get("metrics") or {}
         version = doc.get("version")
     else:
         experiment = args.experiment
-        options = {"reference_variation_id": args.reference}
+        doc = {"reference_variation_id": args.reference}
         if args.weights:
-            options["weights"] = _parse_weights(args.weights)
+            doc["weights"] = _parse_weights(args.weights)
         if args.alpha is not None:
-            options["alpha"] = args.alpha
-        metrics = dict(_parse_metric(m) for m in args.metric or [])
+            doc["alpha"] = args.alpha
+        doc["metrics"] = dict(_parse_metric(m) for m in args.metric or [])
         version = None
     if not experiment:
         print("seqstream experiment set: name the experiment (--experiment or experiment_id in the file)", file=sys.stderr)
@@ -188,9 +187,8 @@ def cmd_experiment(args) -> int:
     version = args.version if args.version is not None else version
     if version is None:
         version = int(time.time() * 1000)  # increasing across calls, so the newest set wins
-    message = config_message(experiment, version, options, metrics)
     try:
-        decode_config(experiment.encode(), message)
+        message = checked_config_message(experiment, version, doc)
     except InvalidInput as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 1

@@ -112,6 +112,15 @@ def config_message(experiment_id: str, version: int, config: EngineConfig | Mapp
     return orjson.dumps({"experiment_id": experiment_id, "version": version, **body, "metrics": dict(metrics or {})})
 
 
+def checked_config_message(experiment_id: str, version: Any, doc: Mapping[str, Any]) -> bytes:
+    """A config message from a user's document (engine options plus "metrics"), checked as the
+    worker will decode it: raises InvalidInput now rather than being dead-lettered later."""
+    options = {k: v for k, v in doc.items() if k not in ("experiment_id", "version", "metrics")}
+    message = config_message(experiment_id, version, options, doc.get("metrics") or {})
+    decode_config(experiment_id.encode(), message)
+    return message
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return _NON_FINITE.get(value, "nan")

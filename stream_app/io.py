@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from state import InvalidInput, parse_observation
 
+from . import long_poll
 from .codec import decode_row
 from .settings import Settings
 
@@ -116,6 +117,7 @@ async def send_config(prod: AIOKafkaProducer, settings: Settings, experiment_id:
 async def follow(settings: Settings, kinds: Sequence[str], *, from_beginning: bool = True,
                  stop: asyncio.Event | None = None) -> AsyncIterator[tuple[str, dict]]:
     """Yield (kind, decoded message) from the given output topics, without a consumer group."""
+    long_poll.install(settings.fetch_idle_wait)  # a caught-up reader must not busy-poll noida-db either
     topics = {settings.topic(kind): kind for kind in kinds}
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
     await consumer.start()

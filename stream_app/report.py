@@ -329,8 +329,7 @@ def main(args) -> int:
         {"results": rows, "experiments": configs, "alerts": alerts}[kind].append(message)
 
     try:
-        asyncio.run(consume(settings, ("experiments", "results", "alerts"), apply,
-                            idle=float(getattr(args, "wait", 3.0))))
+        asyncio.run(consume(settings, ("experiments", "results", "alerts"), apply, idle=3.0))
     except KeyboardInterrupt:
         return 130
     except KafkaError as exc:

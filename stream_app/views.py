@@ -23,7 +23,7 @@ from state import InvalidInput, evaluate
 from state.live import LiveExperiment
 
 from .app import app, latest_rows, live_table, local_experiments, metrics, recent_alerts, settings
-from .codec import config_message, decode_config, encode_row
+from .codec import checked_config_message, encode_row
 
 MAX_BODY = 16 * settings.max_message_bytes
 
@@ -149,12 +149,9 @@ class Config(View):
             return _error(self, exc.status, str(exc))
         if not isinstance(body, dict):
             return _error(self, 400, "the config must be a JSON object")
-        options = {k: v for k, v in body.items() if k not in ("experiment_id", "version", "metrics")}
-        key = experiment_id.encode()
-        value = config_message(experiment_id, body.get("version"), options, body.get("metrics") or {})
         try:
-            decode_config(key, value)  # reject now what the worker would dead-letter later
+            value = checked_config_message(experiment_id, body.get("version"), body)
         except InvalidInput as exc:
             return _error(self, 400, str(exc))
-        await app.producer.send(settings.topic("experiments"), key, value, None, None, None)
+        await app.producer.send(settings.topic("experiments"), experiment_id.encode(), value, None, None, None)
         return _json(self, {"status": "published", "experiment_id": experiment_id}, 202)

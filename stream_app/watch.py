@@ -404,7 +404,7 @@ def main(args) -> int:
     try:
         if getattr(args, "once", False):
             try:
-                asyncio.run(consume(settings, WATCH_KINDS, state.apply, idle=float(getattr(args, "wait", 3.0))))
+                asyncio.run(consume(settings, WATCH_KINDS, state.apply, idle=3.0))
             except MissingTopic as exc:
                 print(f"seqstream watch: topic {exc} does not exist (no worker has run with "
                       f"SEQSTREAM_TOPIC_PREFIX={settings.topic_prefix!r} on {settings.bootstrap})", file=sys.stderr)
