@@ -144,7 +144,7 @@ class EngineConfig:
             srm_concentration=_positive("srm_concentration", data.get("srm_concentration", 100.0)),
             srm_alpha=_probability("srm_alpha", data.get("srm_alpha", 0.001)),
             srm_confidence_level=_probability("srm_confidence_level", data.get("srm_confidence_level", 0.999)),
-            weights=_weights(data.get("weights")),
+            weights=data.get("weights"),  # canonicalised and checked by __post_init__
         )
 
     def to_dict(self) -> dict[str, Any]:

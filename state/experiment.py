@@ -53,7 +53,6 @@ class Scores:
     theta: np.ndarray  # reported effect: 0 in burn-in, NaN when undefined
     centre: np.ndarray  # theta, 0 where there is no valid estimate
     variance: np.ndarray
-    tau2: np.ndarray | float
     spread: np.ndarray  # V (V + tau^2) / tau^2, inf where invalid: (-inf, inf) intervals
     log_ratio: np.ndarray  # ln((V + tau^2) / V)
     log_mlr: np.ndarray
@@ -94,6 +93,7 @@ class ExperimentState:
         self.srm_alerted = False
         self.last_interval: float | None = None
         self.intervals = 0
+        self._config_docs()
         self._derive()
 
     # ----------------------------------------------------------------------------- configuration
@@ -103,6 +103,7 @@ class ExperimentState:
         self.config = config
         if metric_configs is not None:
             self.metric_configs = dict(metric_configs)
+        self._config_docs()
         self._derive()
         if new_weights != self.epoch_weights:
             self.epoch_weights = new_weights
@@ -129,7 +130,9 @@ class ExperimentState:
         self._metric_names = [self.metrics[m] for m in self.hyp_metric.tolist()]
         self._variation_names = [self.variations[v] for v in self.hyp_variation.tolist()]
         self._shares = None  # expected SRM shares, cached until variations or weights change
-        # Serialised forms of the configs, made once per config change rather than per write.
+
+    def _config_docs(self) -> None:
+        """Serialised forms of the configs, made when a config changes rather than per write."""
         self.config_doc = self.config.to_dict()
         self.metric_config_docs = {name: cfg.to_dict() for name, cfg in self.metric_configs.items()}
 
@@ -287,7 +290,7 @@ class ExperimentState:
             log_mlr = np.where(valid, log_mlr, 0.0)
             local_p = np.where(valid, local_p, 1.0)
         return Scores(estimate=est, valid=valid, all_valid=all_valid, undefined=undefined, degenerate=degenerate,
-                      theta=theta, centre=centre, variance=variance, tau2=tau2, spread=spread, log_ratio=log_ratio,
+                      theta=theta, centre=centre, variance=variance, spread=spread, log_ratio=log_ratio,
                       log_mlr=log_mlr, local_p=local_p)
 
     def _interval(self, scores, level) -> tuple[np.ndarray, np.ndarray]:
@@ -318,22 +321,21 @@ class ExperimentState:
         run["unc_hi"] = np.minimum(run["unc_hi"], local_hi)
 
         # Section 5: BH over the family's always-valid p, then a running minimum over time.
-        family = self.in_family
-        if self._whole_family:
+        family, size, whole = self.in_family, self._family_size, self._whole_family
+        if whole:
             adjusted = benjamini_hochberg(run["min_p"])
         else:
             adjusted = run["min_p"].copy()
-            if family.any():
+            if size:
                 adjusted[family] = benjamini_hochberg(run["min_p"][family])
-        run["min_corrected_p"] = np.minimum(run["min_corrected_p"], adjusted)
-        size = self._family_size
-        if self._whole_family:
-            discoveries = int(np.count_nonzero(run["min_corrected_p"] <= cfg.alpha))
-            factor = max(discoveries, 1) / size if size else 1.0  # one scalar for the whole family
+        corrected = run["min_corrected_p"] = np.minimum(run["min_corrected_p"], adjusted)
+        discoveries = int(np.count_nonzero((corrected if whole else corrected[family]) <= cfg.alpha))
+        family_factor = max(discoveries, 1) / size if size else 1.0
+        if whole:
+            factor = family_factor  # one scalar for the whole family (_interval takes math.log of it)
             factor_column = [factor] * len(family)
         else:
-            discoveries = int(np.count_nonzero(run["min_corrected_p"][family] <= cfg.alpha))
-            factor = np.where(family, max(discoveries, 1) / size if size else 1.0, 1.0)
+            factor = np.where(family, family_factor, 1.0)
             factor_column = factor.tolist()
         cor_lo, cor_hi = self._interval(scores, cfg.alpha * factor)
         run["cor_lo"] = np.maximum(run["cor_lo"], cor_lo)

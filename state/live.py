@@ -39,10 +39,11 @@ FORMAT_VERSION = 2  # 2: recent rows as 64-bit digests keyed by arm index
 _NUMBERS = struct.Struct("<3d")
 
 
-def _digest(n: float, s: float, q: float) -> int:
+def _digest(obs: Observation) -> int:
     """64-bit digest of a row's numbers: enough to tell a duplicate (equal) from a conflict
     (different), at a quarter of the bytes the numbers and their keys took in every state write."""
-    return int.from_bytes(hashlib.blake2b(_NUMBERS.pack(n, s, q), digest_size=8).digest(), "little")
+    numbers = _NUMBERS.pack(obs.unit_count, obs.unit_observation_sum, obs.unit_observation_sum_of_squares)
+    return int.from_bytes(hashlib.blake2b(numbers, digest_size=8).digest(), "little")
 
 
 class Duplicate(Exception):
@@ -128,7 +129,7 @@ class LiveExperiment:
         ):
             applied = None if closed is None else closed.get(key)
             if applied is not None:
-                if applied == _digest(obs.unit_count, obs.unit_observation_sum, obs.unit_observation_sum_of_squares):
+                if applied == _digest(obs):
                     raise Duplicate()
                 raise Rejected(f"conflicts with the row applied for {key} at {ts!r}")
             raise Rejected(f"late: interval {ts!r} is already closed (results for it were emitted)",
@@ -150,10 +151,7 @@ class LiveExperiment:
         ts = self.open_interval
         observations = list(self.pending.values())
         result = self.state.update(ts, observations)
-        self.recent[ts] = {
-            k: _digest(o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares)
-            for k, o in self.pending.items()
-        }
+        self.recent[ts] = {key: _digest(obs) for key, obs in self.pending.items()}
         while len(self.recent) > RECENT_INTERVALS:
             del self.recent[min(self.recent)]
         self.open_interval = None

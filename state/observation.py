@@ -39,19 +39,11 @@ class Observation:
 def parse_timestamp(value: Any, field: str = "interval_timestamp") -> float:
     """Unix seconds (int or float) or an ISO-8601 string with a time zone -> float seconds."""
     if type(value) in _NUMBER_TYPES:
-        try:
-            value = float(value)
-        except OverflowError:
-            raise InvalidInput(f"is out of range: {value!r}", field=field) from None
-        if value - value == 0.0:
-            return value
-        raise InvalidInput(f"must be finite, got {value!r}", field=field)
+        return _finite_float(value, field)
     if isinstance(value, bool):
         raise InvalidInput(f"must be unix seconds or an ISO-8601 time with zone, got {value!r}", field=field)
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            raise InvalidInput(f"must be finite, got {value!r}", field=field)
-        return float(value)
+    if isinstance(value, (int, float)):  # numeric subclasses, e.g. numpy
+        return _finite_float(value, field)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -66,20 +58,24 @@ def parse_timestamp(value: Any, field: str = "interval_timestamp") -> float:
 _NUMBER_TYPES = (int, float)  # exact types: bool is an int subclass and is refused
 
 
+def _finite_float(value: int | float, field: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise InvalidInput(f"is out of range: {value!r}", field=field) from None
+    if number - number == 0.0:  # finite (inf - inf and nan - nan are nan)
+        return number
+    raise InvalidInput(f"must be finite, got {number!r}", field=field)
+
+
 def _number(data: Mapping[str, Any], field: str) -> float:
     value = data.get(field, _MISSING)
     if type(value) in _NUMBER_TYPES:
-        try:
-            value = float(value)
-        except OverflowError:  # an int beyond float range
-            raise InvalidInput(f"is out of range: {value!r}", field=field) from None
-        if value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
-            return value
-        raise InvalidInput(f"must be finite, got {value!r}", field=field)
+        return _finite_float(value, field)
     if value is _MISSING:
         raise InvalidInput("is missing", field=field)
     if isinstance(value, (int, float)) and not isinstance(value, bool):  # numeric subclasses, e.g. numpy
-        return _number({field: float(value)}, field)
+        return _finite_float(value, field)
     raise InvalidInput(f"must be a number, got {type(value).__name__} {value!r}", field=field)
 
 
