@@ -34,7 +34,6 @@ pytestmark = pytest.mark.timeout(240)
 EFFECT = "checkout-redesign"  # real effect: +25% conversion for treatment_a, nothing else
 SPLIT = "banner-split"  # traffic served 55/45 against 50/50: a sample ratio mismatch alert
 INTERVALS = 12
-SCREENSHOT_COPY = Path("/tmp/dash_helper/dashboard.png")
 
 SPECS = (
     ExperimentSpec(
@@ -166,11 +165,15 @@ def _chromium() -> str:
     return path
 
 
+def _chromium_argv(profile: Path, *args: str) -> list[str]:
+    """Headless Chromium with its own profile directory, nothing in the background, then ``args``."""
+    return [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
+
+
 def _run_chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    profile = tmp / f"chromium-profile-{time.monotonic_ns()}"
-    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
+    command = _chromium_argv(tmp / f"chromium-profile-{time.monotonic_ns()}", *args)
     done = subprocess.run(command, capture_output=True, timeout=120, text=True)
     assert done.returncode == 0, f"chromium exited with {done.returncode}:\n{done.stderr[-3000:]}"
     return done
@@ -255,11 +258,6 @@ def test_dashboard_screenshot(dashboard):
                   f"{worker.url}/dashboard?experiment={EFFECT}")
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000, f"screenshot of {shot.stat().st_size} bytes looks blank"
-    try:
-        SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT_COPY)
-    except OSError:
-        pass  # the copy is a convenience for looking at it; the test is the PNG above
 
 
 # ------------------------------------------------------------ live updates, over the DevTools protocol
@@ -329,10 +327,8 @@ def test_dashboard_updates_in_place_as_intervals_close(dashboard, broker):
     port = free_port()
     profile = tmp / "chromium-devtools-profile"
     chromium = subprocess.Popen(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-         f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=1280,900",
-         f"{worker.url}/dashboard?experiment={experiment}"],
+        _chromium_argv(profile, f"--remote-debugging-port={port}", "--window-size=1280,900",
+                       f"{worker.url}/dashboard?experiment={experiment}"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     async def drive():

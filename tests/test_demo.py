@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import orjson
@@ -24,16 +25,34 @@ def demo(*args: str, **kwargs) -> tuple[subprocess.CompletedProcess, float]:
     return done, time.monotonic() - started
 
 
+DEMO_DIR_PREFIX = os.path.join(tempfile.gettempdir(), "seqstream-demo-").encode()
+
+
+def _proc_file(pid: str, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:  # gone meanwhile, or not ours to read
+        return b""
+
+
 def demo_workers() -> set[int]:
-    """PIDs of worker processes a demo started (its app ids start with seqstream-demo-)."""
+    """PIDs of processes a demo started: workers (their app ids start with seqstream-demo-) and
+    embedded brokers (noida-db ``--data-dir <tmp>/seqstream-demo-.../broker``: an argument in the
+    demo's temporary directory). Never this process, nor another user's."""
     pids = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if b"SEQSTREAM_APP_ID=seqstream-demo-" in f.read():
-                    pids.add(int(pid))
+            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                continue
         except OSError:
             continue
+        argv = _proc_file(pid, "cmdline").split(b"\0")
+        if (b"SEQSTREAM_APP_ID=seqstream-demo-" in _proc_file(pid, "environ")
+                or any(arg.startswith(DEMO_DIR_PREFIX) for arg in argv)):
+            pids.add(int(pid))
     return pids
 
 
@@ -58,6 +77,7 @@ def test_demo_json_replays_the_covid_csv():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 2 * 2 * 18 and {r["experiment_id"] for r in rows} == {"covid"}
+    assert any(r["corrected_conf_interval_lower"] == "-inf" for r in rows)  # burn-in, as on the wire
     final = [r for r in rows if r["interval_timestamp"] == max(x["interval_timestamp"] for x in rows)]
     assert len(final) == 4 and all(r["rejected"] and r["lift_estimate"] < 0 for r in final)
 

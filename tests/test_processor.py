@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from state import evaluate
 from stream_app.processor import BatchProcessor, InMessage
-from tests.conftest import covid_request
 from tests.stream_support import covid_stream_rows, request_for
 
 PARTITIONS = 4

@@ -59,20 +59,13 @@ def test_covid_through_the_stream_equals_evaluate_row_for_row(broker, tmp_path):
 
 def test_plain_faust_worker_creates_its_topics_with_their_partitions(broker, tmp_path):
     """`faust -A stream_app.app worker` works on a fresh prefix: no topic auto-created with 1 partition."""
-    import os
-    import subprocess
-
     from stream_app.kafka_admin import topic_partitions
     from stream_app.topics import topic_specs
     from stream_app.worker_process import WorkerProcess
 
     settings = isolated_settings(broker, tmp_path, create=False, partitions=3)
-    worker = WorkerProcess(settings, tmp_path / "faust.log")
-    env = {**os.environ, **settings.to_env()}
-    worker.process = subprocess.Popen(["faust", "-A", "stream_app.app", "worker", "-l", "warn",
-                                       "--web-port", str(settings.web_port)], env=env,
-                                      stdout=open(tmp_path / "faust.log", "wb"), stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+    argv = ["faust", "-A", "stream_app.app", "worker", "-l", "warn", "--web-port", str(settings.web_port)]
+    worker = WorkerProcess(settings, tmp_path / "faust.log", argv=argv).start()
     try:
         worker.wait_healthy(60)
         produce(settings, observation_messages(covid_stream_rows("plain")))

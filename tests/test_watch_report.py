@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from state import Alert, evaluate
+from stream_app.codec import decode_row
 from stream_app.report import build_report
 from stream_app.report import main as report_main
 from stream_app.watch import WatchState, fmt_significance, render
@@ -311,6 +312,10 @@ def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     lines = [orjson.loads(line) for line in out.splitlines() if line.strip()]
     assert len(lines) == len(expected) and {r["experiment_id"] for r in lines} == {experiment}
+    # The wire format: non-finite numbers as strings (burn-in rows), so each line decodes back to
+    # exactly the row the worker wrote.
+    assert any(r["standard_error"] == "inf" for r in lines)
+    assert distinct_results([decode_row(line.encode()) for line in out.splitlines() if line.strip()]) == expected
 
     code, out, err = done["tail_table"]
     assert code == 0, err
