@@ -61,12 +61,11 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 
 from state.live import LiveExperiment  # noqa: E402
 from stream_app.codec import decode_observations  # noqa: E402
 from stream_app.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
-from stream_app.processor import BatchProcessor, InMessage  # noqa: E402
+from stream_app.processor import BatchProcessor, InMessage, partition_for  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
 from stream_app.topics import changelog_topic, create_topics  # noqa: E402
 from stream_app.worker_process import WorkerProcess  # noqa: E402
@@ -135,14 +134,12 @@ async def publish_all(bootstrap: str, topic: str, partitions: int, messages: lis
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
                             max_request_size=8 * 1024 * 1024, acks=1)
     await prod.start()
-    part = DefaultPartitioner()
-    all_parts = list(range(partitions))
     t0 = time.perf_counter()
     try:
-        batches = {p: prod.create_batch() for p in all_parts}
+        batches = {p: prod.create_batch() for p in range(partitions)}
         futures = []
         for key, value in messages:
-            p = part(key, all_parts, all_parts)
+            p = partition_for(key, partitions)
             if batches[p].append(key=key, value=value, timestamp=None) is None:
                 futures.append(await prod.send_batch(batches[p], topic, partition=p))
                 batches[p] = prod.create_batch()
@@ -584,12 +581,10 @@ def engine_ceiling(messages, partitions: int, batch_size: int, per_interval: int
                    profile: bool) -> tuple[int, float, list[str]]:
     """BatchProcessor.process over the messages as the worker batches them (dict store, no Kafka):
     ``warm`` intervals untimed (arms registered), then ``timed`` intervals timed."""
-    part = DefaultPartitioner()
-    parts = list(range(partitions))
     offsets = [0] * partitions
     inputs = []
     for key, value in messages[:(warm + timed) * per_interval]:
-        p = part(key, parts, parts)
+        p = partition_for(key, partitions)
         inputs.append(InMessage("obs", p, offsets[p], key, value))
         offsets[p] += 1
 
@@ -638,12 +633,10 @@ def engine_ceiling(messages, partitions: int, batch_size: int, per_interval: int
 
 def offline_state_bytes(messages_by_experiment: dict[bytes, list[bytes]], partitions: int, sample: int) -> tuple[float, int]:
     """LiveExperiment fed the same rows offline (the worker's decode path), as the table stores it."""
-    part = DefaultPartitioner()
-    parts = list(range(partitions))
     sizes = []
     for key in list(messages_by_experiment)[:sample]:
         live = LiveExperiment.new(key.decode())
-        source = f"obs:{part(key, parts, parts)}"
+        source = f"obs:{partition_for(key, partitions)}"
         for offset, value in enumerate(messages_by_experiment[key]):
             _, elements = decode_observations(key, value, lambda e, m: False)
             for _, obs in elements:
