@@ -19,44 +19,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .block import RUNNING_START as _RUNNING_START
+from .block import HypothesisBlock, Step
 from .config import EngineConfig, MetricConfig
-from .effects import EffectEstimate, _estimate_effects
 from .errors import InvalidInput
-from .fdr import benjamini_hochberg
 from .observation import Observation
 from .results import Alert, IntervalResult, SrmStatus
 from .sequential import SequentialTest
 from .srm import dirichlet_multinomial_log_bf, sequential_p_value
-
-# Running quantities per hypothesis and the value each starts a segment with.
-_RUNNING_START = {
-    "min_p": 1.0,  # always-valid p: running min of local p (section 4)
-    "min_corrected_p": 1.0,  # running min of BH-adjusted p (section 5)
-    "unc_lo": -math.inf,  # running intersection of local CIs at alpha (section 4)
-    "unc_hi": math.inf,
-    "cor_lo": -math.inf,  # running intersection at the FDR-corrected level (section 5)
-    "cor_hi": math.inf,
-    "reset_lo": -math.inf,  # running intersection at reset_alpha (section 6)
-    "reset_hi": math.inf,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Scores:
-    """One look at every hypothesis (arrays over hypotheses), before the running quantities."""
-
-    estimate: EffectEstimate
-    valid: np.ndarray  # past burn-in, defined and testable
-    all_valid: bool
-    undefined: np.ndarray  # relative lift with a zero control mean
-    degenerate: np.ndarray  # zero or non-finite effect variance
-    theta: np.ndarray  # reported effect: 0 in burn-in, NaN when undefined
-    centre: np.ndarray  # theta, 0 where there is no valid estimate
-    variance: np.ndarray
-    spread: np.ndarray  # V (V + tau^2) / tau^2, inf where invalid: (-inf, inf) intervals
-    log_ratio: np.ndarray  # ln((V + tau^2) / V)
-    log_mlr: np.ndarray
-    local_p: np.ndarray
 
 
 class ExperimentState:
@@ -130,6 +100,10 @@ class ExperimentState:
         self._metric_names = [self.metrics[m] for m in self.hyp_metric.tolist()]
         self._variation_names = [self.variations[v] for v in self.hyp_variation.tolist()]
         self._shares = None  # expected SRM shares, cached until variations or weights change
+        cfg = self.config
+        self._options_key = (cfg.alpha, cfg.tau2, cfg.n_star, cfg.min_units, cfg.variance_method, cfg.variance_ddof,
+                             cfg.reset_alpha, cfg.use_stats_resets, self.is_binary.tobytes(),
+                             self.relative.tobytes(), self.in_family.tobytes(), self._hyp_arms.tobytes())
 
     def _config_docs(self) -> None:
         """Serialised forms of the configs, made when a config changes rather than per write."""
@@ -191,6 +165,16 @@ class ExperimentState:
 
         All checks run before any state changes, so a rejected interval leaves the state as it was.
         """
+        return update_many([(self, interval_timestamp, observations)])[0]
+
+    def block_key(self) -> tuple:
+        """Experiments with equal keys share hypothesis layout, shapes and scoring options, so
+        :func:`update_many` scores them in one :class:`~state.block.HypothesisBlock`."""
+        return (self.segment_stats.shape, self.lifetime.shape, self._options_key)
+
+    def _prepare(self, interval_timestamp: float, observations: Sequence[Observation]) -> "_Prepared":
+        """Check an interval, register new arms and open a pending epoch: everything before the
+        scoring, which may then run for many experiments at once."""
         ts = float(interval_timestamp)
         if self.last_interval is not None and not ts > self.last_interval:
             raise InvalidInput(
@@ -205,7 +189,6 @@ class ExperimentState:
             if obs.interval_timestamp != ts:
                 raise InvalidInput(f"observation of {obs.interval_timestamp!r} given for interval {ts!r}", field="interval_timestamp")
 
-        alerts: list[Alert] = []
         epoch_boundary = self._start_epoch_if_pending()
         known = self._arm_by_name
         arms = [known.get(key) for key in keys]
@@ -216,29 +199,7 @@ class ExperimentState:
             increments[arms] = np.array(
                 [(o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares) for o in observations]
             )
-        with np.errstate(all="ignore"):  # NaN and inf are meaningful outputs here, not faults
-            columns = self._apply(ts, increments, epoch_boundary, alerts)
-        srm = self._update_srm(ts, observations, alerts)
-        self.last_interval = ts
-        self.intervals += 1
-        return IntervalResult(self.experiment_id, ts, columns, alerts, srm)
-
-    def _apply(self, ts, increments, epoch_boundary, alerts) -> dict[str, list]:
-        self.lifetime += increments
-        arm_inc = increments[self._hyp_arms]  # (H, 2, 3): treatment and control increments
-        self.segment_stats[:, -1] += arm_inc
-
-        scores = self._score()
-        reset = self._reset_check(scores)
-        if reset.any():
-            self.segment_stats[reset] = 0.0
-            self.segment_stats[reset, -1] = arm_inc[reset]
-            self.segment[reset] += 1
-            for name, start in _RUNNING_START.items():
-                self.running[name][reset] = start
-            scores = self._score()
-            self._reset_check(scores)
-        return self._advance(ts, scores, reset, epoch_boundary, alerts)
+        return _Prepared(self, ts, observations, increments, epoch_boundary)
 
     def _start_epoch_if_pending(self) -> bool:
         if not self.epoch_pending:
@@ -255,157 +216,31 @@ class ExperimentState:
         self.srm_alerted = False
         return True
 
-    def _score(self) -> "Scores":
-        cfg = self.config
-        est = _estimate_effects(
-            self.segment_stats,
-            self._binary_mask,
-            self._relative_arg,
-            cfg.variance_method,
-            cfg.variance_ddof,
-        )
-        warm = (est.units_treatment >= cfg.min_units) & (est.units_control >= cfg.min_units)
-        defined = est.mean_control != 0  # m_c = 0: relative lift undefined (section 2)
-        if self._relative_arg is not True:
-            defined |= ~self.relative
-        testable = (est.variance > 0) & (est.variance < np.inf)  # else no test is possible
-        valid = warm & defined & testable
-        all_valid = bool(valid.all())
-        if all_valid:  # the usual case after burn-in: no masking needed
-            undefined = degenerate = np.zeros(len(valid), dtype=bool)
-            theta = centre = est.effect
-            variance = est.variance
-        else:
-            undefined = warm & ~defined
-            degenerate = warm & defined & ~testable
-            variance = np.where(valid, est.variance, 1.0)
-            theta = np.where(valid, est.effect, np.where(undefined, np.nan, 0.0))
-            centre = np.where(valid, theta, 0.0)
-        tau2 = cfg.tau2 if cfg.n_star is None else self.test.mixing_variance(variance, est.units_treatment + est.units_control)
-        mix = self.test._score(centre, variance, tau2)
-        spread, log_ratio = self.test._half_width_terms(variance, tau2)
-        log_mlr, local_p = mix.log_mlr, mix.local_p_value
-        if not all_valid:  # burn-in and undefined: MLR 1, p 1, CI (-inf, inf) via an infinite spread
-            spread = np.where(valid, spread, np.inf)
-            log_mlr = np.where(valid, log_mlr, 0.0)
-            local_p = np.where(valid, local_p, 1.0)
-        return Scores(estimate=est, valid=valid, all_valid=all_valid, undefined=undefined, degenerate=degenerate,
-                      theta=theta, centre=centre, variance=variance, spread=spread, log_ratio=log_ratio,
-                      log_mlr=log_mlr, local_p=local_p)
+    def _take_block_row(self, block: HypothesisBlock, g: int, copy: bool) -> None:
+        """Adopt experiment ``g``'s rows of a scored block (copies when the block is shared, so no
+        experiment keeps a whole block alive)."""
+        if not copy:  # the block is this experiment's own arrays, updated in place but for these two
+            self.rejected, self.quality_flag = block.rejected, block.quality_flag
+            return
+        rows = slice(g * len(self.hyp_metric), (g + 1) * len(self.hyp_metric))
+        self.lifetime = block.lifetime[g].copy()
+        self.segment_stats = block.stats[rows].copy()
+        self.running = {name: values[rows].copy() for name, values in block.running.items()}
+        self.rejected = block.rejected[rows].copy()
+        self.segment = block.segment[rows].copy()
+        self.quality_flag = block.quality_flag[rows].copy()
 
-    def _interval(self, scores, level) -> tuple[np.ndarray, np.ndarray]:
-        """Local confidence interval at ``level``; (-inf, inf) where there is no valid estimate."""
-        log_level = math.log(level) if isinstance(level, float) else np.log(level)
-        half = np.sqrt(scores.spread * (scores.log_ratio - 2.0 * log_level))
-        return scores.centre - half, scores.centre + half
-
-    def _reset_check(self, scores) -> np.ndarray:
-        """Section 6: under a constant effect the running intersection at reset_alpha stays
-        non-empty with probability >= 1 - reset_alpha; an empty one means the effect changed."""
-        lo, hi = self._interval(scores, self.config.reset_alpha)
-        lo = np.maximum(self.running["reset_lo"], lo)
-        hi = np.minimum(self.running["reset_hi"], hi)
-        if not self.config.use_stats_resets:
-            self.running["reset_lo"], self.running["reset_hi"] = lo, hi
-            return np.zeros(len(lo), dtype=bool)
-        reset = lo > hi
-        self.running["reset_lo"], self.running["reset_hi"] = lo, hi
-        return reset
-
-    def _advance(self, ts, scores, reset, epoch_boundary, alerts) -> dict[str, list]:
-        cfg, run = self.config, self.running
-        local_p = scores.local_p
-        run["min_p"] = np.minimum(run["min_p"], local_p)
-        local_lo, local_hi = self._interval(scores, cfg.alpha)
-        run["unc_lo"] = np.maximum(run["unc_lo"], local_lo)
-        run["unc_hi"] = np.minimum(run["unc_hi"], local_hi)
-
-        # Section 5: BH over the family's always-valid p, then a running minimum over time.
-        family, size, whole = self.in_family, self._family_size, self._whole_family
-        if whole:
-            adjusted = benjamini_hochberg(run["min_p"])
-        else:
-            adjusted = run["min_p"].copy()
-            if size:
-                adjusted[family] = benjamini_hochberg(run["min_p"][family])
-        corrected = run["min_corrected_p"] = np.minimum(run["min_corrected_p"], adjusted)
-        discoveries = int(np.count_nonzero((corrected if whole else corrected[family]) <= cfg.alpha))
-        family_factor = max(discoveries, 1) / size if size else 1.0
-        if whole:
-            factor = family_factor  # one scalar for the whole family (_interval takes math.log of it)
-            factor_column = [factor] * len(family)
-        else:
-            factor = np.where(family, family_factor, 1.0)
-            factor_column = factor.tolist()
-        cor_lo, cor_hi = self._interval(scores, cfg.alpha * factor)
-        run["cor_lo"] = np.maximum(run["cor_lo"], cor_lo)
-        run["cor_hi"] = np.minimum(run["cor_hi"], cor_hi)
-        rejected = run["min_corrected_p"] < cfg.alpha
-
-        self._collect_alerts(ts, scores, reset, rejected, alerts)
-        self.rejected = rejected
-
-        est = scores.estimate
-        lifetime_t = self.lifetime[self.hyp_treatment_arm]
-        lifetime_c = self.lifetime[self.hyp_control_arm]
-        n = len(local_p)
-        standard_error = np.sqrt(scores.variance)
-        if not scores.all_valid:
-            standard_error = np.where(scores.valid, standard_error, np.inf)
-        mixture_likelihood_ratio = np.exp(scores.log_mlr)  # may overflow to inf: output only
-        columns = {
-            "alpha": [cfg.alpha] * n,
-            "corrected_conf_interval_lower": run["cor_lo"].tolist(),
-            "corrected_conf_interval_upper": run["cor_hi"].tolist(),
-            "corrected_p_value": run["min_corrected_p"].tolist(),
-            "epoch_boundary": [epoch_boundary] * n,
-            "fdr_correction_factor": factor_column,
-            "interval_timestamp": [ts] * n,
-            "lift_estimate": scores.theta.tolist(),
-            "local_p_value": local_p.tolist(),
-            "mixture_likelihood_ratio": mixture_likelihood_ratio.tolist(),
-            "rejected": rejected.tolist(),
-            "standard_error": standard_error.tolist(),
-            "stats_reset": reset.tolist(),
-            "total_sample_variance": (est.variance_treatment + est.variance_control).tolist(),
-            "treatment_observation_cumsum": lifetime_t[:, 1].tolist(),
-            "treatment_sample_variance": est.variance_treatment.tolist(),
-            "treatment_unit_cumcount": lifetime_t[:, 0].tolist(),
-            "uncorrected_conf_interval": run["unc_hi"].tolist(),
-            "uncorrected_local_conf_interval_lower": local_lo.tolist(),
-            "uncorrected_local_conf_interval_upper": local_hi.tolist(),
-            "variation_id": self._variation_names,
-            "experiment_id": [self.experiment_id] * n,
-            "metric": self._metric_names,
-            "reference_variation_id": [cfg.reference_variation_id] * n,
-            "effect": self._effect_names,
-            "always_valid_p_value": run["min_p"].tolist(),
-            "uncorrected_conf_interval_lower": run["unc_lo"].tolist(),
-            "uncorrected_conf_interval_upper": run["unc_hi"].tolist(),
-            "control_unit_cumcount": lifetime_c[:, 0].tolist(),
-            "control_observation_cumsum": lifetime_c[:, 1].tolist(),
-            "control_sample_variance": est.variance_control.tolist(),
-            "epoch": [self.epoch] * n,
-            "segment": self.segment.tolist(),
-        }
-        return columns
-
-    def _collect_alerts(self, ts, scores, reset, rejected, alerts: list[Alert]) -> None:
-        metrics, variations = self._metric_names, self._variation_names
-        theta = scores.theta
+    # -------------------------------------------------------------------------------- alerts
+    def _collect_alerts(self, ts, scores, rows: slice, step: Step, alerts: list[Alert]) -> None:
+        reset, rejected = step.reset[rows], self.rejected
         if reset.any():
             self._reset_alerts(ts, reset, alerts)
-        changed = rejected != self.rejected
+        changed = rejected != step.previous_rejected[rows]
         if changed.any():
-            self._significance_alerts(ts, theta, changed, rejected, alerts)
-        if scores.all_valid:
-            if self.quality_flag.any():
-                self.quality_flag = np.zeros(len(self.quality_flag), dtype=bool)
-            return
-        problem = scores.undefined | scores.degenerate
-        if problem.any():
-            self._quality_alerts(ts, scores, problem, alerts)
-        self.quality_flag = problem
+            self._significance_alerts(ts, scores.theta[rows], changed, rejected, alerts)
+        new_problem = self.quality_flag & ~step.previous_quality[rows]
+        if new_problem.any():
+            self._quality_alerts(ts, scores.undefined[rows], new_problem, alerts)
 
     def _reset_alerts(self, ts, reset, alerts: list[Alert]) -> None:
         metrics, variations = self._metric_names, self._variation_names
@@ -427,10 +262,10 @@ class ExperimentState:
                                 {"lift_estimate": float(theta[h]), "direction": direction if reached else None,
                                  "corrected_p_value": float(self.running["min_corrected_p"][h])}))
 
-    def _quality_alerts(self, ts, scores, problem, alerts: list[Alert]) -> None:
+    def _quality_alerts(self, ts, undefined, new_problem, alerts: list[Alert]) -> None:
         metrics, variations = self._metric_names, self._variation_names
-        for h in np.flatnonzero(problem & ~self.quality_flag).tolist():
-            reason = ("control mean is 0: relative lift is undefined" if scores.undefined[h]
+        for h in np.flatnonzero(new_problem).tolist():
+            reason = ("control mean is 0: relative lift is undefined" if undefined[h]
                       else "effect variance is 0 or not finite: no test possible")
             alerts.append(Alert("data_quality", self.experiment_id, ts, f"{variations[h]!r} on {metrics[h]!r}: {reason}",
                                 metrics[h], variations[h], {"reason": reason}))
@@ -485,3 +320,105 @@ class ExperimentState:
             confidence_level=self.config.srm_confidence_level,
             detected=detected,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An interval checked and registered by :meth:`ExperimentState._prepare`, not yet scored."""
+
+    state: ExperimentState
+    ts: float
+    observations: Sequence[Observation]
+    increments: np.ndarray  # (A, 3) per arm: units, sum, sum of squares
+    epoch_boundary: bool
+
+
+def update_many(items: Sequence[tuple[ExperimentState, float, Sequence[Observation]]]) -> list[IntervalResult]:
+    """:meth:`ExperimentState.update` for several experiments (each at most once), in one
+    vectorised pass per group of experiments with equal :meth:`~ExperimentState.block_key`.
+
+    Results come back in the order of ``items`` and equal, to the bit, what ``update`` gives
+    each experiment alone (tests/test_engine.py checks this). Every interval is checked before
+    any state changes, so an invalid one raises with all states as they were.
+    """
+    states = [state for state, _, _ in items]
+    if len({id(s) for s in states}) != len(states):
+        raise ValueError("update_many takes each experiment at most once; update them in rounds")
+    checked = [state._prepare(ts, observations) for state, ts, observations in items]
+    groups: dict[tuple, list[int]] = {}
+    for i, state in enumerate(states):
+        groups.setdefault(state.block_key(), []).append(i)
+    results: list[IntervalResult | None] = [None] * len(items)
+    with np.errstate(all="ignore"):  # NaN and inf are meaningful outputs here, not faults
+        for members in groups.values():
+            prepared = [checked[i] for i in members]
+            for i, result in zip(members, _score_group(prepared)):
+                results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
+    states = [p.state for p in prepared]
+    block = HypothesisBlock.of(states)
+    increments = prepared[0].increments[None] if len(prepared) == 1 else np.stack([p.increments for p in prepared])
+    step = block.step(increments)
+    scores, est, run, cfg = step.scores, step.scores.estimate, block.running, block.config
+    groups = len(states)
+    lifetime_t = block.lifetime[:, block.hyp_treatment_arm]  # (G, H, 3)
+    lifetime_c = block.lifetime[:, block.hyp_control_arm]
+    standard_error = np.sqrt(scores.variance)
+    if not scores.all_valid:
+        standard_error = np.where(scores.valid, standard_error, np.inf)
+    per_hypothesis = {  # section 8 columns that vary by hypothesis, as (G, H) lists
+        "corrected_conf_interval_lower": run["cor_lo"],
+        "corrected_conf_interval_upper": run["cor_hi"],
+        "corrected_p_value": run["min_corrected_p"],
+        "lift_estimate": scores.theta,
+        "local_p_value": scores.local_p,
+        "mixture_likelihood_ratio": np.exp(scores.log_mlr),  # may overflow to inf: output only
+        "rejected": block.rejected,
+        "standard_error": standard_error,
+        "stats_reset": step.reset,
+        "total_sample_variance": est.variance_treatment + est.variance_control,
+        "treatment_observation_cumsum": lifetime_t[..., 1],
+        "treatment_sample_variance": est.variance_treatment,
+        "treatment_unit_cumcount": lifetime_t[..., 0],
+        "uncorrected_conf_interval": run["unc_hi"],
+        "uncorrected_local_conf_interval_lower": step.local_lo,
+        "uncorrected_local_conf_interval_upper": step.local_hi,
+        "always_valid_p_value": run["min_p"],
+        "uncorrected_conf_interval_lower": run["unc_lo"],
+        "uncorrected_conf_interval_upper": run["unc_hi"],
+        "control_unit_cumcount": lifetime_c[..., 0],
+        "control_observation_cumsum": lifetime_c[..., 1],
+        "control_sample_variance": est.variance_control,
+        "segment": block.segment,
+    }
+    lists = {name: values.reshape(groups, -1).tolist() for name, values in per_hypothesis.items()}
+    factors = None if step.factor is None else step.factor.reshape(groups, -1).tolist()
+    results = []
+    for g, p in enumerate(prepared):
+        state, ts = p.state, p.ts
+        rows = slice(g * len(state.hyp_metric), (g + 1) * len(state.hyp_metric))
+        state._take_block_row(block, g, copy=groups > 1)
+        alerts: list[Alert] = []
+        state._collect_alerts(ts, scores, rows, step, alerts)
+        n = len(state.hyp_metric)
+        columns = {name: values[g] for name, values in lists.items()}
+        columns.update({
+            "alpha": [cfg.alpha] * n,
+            "epoch_boundary": [p.epoch_boundary] * n,
+            "fdr_correction_factor": [step.family_factor[g]] * n if factors is None else factors[g],
+            "interval_timestamp": [ts] * n,
+            "variation_id": state._variation_names,
+            "experiment_id": [state.experiment_id] * n,
+            "metric": state._metric_names,
+            "reference_variation_id": [cfg.reference_variation_id] * n,
+            "effect": state._effect_names,
+            "epoch": [state.epoch] * n,
+        })
+        srm = state._update_srm(ts, p.observations, alerts)
+        state.last_interval = ts
+        state.intervals += 1
+        results.append(IntervalResult(state.experiment_id, ts, columns, alerts, srm))
+    return results

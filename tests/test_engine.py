@@ -171,3 +171,57 @@ def test_state_rejects_unknown_format_version():
     blob = to_bytes(ExperimentState("e")).replace(b'"v":1', b'"v":99')
     with pytest.raises(InvalidInput, match="format version"):
         from_bytes(blob)
+
+
+def _mixed_experiments(count: int = 24):
+    """Experiments that exercise every branch of the scoring: burn-in, 0/1 and absolute metrics,
+    a guardrail outside the FDR family, n_star, a zero control mean, an effect that flips (stats
+    reset) and an allocation change (epoch); several share a layout, so they share blocks."""
+    cases = []
+    for i in range(count):
+        kind = i % 6
+        metrics = (MetricSpec("conv", 0.1, is_binary=True, lifts={"treatment": 0.2}),
+                   MetricSpec("rev", 0.0 if kind == 3 else 5.0, sd=3.0, lifts={"treatment": 0.1 * (i % 3)},
+                              lift_changes=((12, {"treatment": -0.3}),) if kind == 1 else ()))
+        config = EngineConfig(n_star=2000.0 if kind == 2 else None, min_units=400 if kind == 4 else 0,
+                              weights={"control": 1, "treatment": 1} if kind == 5 else None)
+        metric_configs = {"rev": MetricConfig(effect="absolute" if kind == 2 else None, in_fdr_family=kind != 4)}
+        spec = ExperimentSpec(f"e{i}", metrics, units_per_interval=400 + 100 * i, intervals=20)
+        cases.append((ExperimentState(spec.experiment_id, config, metric_configs), list(simulate(spec, i))))
+    return cases
+
+
+def test_update_many_equals_update_to_the_bit():
+    """Scoring experiments together (state.block) must not change any experiment's figures."""
+    from state.experiment import update_many
+
+    alone, together = _mixed_experiments(), _mixed_experiments()
+    kinds, epochs = set(), set()
+    for t in range(20):
+        if t == 10:  # an allocation change mid-way: epochs in blocks too
+            for state, _ in alone[5::6] + together[5::6]:
+                state.reconfigure(EngineConfig(weights={"control": 2, "treatment": 1}))
+        items = []
+        for (single, intervals), (joint, _) in zip(alone, together):
+            observations = [parse_observation(r) for r in intervals[t]]
+            expected = single.update(observations[0].interval_timestamp, observations)
+            items.append((joint, observations[0].interval_timestamp, observations, expected))
+        layouts = {state.block_key() for state, _, _, _ in items}
+        assert len(layouts) < len(items)  # some experiments are scored together
+        got = update_many([(state, ts, observations) for state, ts, observations, _ in items])
+        for result, (_, _, _, expected) in zip(got, items):
+            kinds |= {a.kind for a in expected.alerts}
+            epochs |= {row["epoch"] for row in expected.rows}
+            assert result.rows == expected.rows or _same_with_nan(result.rows, expected.rows)
+            assert [a.to_dict() for a in result.alerts] == [a.to_dict() for a in expected.alerts]
+            assert result.srm == expected.srm
+    for (single, _), (joint, _) in zip(alone, together):
+        assert to_bytes(joint) == to_bytes(single)
+    assert {"stats_reset", "significance_reached", "data_quality"} <= kinds and epochs == {0, 1}
+
+
+def _same_with_nan(a, b) -> bool:
+    """Row lists equal where NaN counts as equal to NaN."""
+    def norm(rows):
+        return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
+    return norm(a) == norm(b)
