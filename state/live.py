@@ -10,7 +10,10 @@ needs on top of the statistics:
 - late rows (for an interval already closed) are rejected with a reason, never folded in: folding
   would make results depend on arrival timing, and the stream must equal the batch call;
 - per-source offset high-water marks, so a message redelivered after a crash (its effect already
-  in the restored state) is recognised by offset and skipped.
+  in the restored state) is recognised by offset and skipped;
+- closed intervals wait in ``unscored`` until scored: ``offer`` scores at once, while the stream
+  ``take``s a whole batch of rows and then scores every experiment's closes together
+  (:func:`score_all`), which is several times cheaper than one experiment at a time.
 
 State stays bounded for in-order data: one open interval, digests of the last few closed
 intervals, one offset per input partition.
@@ -21,14 +24,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import orjson
 
 from .config import EngineConfig, MetricConfig
 from .errors import InvalidInput
-from .experiment import ExperimentState
+from .experiment import ExperimentState, update_many
 from .observation import Observation
 from .results import IntervalResult
 from .serialize import state_from_dict, state_to_dict
@@ -63,6 +66,8 @@ class LiveExperiment:
         self.recent: dict[float, dict[tuple[str, str], int]] = {}  # closed interval -> arm -> _digest
         self.offsets: dict[str, int] = {}
         self.last_activity = 0.0
+        self.unscored: list[tuple[float, list[Observation]]] = []  # closed, in order, not yet scored
+        self._expected: tuple[tuple, set[tuple[str, str]]] | None = None  # (stamp, arms)
 
     @classmethod
     def new(cls, experiment_id: str) -> "LiveExperiment":
@@ -86,6 +91,8 @@ class LiveExperiment:
         """Apply a config version; older or equal versions are ignored (returns False)."""
         if version <= self.config_version:
             return False
+        if self.unscored:
+            raise RuntimeError("score the closed intervals before a new config applies (score_closed)")
         if self.state.variations and config.reference_variation_id != self.state.config.reference_variation_id:
             raise Rejected(
                 f"the reference variation cannot change once data exists "
@@ -97,13 +104,28 @@ class LiveExperiment:
         return True
 
     def expected_arms(self) -> set[tuple[str, str]]:
-        """Arms an interval must have to be complete: those seen before, plus those a config
-        declares (its metrics x the variations it weights)."""
-        expected = set(self.state._arm_by_name)
-        weights = self.state.config.weights
-        if weights and self.state.metric_configs:
-            expected |= {(m, v) for m in self.state.metric_configs for v in weights}
-        return expected
+        """Arms an interval must have to be complete: those seen before (scored or closed since),
+        plus those a config declares (its metrics x the variations it weights). Cached, as this
+        runs for every row; arms only grow, so their count stamps the cache."""
+        state = self.state
+        stamp = (len(state._arm_by_name), len(self.unscored), self.config_version)
+        if self._expected is None or self._expected[0] != stamp:
+            expected = set(state._arm_by_name)
+            reference = state.config.reference_variation_id
+            for _, observations in self.unscored:
+                for o in observations:  # as ExperimentState._register will: a treatment brings its control
+                    expected.add((o.metric, o.variation_id))
+                    expected.add((o.metric, reference))
+            weights = state.config.weights
+            if weights and state.metric_configs:
+                expected |= {(m, v) for m in state.metric_configs for v in weights}
+            self._expected = (stamp, expected)
+        return self._expected[1]
+
+    @property
+    def last_closed(self) -> float | None:
+        """The latest closed interval, scored or not."""
+        return self.unscored[-1][0] if self.unscored else self.state.last_interval
 
     # ---------------------------------------------------------------------------------- rows
     def offer(self, obs: Observation, now: float = 0.0) -> list[IntervalResult]:
@@ -111,6 +133,12 @@ class LiveExperiment:
 
         Raises :class:`Duplicate` (ignore) or :class:`Rejected` (dead-letter) without changing state.
         """
+        self.take(obs, now)
+        return self.score_closed()
+
+    def take(self, obs: Observation, now: float = 0.0) -> None:
+        """:meth:`offer` without the scoring: intervals the row closes wait in ``unscored`` for
+        :meth:`score_closed` or :func:`score_all` (which scores many experiments at once)."""
         key = (obs.metric, obs.variation_id)
         ts = obs.interval_timestamp
         if self.open_interval is not None and ts == self.open_interval:
@@ -121,9 +149,11 @@ class LiveExperiment:
                 raise Rejected(f"conflicts with the row already received for {key} at {ts!r}")
             self.pending[key] = obs
             self.last_activity = now
-            return [self.close()] if self._complete() else []
+            if self._complete():
+                self._close()
+            return
         closed = self.recent.get(ts)
-        last = self.state.last_interval
+        last = self.last_closed
         if closed is not None or (last is not None and ts <= last) or (
             self.open_interval is not None and ts < self.open_interval
         ):
@@ -134,29 +164,41 @@ class LiveExperiment:
                 raise Rejected(f"conflicts with the row applied for {key} at {ts!r}")
             raise Rejected(f"late: interval {ts!r} is already closed (results for it were emitted)",
                            field="interval_timestamp")
-        results = [self.close()] if self.open_interval is not None else []
+        if self.open_interval is not None:
+            self._close()
         self.open_interval = ts
         self.pending = {key: obs}
         self.last_activity = now
         if self._complete():
-            results.append(self.close())
-        return results
+            self._close()
 
     def _complete(self) -> bool:
         expected = self.expected_arms()
-        return bool(expected) and expected.issubset(self.pending)
+        return bool(expected) and len(self.pending) >= len(expected) and expected.issubset(self.pending)
 
-    def close(self) -> IntervalResult:
-        """Close the open interval: apply its rows and score."""
-        ts = self.open_interval
-        observations = list(self.pending.values())
-        result = self.state.update(ts, observations)
-        self.recent[ts] = {key: _digest(obs) for key, obs in self.pending.items()}
+    def _close(self) -> None:
+        """Close the open interval: its rows wait for scoring; its digests tell later copies of
+        them (duplicates) from conflicting rows."""
+        ts, pending = self.open_interval, self.pending
+        self.unscored.append((ts, list(pending.values())))
+        self.recent[ts] = {key: _digest(obs) for key, obs in pending.items()}
         while len(self.recent) > RECENT_INTERVALS:
             del self.recent[min(self.recent)]
         self.open_interval = None
         self.pending = {}
-        return result
+
+    def close(self) -> IntervalResult:
+        """Close the open interval and score it (with any closed before it)."""
+        self._close()
+        return self.score_closed()[-1]
+
+    def score_closed(self) -> list[IntervalResult]:
+        """Score the closed intervals, in order (each leaves ``unscored`` once scored)."""
+        results = []
+        while self.unscored:
+            results.append(self.state.update(*self.unscored[0]))
+            del self.unscored[0]
+        return results
 
     def is_idle(self, now: float, idle_timeout: float) -> bool:
         """An interval is open and has had no row for ``idle_timeout`` seconds."""
@@ -164,6 +206,13 @@ class LiveExperiment:
 
     def close_if_idle(self, now: float, idle_timeout: float) -> IntervalResult | None:
         return self.close() if self.is_idle(now, idle_timeout) else None
+
+    def close_idle(self, now: float, idle_timeout: float) -> bool:
+        """:meth:`close_if_idle` without the scoring; True when it closed the open interval."""
+        idle = self.is_idle(now, idle_timeout)
+        if idle:
+            self._close()
+        return idle
 
     def summary(self) -> dict[str, Any]:
         """What a status view shows: progress, arms, SRM counts, the open interval."""
@@ -185,6 +234,8 @@ class LiveExperiment:
 
     # ------------------------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:
+        if self.unscored:
+            raise RuntimeError("score the closed intervals before saving (score_closed or score_all)")
         return orjson.dumps({
             "v": FORMAT_VERSION,
             "state": state_to_dict(self.state),
@@ -219,3 +270,20 @@ class LiveExperiment:
         live.offsets = doc["offsets"]
         live.last_activity = doc["last_activity"]
         return live
+
+
+def score_all(experiments: Iterable[LiveExperiment]) -> list[IntervalResult]:
+    """Score every experiment's closed intervals: round r scores each experiment's r-th, all in one
+    :func:`~state.experiment.update_many`, so each experiment's results stay in interval order.
+
+    A round leaves the queues only once scored: if scoring raises (a bug, never bad input), what
+    is still in ``unscored`` tells the caller what was not applied.
+    """
+    queued = [live for live in experiments if live.unscored]
+    results: list[IntervalResult] = []
+    while queued:
+        results += update_many([(live.state, *live.unscored[0]) for live in queued])
+        for live in queued:
+            del live.unscored[0]
+        queued = [live for live in queued if live.unscored]
+    return results

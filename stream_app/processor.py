@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Mapping
 
+import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from state import InvalidInput, IntervalResult
-from state.live import Duplicate, LiveExperiment
+from state.live import Duplicate, LiveExperiment, score_all
 
 from .codec import (decode_config, decode_observations, deadletter_message, element_bytes, encode_alert,
                     encode_row, experiment_key)
@@ -117,16 +118,15 @@ class BatchProcessor:
                     continue
                 if kind == "observations":
                     _, elements = decode_observations(msg.key, msg.value, is_binary)
-                    closed = self._offer_all(state, elements, msg, now, out)
+                    self._offer_all(state, elements, msg, now, out)
                 elif kind == "experiments":
                     _, version, config, metric_configs = decode_config(msg.key, msg.value)
+                    if version > state.config_version:  # intervals closed before it are scored under the old one
+                        self._emit(state.score_closed(), out)
                     state.configure(version, config, metric_configs)
-                    closed = []
                 else:  # ticks: close an idle open interval
-                    result = state.close_if_idle(now, self.idle_timeout)
-                    closed = [result] if result is not None else []
+                    state.close_idle(now, self.idle_timeout)
                 touched.add(experiment)
-                self._emit(closed, out)
             except InvalidInput as exc:
                 self.metrics.deadletters += 1
                 out.deadletters.append((msg.key, deadletter_message(str(exc), msg.topic, msg.partition, msg.offset,
@@ -143,6 +143,7 @@ class BatchProcessor:
                 live[experiment].mark_processed(source, msg.offset)
                 touched.add(experiment)
                 out.partitions[experiment] = msg.partition
+        self._score(live, touched, out)
         for experiment in touched:
             out.states[experiment] = live[experiment].to_bytes()
             cache[experiment] = live[experiment]
@@ -151,16 +152,43 @@ class BatchProcessor:
             cache.popitem(last=False)
         return out
 
-    def _offer_all(self, state: LiveExperiment, elements, msg: InMessage, now: float, out: Outputs) -> list:
-        """Offer a message's observations; a single one's error fails the message (dead-lettered
+    def _score(self, live: dict[str, LiveExperiment], touched: set[str], out: Outputs) -> None:
+        """Score the batch's closed intervals, all experiments together (state.live.score_all).
+
+        Scoring validated rows cannot fail on input; should a bug make it raise, each experiment
+        is retried alone, and one that still fails has its unscored rows dead-lettered and keeps
+        its stored state (it is neither written nor cached), so the others are unaffected."""
+        try:
+            self._emit(score_all(live.values()), out)
+            return
+        except Exception:
+            log.exception("internal error scoring a batch; scoring experiment by experiment")
+        for experiment, state in live.items():
+            closing = list(state.unscored)
+            if not closing:
+                continue
+            try:
+                self._emit(state.score_closed(), out)
+            except Exception as exc:
+                log.exception("internal error scoring %s", experiment)
+                rows = [[_row(experiment, o) for o in observations] for _, observations in closing]
+                state.unscored = []
+                touched.discard(experiment)
+                self._cache.pop(experiment, None)
+                self.metrics.deadletters += 1
+                out.deadletters.append((experiment.encode(), deadletter_message(
+                    f"internal error scoring {len(rows)} interval(s): {exc!r}", "", out.partitions.get(experiment, -1),
+                    -1, experiment.encode(), orjson.dumps(rows), error="internal_error")))
+
+    def _offer_all(self, state: LiveExperiment, elements, msg: InMessage, now: float, out: Outputs) -> None:
+        """Take a message's observations; a single one's error fails the message (dead-lettered
         whole by the caller), an array element's error dead-letters just that element."""
-        closed = []
         for index, obs in elements:
             try:
                 if isinstance(obs, InvalidInput):
                     raise obs
                 self.metrics.observations_in += 1
-                closed += state.offer(obs, now)
+                state.take(obs, now)
             except Duplicate:
                 self.metrics.duplicates += 1
             except InvalidInput as exc:
@@ -170,7 +198,6 @@ class BatchProcessor:
                 out.deadletters.append((msg.key, deadletter_message(
                     f"element {index}: {exc}", msg.topic, msg.partition, msg.offset, msg.key,
                     element_bytes(msg.value, index), element=index)))
-        return closed
 
     def _stored(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
         """The experiment's live state: the cached object, else read from the table, else None."""
@@ -199,3 +226,11 @@ class BatchProcessor:
             self.metrics.rows_out += len(result.rows)
             self.metrics.alerts_out += len(result.alerts)
             self.metrics.intervals_closed += 1
+
+
+def _row(experiment: str, obs) -> dict:
+    """An observation in the input format, to dead-letter it."""
+    return {"experiment_id": experiment, "metric": obs.metric, "variation_id": obs.variation_id,
+            "interval_timestamp": obs.interval_timestamp, "unit_count": obs.unit_count,
+            "unit_observation_sum": obs.unit_observation_sum,
+            "unit_observation_sum_of_squares": obs.unit_observation_sum_of_squares}

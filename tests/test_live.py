@@ -64,6 +64,22 @@ def test_interval_closes_when_complete_or_when_a_later_one_arrives():
     assert [r.interval_timestamp for r in closed] == [60] and live.open_interval is None
 
 
+def test_closed_but_unscored_intervals_count_their_arms_as_expected():
+    """Closing queues an interval for scoring (take); completeness of the next interval must see
+    the arms the queued one brings, including a treatment's control, as scoring will register."""
+    rows = [obs(0, "t"), obs(60, "t"), obs(60, "control"), obs(120, "t"), obs(120, "control")]
+    scored_each_time, deferred = LiveExperiment.new("e"), LiveExperiment.new("e")
+    closes = []
+    for row in rows:
+        scored_each_time.offer(row)
+        deferred.take(row)
+        closes.append((scored_each_time.state.intervals, [ts for ts, _ in deferred.unscored]))
+    # (t, 60) alone does not complete interval 60: (control) is expected although never seen yet
+    assert closes == [(0, []), (1, [0.0]), (2, [0.0, 60.0]), (2, [0.0, 60.0]), (3, [0.0, 60.0, 120.0])]
+    assert [r.interval_timestamp for r in deferred.score_closed()] == [0.0, 60.0, 120.0]
+    assert deferred.to_bytes() == scored_each_time.to_bytes()
+
+
 def test_declared_arms_let_the_first_interval_close_on_completeness():
     live = LiveExperiment.new("e")
     live.configure(1, EngineConfig(weights={"control": 1, "t": 1}), {"m": MetricConfig()})

@@ -158,7 +158,7 @@ def test_an_internal_error_is_dead_lettered_and_the_batch_goes_on(monkeypatch):
     rows = good_rows(intervals=2)
     part = partition_of(b"fz")
     messages = [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)]
-    original = LiveExperiment.offer
+    original = LiveExperiment.take
     calls = {"n": 0}
 
     def flaky(self, obs, now=0.0):
@@ -167,11 +167,47 @@ def test_an_internal_error_is_dead_lettered_and_the_batch_goes_on(monkeypatch):
             raise RuntimeError("boom")
         return original(self, obs, now)
 
-    monkeypatch.setattr(LiveExperiment, "offer", flaky)
+    monkeypatch.setattr(LiveExperiment, "take", flaky)
     out = BatchProcessor(TOPICS, PARTITIONS).process(messages, {})
     dead = [orjson.loads(v) for _, v in out.deadletters]
     assert [(d["offset"], d["error"]) for d in dead] == [(2, "internal_error")] and "boom" in dead[0]["reason"]
     assert out.states  # the other messages were applied
+
+
+def test_an_internal_error_while_scoring_spares_the_other_experiments(monkeypatch):
+    """Scoring runs once per batch for all experiments (state.live.score_all). A bug there is
+    retried experiment by experiment; the one that still fails has its rows dead-lettered and
+    its state left unwritten, the others' results and states are those of a clean run."""
+    import state.live
+    from state.experiment import ExperimentState
+
+    messages = []
+    for key in (b"ok", b"bad"):
+        part = partition_of(key)
+        messages += [InMessage("obs", part, 100 * (key == b"bad") + i, key, orjson.dumps(r))
+                     for i, r in enumerate(good_rows(key.decode(), intervals=3))]
+    clean = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0).process(messages, {})
+
+    def failing_batch(items):
+        raise RuntimeError("batch boom")
+
+    original = ExperimentState.update
+
+    def failing_for_bad(self, ts, observations):
+        if self.experiment_id == "bad":
+            raise RuntimeError("bad boom")
+        return original(self, ts, observations)
+
+    monkeypatch.setattr(state.live, "update_many", failing_batch)
+    monkeypatch.setattr(ExperimentState, "update", failing_for_bad)
+    out = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0).process(messages, {})
+    assert out.results == [kv for kv in clean.results if kv[0] == b"ok"]
+    assert set(out.states) == {"ok"} and out.states["ok"] == clean.states["ok"]
+    dead = [orjson.loads(v) for _, v in out.deadletters]
+    assert [d["error"] for d in dead] == ["internal_error"] and "bad boom" in dead[0]["reason"]
+    rows = orjson.loads(dead[0]["value"])
+    assert [len(interval) for interval in rows] == [6, 6, 6]  # every closed interval of the batch, whole
+    assert {row["experiment_id"] for interval in rows for row in interval} == {"bad"}
 
 
 def test_redelivered_batch_is_skipped_by_offset():
@@ -214,3 +250,55 @@ def test_config_then_tick_closes_an_idle_interval():
     assert processor.idle_experiments(store, ["fz"]) == ["fz"]
     out = processor.process([InMessage("tick", part, 0, b"fz", b"{}")], store)
     assert len(out.results) == 2  # message_1 and message_2 at the first interval
+
+
+def test_batch_boundaries_do_not_change_any_output():
+    """The processor scores a batch's closed intervals together, after the loop over messages.
+    Whatever the batch size, every experiment's results, alerts, dead letters and final state
+    are those of message-by-message processing: a config with new weights applies after the
+    intervals closed before it (epoch), late and conflicting rows are refused, ticks close."""
+    messages, offsets = [], {}
+
+    def add(topic, key, value):
+        part = partition_of(key)
+        messages.append(InMessage(topic, part, offsets.setdefault((topic, part), 0), key, value))
+        offsets[(topic, part)] += 1
+
+    for e in ("p", "q", "r"):
+        metrics = {row["metric"]: {} for row in good_rows(e, intervals=1)} if e == "p" else {}  # declared arms
+        add("cfg", e.encode(), orjson.dumps({"experiment_id": e, "version": 1, "reference_variation_id": "control",
+                                             "weights": {"control": 1, "message_1": 1, "message_2": 1},
+                                             "metrics": metrics}))
+    intervals = {e: [good_rows(e, intervals=8)[i * 6:(i + 1) * 6] for i in range(8)] for e in ("p", "q", "r")}
+    for i in range(8):
+        for e in ("p", "q", "r"):
+            for row in intervals[e][i]:
+                add("obs", e.encode(), orjson.dumps(row))
+            if e == "q" and i == 3:  # new weights: intervals closed so far are scored under the old ones
+                add("cfg", b"q", orjson.dumps({"experiment_id": "q", "version": 2, "reference_variation_id": "control",
+                                               "weights": {"control": 2, "message_1": 1, "message_2": 1}}))
+            if i == 5:
+                add("obs", e.encode(), orjson.dumps(intervals[e][2][0]))  # late duplicate: ignored
+                conflict = dict(intervals[e][2][1], unit_count=intervals[e][2][1]["unit_count"] + 1)
+                add("obs", e.encode(), orjson.dumps(conflict))
+    for e in ("p", "q", "r"):
+        add("tick", e.encode(), b"{}")
+
+    def run(batch_size):
+        processor = BatchProcessor(TOPICS, PARTITIONS, idle_timeout=0.0, clock=lambda: 1.0)
+        store: dict[str, bytes] = {}
+        per_key: dict = {}
+        for j in range(0, len(messages), batch_size):
+            out = processor.process(messages[j:j + batch_size], store)
+            store.update(out.states)
+            for kind, pairs in (("r", out.results), ("a", out.alerts), ("d", out.deadletters)):
+                for key, value in pairs:
+                    per_key.setdefault((kind, key), []).append(value)
+        return per_key, store
+
+    one_by_one, one_store = run(1)
+    assert sum(len(v) for k, v in one_by_one.items() if k[0] == "r") == 3 * 8 * 4  # every interval, ticks included
+    assert b'"epoch":1' in one_by_one[("r", b"q")][-1] and [orjson.loads(v)["reason"][:9] for v in one_by_one[("d", b"p")]] == ["conflicts"]
+    assert b'"epoch":0' in one_by_one[("r", b"q")][4 * 4 - 1]  # interval 3 closed before version 2 came
+    for size in (7, 50, len(messages)):
+        assert run(size) == (one_by_one, one_store)
