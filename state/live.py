@@ -67,7 +67,7 @@ class LiveExperiment:
         self.offsets: dict[str, int] = {}
         self.last_activity = 0.0
         self.unscored: list[tuple[float, list[Observation]]] = []  # closed, in order, not yet scored
-        self._expected: tuple[tuple, set[tuple[str, str]]] | None = None  # (stamp, arms)
+        self._expected: set[tuple[str, str]] | None = None
 
     @classmethod
     def new(cls, experiment_id: str) -> "LiveExperiment":
@@ -101,15 +101,15 @@ class LiveExperiment:
             )
         self.state.reconfigure(config, metric_configs)
         self.config_version = version
+        self._expected = None
         return True
 
     def expected_arms(self) -> set[tuple[str, str]]:
         """Arms an interval must have to be complete: those seen before (scored or closed since),
         plus those a config declares (its metrics x the variations it weights). Cached, as this
-        runs for every row; arms only grow, so their count stamps the cache."""
-        state = self.state
-        stamp = (len(state._arm_by_name), len(self.unscored), self.config_version)
-        if self._expected is None or self._expected[0] != stamp:
+        runs for every row; closing, scoring and configuring drop the cache."""
+        if self._expected is None:
+            state = self.state
             expected = set(state._arm_by_name)
             reference = state.config.reference_variation_id
             for _, observations in self.unscored:
@@ -119,8 +119,8 @@ class LiveExperiment:
             weights = state.config.weights
             if weights and state.metric_configs:
                 expected |= {(m, v) for m in state.metric_configs for v in weights}
-            self._expected = (stamp, expected)
-        return self._expected[1]
+            self._expected = expected
+        return self._expected
 
     @property
     def last_closed(self) -> float | None:
@@ -181,6 +181,7 @@ class LiveExperiment:
         them (duplicates) from conflicting rows."""
         ts, pending = self.open_interval, self.pending
         self.unscored.append((ts, list(pending.values())))
+        self._expected = None
         self.recent[ts] = {key: _digest(obs) for key, obs in pending.items()}
         while len(self.recent) > RECENT_INTERVALS:
             del self.recent[min(self.recent)]
@@ -198,6 +199,7 @@ class LiveExperiment:
         while self.unscored:
             results.append(self.state.update(*self.unscored[0]))
             del self.unscored[0]
+            self._expected = None
         return results
 
     def is_idle(self, now: float, idle_timeout: float) -> bool:
@@ -285,5 +287,6 @@ def score_all(experiments: Iterable[LiveExperiment]) -> list[IntervalResult]:
         results += update_many([(live.state, *live.unscored[0]) for live in queued])
         for live in queued:
             del live.unscored[0]
+            live._expected = None  # scoring registered the interval's arms (and controls)
         queued = [live for live in queued if live.unscored]
     return results
