@@ -68,6 +68,7 @@ class LiveExperiment:
         self.last_activity = 0.0
         self.unscored: list[tuple[float, list[Observation]]] = []  # closed, in order, not yet scored
         self._expected: set[tuple[str, str]] | None = None
+        self._recent_packed: dict[float, list] = {}  # ts -> its entry in to_bytes' "recent"
 
     @classmethod
     def new(cls, experiment_id: str) -> "LiveExperiment":
@@ -245,17 +246,24 @@ class LiveExperiment:
             "open_interval": self.open_interval,
             "pending": [[o.metric, o.variation_id, o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares]
                         for o in self.pending.values()],
-            "recent": [self._pack_recent(ts, rows) for ts, rows in self.recent.items()],
+            "recent": self._packed_recent(),
             "offsets": self.offsets,
             "last_activity": self.last_activity,
         })
 
-    def _pack_recent(self, ts: float, rows: dict[tuple[str, str], int]) -> list:
-        """[ts, arm indices, base64 of the little-endian uint64 digests]: a closed interval's
-        arms are all registered in the state, so an index names each."""
+    def _packed_recent(self) -> list[list]:
+        """Per recent closed interval: [ts, arm indices, base64 of the little-endian uint64
+        digests] (its arms are all registered in the state, so an index names each). A closed
+        interval's digests never change, so each is packed once, not on every state write."""
+        packed = self._recent_packed
+        for ts in [ts for ts in packed if ts not in self.recent]:
+            del packed[ts]
         arm_of = self.state._arm_by_name
-        digests = np.fromiter(rows.values(), dtype="<u8", count=len(rows))
-        return [ts, [arm_of[key] for key in rows], base64.b64encode(digests.tobytes()).decode("ascii")]
+        for ts, rows in self.recent.items():
+            if ts not in packed:
+                digests = np.fromiter(rows.values(), dtype="<u8", count=len(rows))
+                packed[ts] = [ts, [arm_of[key] for key in rows], base64.b64encode(digests.tobytes()).decode("ascii")]
+        return list(packed.values())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "LiveExperiment":
