@@ -131,9 +131,13 @@ def encode_row(row: Mapping[str, Any]) -> bytes:
     # Rows hold no None, so orjson's "null" can only come from NaN/inf (or a name containing
     # "null"): the common, all-finite row is dumped once, without a per-value check.
     data = orjson.dumps(row)
-    if b"null" not in data:
-        return data
-    return orjson.dumps({k: _finite(v) for k, v in row.items()})
+    if b"null" in data:
+        data = orjson.dumps({k: _finite(v) for k, v in row.items()})
+    # orjson hands back its whole working buffer as the bytes object (16 KiB behind a 1.3 KB
+    # row, with orjson 3.x), and a batch holds thousands of rows until they are produced: an
+    # exact-size copy (a fraction of a microsecond) costs less than the page faults of that
+    # memory and keeps the batch's footprint to the rows' size.
+    return memoryview(data).tobytes()
 
 
 def encode_alert(alert) -> bytes:
