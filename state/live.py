@@ -239,7 +239,9 @@ class LiveExperiment:
     def to_bytes(self) -> bytes:
         if self.unscored:
             raise RuntimeError("score the closed intervals before saving (score_closed or score_all)")
-        return orjson.dumps({
+        # An exact-size copy: orjson 3.x returns its whole working buffer (16 KiB behind a 5 KB
+        # state), and a memory-store table keeps every experiment's value.
+        return memoryview(orjson.dumps({
             "v": FORMAT_VERSION,
             "state": state_to_dict(self.state),
             "config_version": self.config_version,
@@ -249,7 +251,7 @@ class LiveExperiment:
             "recent": self._packed_recent(),
             "offsets": self.offsets,
             "last_activity": self.last_activity,
-        })
+        })).tobytes()
 
     def _packed_recent(self) -> list[list]:
         """Per recent closed interval: [ts, arm indices, base64 of the little-endian uint64
