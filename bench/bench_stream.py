@@ -278,6 +278,17 @@ def brief_metrics(m: dict[str, float]) -> str:
     return text
 
 
+def time_split(m: dict[str, float]) -> str:
+    """The agent's own account of its time (GET /metrics), per interval closed."""
+    stages = ("waiting_for_input", "processing", "sending", "writing_state")
+    closes = m.get("intervals_closed") or 0
+    if not closes or "seconds_processing" not in m:
+        return "(not reported)"
+    parts = [f"{stage.replace('_', ' ')} {1e6 * m['seconds_' + stage] / closes:,.0f}" for stage in stages]
+    return (", ".join(parts) + f" us per interval closed; garbage collection {m.get('gc_seconds', 0):.1f} s "
+            f"({m.get('gc_collections', 0):.0f} full)")
+
+
 def crash_lines(worker: WorkerProcess) -> list[str]:
     try:
         text = worker.log_path.read_text(errors="replace")
@@ -554,6 +565,7 @@ def throughput_lines(r: ThroughputResult, name: str, args) -> list[str]:
         out.append(f"CRASH      [{name}] worker log: {crash}")
     if r.worker_metrics:
         out.append(f"worker     [{name}] /metrics: {brief_metrics(r.worker_metrics)}")
+        out.append(f"agent time [{name}] {time_split(r.worker_metrics)}")
     c = r.cpu
     out.append(f"cpu        [{name}] over {c['wall']:.1f} s: worker {c['worker'] or 0:.1f} s "
                f"({100 * (c['worker'] or 0) / c['wall']:.0f}% of one core), broker "

@@ -15,6 +15,7 @@ messages already reflected in the state are skipped by their offset (state.live)
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import weakref
 from collections import deque
@@ -85,6 +86,7 @@ live_table = app.Table(
 )
 
 metrics = Metrics()
+metrics.track_gc()
 processor = BatchProcessor(
     INPUT_TOPICS,
     settings.partitions,
@@ -182,16 +184,30 @@ def _write_states(events, out) -> None:
 async def process(stream):
     view = _TableView()
     results_name, alerts_name, dead_name = (settings.topic(k) for k in ("results", "alerts", "deadletter"))
+    clock = time.perf_counter
+    idle_since = clock()
+    # The app, faust and their modules are long-lived: exempt them from garbage collection, so
+    # the full collections a batch's allocations trigger scan only what the stream created
+    # (bench_stream: garbage collection 1.0-1.1 s -> 0.4-0.6 s of a 120,000-observation run).
+    gc.freeze()
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
         received = time.time()
+        t0 = clock()
         out = processor.process([event.message for event in events], view)
+        t1 = clock()
         futures = await _send_batched(results_name, out.results)
         futures += await _send_batched(alerts_name, out.alerts)
         futures += await _send_batched(dead_name, out.deadletters)
         if futures:
             await asyncio.gather(*futures)  # acked before the state that assumes them is written
+        t2 = clock()
         _write_states(events, out)
         sent = time.time()
+        t3 = clock()
+        metrics.seconds_waiting_for_input += t0 - idle_since
+        metrics.seconds_processing += t1 - t0
+        metrics.seconds_sending += t2 - t1
+        metrics.seconds_writing_state += t3 - t2
         for result in out.closed:
             latest_rows[result.experiment_id] = result.rows
             history.setdefault(result.experiment_id, deque(maxlen=HISTORY_INTERVALS)).append(result.rows)
@@ -202,6 +218,7 @@ async def process(stream):
         for experiment in out.states:
             open_intervals[experiment] = received
         metrics.batches += 1
+        idle_since = clock()
 
 
 @app.timer(interval=5.0)

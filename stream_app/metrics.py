@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from dataclasses import dataclass, fields
 
 
@@ -19,6 +21,14 @@ class Metrics:
     close_latency_sum: float = 0.0
     close_latency_count: int = 0
     consumer_lag: int = 0
+    # Where the agent's time goes (seconds): waiting for a batch, processing it, sending its
+    # outputs until acked, writing its states; and the interpreter's garbage collections.
+    seconds_waiting_for_input: float = 0.0
+    seconds_processing: float = 0.0
+    seconds_sending: float = 0.0
+    seconds_writing_state: float = 0.0
+    gc_seconds: float = 0.0
+    gc_collections: int = 0
 
     _HELP = {
         "observations_in": ("counter", "Observation messages consumed"),
@@ -32,7 +42,26 @@ class Metrics:
         "close_latency_sum": ("counter", "Sum of interval-close latencies in seconds"),
         "close_latency_count": ("counter", "Number of interval-close latency samples"),
         "consumer_lag": ("gauge", "Messages behind the log end on this worker's partitions"),
+        "seconds_waiting_for_input": ("counter", "Seconds the agent waited for a batch"),
+        "seconds_processing": ("counter", "Seconds the agent spent processing batches"),
+        "seconds_sending": ("counter", "Seconds from sending a batch's outputs to their acks"),
+        "seconds_writing_state": ("counter", "Seconds spent writing experiment states to the table"),
+        "gc_seconds": ("counter", "Seconds spent in the garbage collector"),
+        "gc_collections": ("counter", "Garbage collections of the oldest generation"),
     }
+
+    def track_gc(self) -> None:
+        """Count full collections and time every collection (gc.callbacks)."""
+        started = [0.0]
+
+        def callback(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self.gc_seconds += time.perf_counter() - started[0]
+                self.gc_collections += info["generation"] == 2
+
+        gc.callbacks.append(callback)
 
     def prometheus(self) -> str:
         lines = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -105,3 +106,8 @@ def test_results_alerts_experiments_health_and_metrics(api):
     observations = len(covid_stream_rows("web"))
     assert f"seqstream_observations_in_total {observations}\n" in text
     assert "seqstream_rows_out_total 72\n" in text and "seqstream_deadletters_total 0\n" in text
+    # The agent's account of its time: every stage ran, so every one has taken some.
+    seconds = dict(re.findall(r"^seqstream_(seconds_\w+|gc_seconds)_total ([0-9.e-]+)$", text, re.M))
+    assert set(seconds) == {"seconds_waiting_for_input", "seconds_processing", "seconds_sending",
+                            "seconds_writing_state", "gc_seconds"}
+    assert all(float(v) > 0 for v in seconds.values()), seconds
