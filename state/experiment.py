@@ -3,7 +3,9 @@
 :class:`ExperimentState` takes one interval's validated observations at a time (any subset of
 metrics and variations) and returns an :class:`~state.results.IntervalResult`: the section-8 rows
 of every hypothesis seen so far, alerts, and the SRM status. The batch call feeds the same object
-interval by interval, so streaming and batch share this one code path.
+interval by interval, so streaming and batch share this one code path. :func:`update_many` does
+the same for many experiments at once: it scores experiments that share a layout in one
+vectorised pass (state/block.py), which is what the stream does with a batch's closed intervals.
 
 Layout: arms (metric x variation) hold lifetime totals; hypotheses (metric x treatment) hold their
 segment's statistics per epoch, shape (H, E, 2, 3) with axis 2 = (treatment, control), so a stats
@@ -172,9 +174,8 @@ class ExperimentState:
         :func:`update_many` scores them in one :class:`~state.block.HypothesisBlock`."""
         return (self.segment_stats.shape, self.lifetime.shape, self._options_key)
 
-    def _prepare(self, interval_timestamp: float, observations: Sequence[Observation]) -> "_Prepared":
-        """Check an interval, register new arms and open a pending epoch: everything before the
-        scoring, which may then run for many experiments at once."""
+    def _check(self, interval_timestamp: float, observations: Sequence[Observation]) -> float:
+        """Raise InvalidInput for an interval that cannot be applied; changes nothing."""
         ts = float(interval_timestamp)
         if self.last_interval is not None and not ts > self.last_interval:
             raise InvalidInput(
@@ -188,7 +189,12 @@ class ExperimentState:
         for obs in observations:
             if obs.interval_timestamp != ts:
                 raise InvalidInput(f"observation of {obs.interval_timestamp!r} given for interval {ts!r}", field="interval_timestamp")
+        return ts
 
+    def _prepare(self, ts: float, observations: Sequence[Observation]) -> "_Prepared":
+        """Register new arms and open a pending epoch for a checked interval: everything before
+        the scoring, which may then run for many experiments at once."""
+        keys = [(obs.metric, obs.variation_id) for obs in observations]
         epoch_boundary = self._start_epoch_if_pending()
         known = self._arm_by_name
         arms = [known.get(key) for key in keys]
@@ -344,7 +350,8 @@ def update_many(items: Sequence[tuple[ExperimentState, float, Sequence[Observati
     states = [state for state, _, _ in items]
     if len({id(s) for s in states}) != len(states):
         raise ValueError("update_many takes each experiment at most once; update them in rounds")
-    checked = [state._prepare(ts, observations) for state, ts, observations in items]
+    stamps = [state._check(ts, observations) for state, ts, observations in items]  # all, before any change
+    checked = [state._prepare(ts, observations) for ts, (state, _, observations) in zip(stamps, items)]
     groups: dict[tuple, list[int]] = {}
     for i, state in enumerate(states):
         groups.setdefault(state.block_key(), []).append(i)

@@ -225,3 +225,17 @@ def _same_with_nan(a, b) -> bool:
     def norm(rows):
         return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     return norm(a) == norm(b)
+
+
+def test_update_many_checks_every_interval_before_changing_any_state():
+    from state.experiment import update_many
+
+    first, second = ExperimentState("a", EngineConfig(weights={"control": 1, "t": 1})), ExperimentState("b")
+    first.update(0, [obs("m", "control", 0, 10, 5, 5)])
+    first.reconfigure(EngineConfig(weights={"control": 2, "t": 1}))  # pending epoch: opened by the next update
+    second.update(60, [obs("m", "control", 60, 10, 5, 5)])
+    before = to_bytes(first), to_bytes(second)
+    with pytest.raises(InvalidInput, match="not after the last applied interval"):
+        update_many([(first, 60, [obs("m", "control", 60, 10, 5, 5), obs("m", "t", 60, 10, 5, 5)]),
+                     (second, 0, [obs("m", "control", 0, 10, 5, 5)])])
+    assert (to_bytes(first), to_bytes(second)) == before  # no arm registered, no epoch opened
