@@ -12,8 +12,7 @@ view. A block of one experiment is that experiment's own arrays, not a copy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -33,9 +32,9 @@ RUNNING_START = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Scores:
-    """One look at every hypothesis (arrays over hypotheses), before the running quantities."""
+class Scores(NamedTuple):
+    """One look at every hypothesis (arrays over hypotheses), before the running quantities.
+    (Named tuples: made several times per close, where a frozen dataclass's __init__ shows.)"""
 
     estimate: EffectEstimate
     valid: np.ndarray  # past burn-in, defined and testable
@@ -51,8 +50,7 @@ class Scores:
     local_p: np.ndarray
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """What one look at a block produced, per hypothesis (flat, experiment-major) unless noted."""
 
     scores: Scores
@@ -115,7 +113,7 @@ class HypothesisBlock:
     def step(self, increments: np.ndarray) -> Step:
         """Add one interval's arm increments (G, A, 3) and score; the running quantities advance."""
         self.lifetime += increments
-        arm_inc = increments[:, self.hyp_arms].reshape(-1, 2, 3)  # (G*H, 2, 3): treatment, control
+        arm_inc = self.per_hypothesis(increments, self.hyp_arms)  # (G*H, 2, 3): treatment, control
         self.stats[:, -1] += arm_inc
         scores = self._score()
         reset = self._reset_check(scores)
@@ -128,6 +126,14 @@ class HypothesisBlock:
             scores = self._score()
             self._reset_check(scores)
         return self._advance(scores, reset)
+
+    def per_hypothesis(self, per_arm: np.ndarray, arms: np.ndarray) -> np.ndarray:
+        """Rows of a (G, A, 3) per-arm array picked by each hypothesis' arm index (``arms``, (H,)
+        or (H, 2)), stacked experiment-major as the block's hypotheses are."""
+        if self.groups == 1:  # plain indexing of one experiment's (A, 3): the cheaper numpy path
+            return per_arm[0][arms]
+        picked = per_arm[:, arms]
+        return picked.reshape(-1, *picked.shape[2:])
 
     def _score(self) -> Scores:
         cfg = self.config
@@ -199,13 +205,17 @@ class HypothesisBlock:
             if size:
                 adjusted[..., family] = benjamini_hochberg(min_p[..., family])
         corrected = run["min_corrected_p"] = np.minimum(run["min_corrected_p"], adjusted.reshape(-1))
-        in_family = corrected.reshape(groups, -1) if whole else corrected.reshape(groups, -1)[:, family]
-        discoveries = np.count_nonzero(in_family <= cfg.alpha, axis=1).tolist()
+        in_family = corrected if whole else corrected.reshape(groups, -1)[:, family]
+        if groups == 1:  # count_nonzero along an axis costs several times the plain count
+            discoveries = [int(np.count_nonzero(in_family <= cfg.alpha))]
+        else:
+            discoveries = (in_family.reshape(groups, -1) <= cfg.alpha).sum(axis=1).tolist()
         family_factor = [max(d, 1) / size if size else 1.0 for d in discoveries]
         h = len(family)
-        if whole:  # one level per experiment: its log in scalar math, as a single experiment's
+        if whole:  # one level per experiment, its log in scalar math (bit-equal for any G)
             factor = None
-            log_level = np.repeat([math.log(cfg.alpha * f) for f in family_factor], h)
+            levels = [math.log(cfg.alpha * f) for f in family_factor]
+            log_level = levels[0] if groups == 1 else np.repeat(levels, h)
         else:
             factor = np.where(np.tile(family, groups), np.repeat(family_factor, h), 1.0)
             log_level = np.log(cfg.alpha * factor)
@@ -214,7 +224,8 @@ class HypothesisBlock:
         run["cor_hi"] = np.minimum(run["cor_hi"], cor_hi)
         previous = self.rejected
         self.rejected = run["min_corrected_p"] < cfg.alpha
-        problem = scores.undefined | scores.degenerate
+        # all valid: undefined and degenerate are one all-False array, never changed in place
+        problem = scores.undefined if scores.all_valid else scores.undefined | scores.degenerate
         self.quality_flag, previous_quality = problem, self.quality_flag
         return Step(scores=scores, reset=reset, previous_rejected=previous, local_lo=local_lo, local_hi=local_hi,
                     previous_quality=previous_quality, family_factor=family_factor, factor=factor)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -244,9 +244,10 @@ class ExperimentState:
         changed = rejected != step.previous_rejected[rows]
         if changed.any():
             self._significance_alerts(ts, scores.theta[rows], changed, rejected, alerts)
-        new_problem = self.quality_flag & ~step.previous_quality[rows]
-        if new_problem.any():
-            self._quality_alerts(ts, scores.undefined[rows], new_problem, alerts)
+        if not scores.all_valid:
+            new_problem = self.quality_flag & ~step.previous_quality[rows]
+            if new_problem.any():
+                self._quality_alerts(ts, scores.undefined[rows], new_problem, alerts)
 
     def _reset_alerts(self, ts, reset, alerts: list[Alert]) -> None:
         metrics, variations = self._metric_names, self._variation_names
@@ -328,8 +329,7 @@ class ExperimentState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
+class _Prepared(NamedTuple):
     """An interval checked and registered by :meth:`ExperimentState._prepare`, not yet scored."""
 
     state: ExperimentState
@@ -347,6 +347,11 @@ def update_many(items: Sequence[tuple[ExperimentState, float, Sequence[Observati
     each experiment alone (tests/test_engine.py checks this). Every interval is checked before
     any state changes, so an invalid one raises with all states as they were.
     """
+    if len(items) == 1:  # ExperimentState.update: nothing to check across or group
+        (state, ts, observations), = items
+        prepared = state._prepare(state._check(ts, observations), observations)
+        with np.errstate(all="ignore"):  # NaN and inf are meaningful outputs here, not faults
+            return _score_group([prepared])
     states = [state for state, _, _ in items]
     if len({id(s) for s in states}) != len(states):
         raise ValueError("update_many takes each experiment at most once; update them in rounds")
@@ -356,7 +361,7 @@ def update_many(items: Sequence[tuple[ExperimentState, float, Sequence[Observati
     for i, state in enumerate(states):
         groups.setdefault(state.block_key(), []).append(i)
     results: list[IntervalResult | None] = [None] * len(items)
-    with np.errstate(all="ignore"):  # NaN and inf are meaningful outputs here, not faults
+    with np.errstate(all="ignore"):
         for members in groups.values():
             prepared = [checked[i] for i in members]
             for i, result in zip(members, _score_group(prepared)):
@@ -371,12 +376,12 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
     step = block.step(increments)
     scores, est, run, cfg = step.scores, step.scores.estimate, block.running, block.config
     groups = len(states)
-    lifetime_t = block.lifetime[:, block.hyp_treatment_arm]  # (G, H, 3)
-    lifetime_c = block.lifetime[:, block.hyp_control_arm]
+    lifetime_t = block.per_hypothesis(block.lifetime, block.hyp_treatment_arm)  # (G*H, 3)
+    lifetime_c = block.per_hypothesis(block.lifetime, block.hyp_control_arm)
     standard_error = np.sqrt(scores.variance)
     if not scores.all_valid:
         standard_error = np.where(scores.valid, standard_error, np.inf)
-    per_hypothesis = {  # section 8 columns that vary by hypothesis, as (G, H) lists
+    per_hypothesis = {  # section 8 columns that vary by hypothesis
         "corrected_conf_interval_lower": run["cor_lo"],
         "corrected_conf_interval_upper": run["cor_hi"],
         "corrected_p_value": run["min_corrected_p"],
@@ -401,8 +406,13 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
         "control_sample_variance": est.variance_control,
         "segment": block.segment,
     }
-    lists = {name: values.reshape(groups, -1).tolist() for name, values in per_hypothesis.items()}
-    factors = None if step.factor is None else step.factor.reshape(groups, -1).tolist()
+    if groups == 1:
+        per_experiment = [{name: values.tolist() for name, values in per_hypothesis.items()}]
+        factors = None if step.factor is None else [step.factor.tolist()]
+    else:
+        lists = {name: values.reshape(groups, -1).tolist() for name, values in per_hypothesis.items()}
+        per_experiment = [{name: values[g] for name, values in lists.items()} for g in range(groups)]
+        factors = None if step.factor is None else step.factor.reshape(groups, -1).tolist()
     results = []
     for g, p in enumerate(prepared):
         state, ts = p.state, p.ts
@@ -411,7 +421,7 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
         alerts: list[Alert] = []
         state._collect_alerts(ts, scores, rows, step, alerts)
         n = len(state.hyp_metric)
-        columns = {name: values[g] for name, values in lists.items()}
+        columns = per_experiment[g]
         columns.update({
             "alpha": [cfg.alpha] * n,
             "epoch_boundary": [p.epoch_boundary] * n,
