@@ -154,13 +154,20 @@ async def _send_batched(topic: str, messages) -> list[asyncio.Future]:
 
 
 async def _forget_live_on_rebalance(app, partitions, **kwargs) -> None:
-    global _open_index_built
     processor.invalidate()  # partitions may move: the table is the truth again
-    _open_index_built = False  # newly assigned experiments may hold open intervals to close
+
+
+async def _reindex_open_intervals(app, **kwargs) -> None:
+    """Newly assigned experiments may hold open intervals to close. Their states are in the table
+    only once recovery from the changelog is done, which is when faust sends this signal; an
+    index rebuilt at assignment would miss them, and they would never close."""
+    global _open_index_built
+    _open_index_built = False
 
 
 app.on_partitions_revoked.connect(_forget_live_on_rebalance)
 app.on_partitions_assigned.connect(_forget_live_on_rebalance)
+app.on_rebalance_complete.connect(_reindex_open_intervals)
 
 
 def _write_states(events, out) -> None:
@@ -247,10 +254,14 @@ async def close_idle_intervals():
         _open_index_built = True
     now = time.time()
     candidates = [e for e, seen in open_intervals.items() if now - seen >= settings.idle_timeout]
-    for experiment in processor.idle_experiments(_TableView(), candidates):
+    due, waiting = processor.idle_status(_TableView(), candidates)
+    for experiment in due:
         await ticks_topic.send(key=experiment.encode(), value=b"{}")
     for experiment in candidates:
         open_intervals.pop(experiment, None)
+    # Open but not idle yet: an experiment indexed from the table (after a start or a rebalance)
+    # gets no batch to refresh its entry, so it must keep one with its real last activity.
+    open_intervals.update(waiting)
 
 
 from . import views  # noqa: E402,F401  (registers the web views on app)

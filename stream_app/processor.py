@@ -209,13 +209,22 @@ class BatchProcessor:
 
     def idle_experiments(self, store: Mapping[str, bytes], experiments) -> list[str]:
         """Experiments (of those given) whose open interval has been idle past the timeout."""
+        return self.idle_status(store, experiments)[0]
+
+    def idle_status(self, store: Mapping[str, bytes], experiments) -> tuple[list[str], dict[str, float]]:
+        """Of the experiments given: those whose open interval has been idle past the timeout, and
+        the last activity of those with an open interval that is not idle yet."""
         now = self.clock()
-        due = []
+        due, waiting = [], {}
         for experiment in experiments:
             state = self._stored(experiment, store)
-            if state is not None and state.is_idle(now, self.idle_timeout):
+            if state is None or state.open_interval is None:
+                continue
+            if state.is_idle(now, self.idle_timeout):
                 due.append(experiment)
-        return due
+            else:
+                waiting[experiment] = state.last_activity
+        return due, waiting
 
     def _emit(self, closed: list[IntervalResult], out: Outputs) -> None:
         for result in closed:

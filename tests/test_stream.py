@@ -295,3 +295,43 @@ def test_incomplete_interval_closes_after_the_idle_timeout(broker, tmp_path):
     last = max(r["interval_timestamp"] for r in results)
     assert last == rows[-1]["interval_timestamp"]
     assert waited >= 1.0  # it was the timeout, not a later interval, that closed it
+
+
+def test_an_open_interval_that_moves_in_by_a_rebalance_closes_after_the_idle_timeout(broker, tmp_path):
+    """w2 takes rows whose last interval misses an arm, then leaves before its idle timer fires.
+    w1, already running, gets w2's partitions by the rebalance and must close those intervals by
+    the idle timeout although no row for them ever reaches it (its index of open intervals is
+    rebuilt after every rebalance, not only at start)."""
+    from stream_app.processor import partition_for
+
+    settings = isolated_settings(broker, tmp_path, partitions=4, idle_timeout=8.0)
+    workers = [start_worker(settings, tmp_path, name, web_port=free_port(), datadir=str(tmp_path / name))
+               for name in ("w1", "w2")]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            held = [orjson.loads(urllib.request.urlopen(w.url + "/health", timeout=10).read())["partitions"]
+                    for w in workers]
+            if all(held) and sorted(held[0] + held[1]) == [0, 1, 2, 3]:
+                break
+            assert time.monotonic() < deadline, f"group never split the partitions: {held}"
+            time.sleep(0.5)
+        experiments = [f"moved-{i}" for i in range(12)]
+        on_w2 = [e for e in experiments if partition_for(e.encode(), 4) in held[1]]
+        assert on_w2, held
+        rows = []
+        for e in on_w2:
+            rows += covid_stream_rows(e)[:6 * 2 - 1]  # the second interval misses one arm
+        produce(settings, observation_messages(rows))
+        first = collect(settings, "results", until_keys(len(on_w2) * 4), timeout=30)  # the first intervals
+        workers[1].stop()  # well inside the 8 s idle timeout of the open second intervals
+        assert {r["experiment_id"] for r in first} == set(on_w2)
+        results = collect(settings, "results", until_keys(len(on_w2) * 8), timeout=60)
+        alive = workers[0].process.poll() is None
+    finally:
+        for w in workers:
+            w.stop()
+    assert alive
+    second = {result_key(r) for r in results if r["interval_timestamp"] == rows[-1]["interval_timestamp"]}
+    assert len(second) == len(on_w2) * 4  # every moved experiment's open interval closed, once each
+    assert len(results) == len({result_key(r) for r in results})
