@@ -29,24 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_stream import METRICS, generate_interval, pack_by_experiment, publish_all, variations_of  # noqa: E402
 
 from stream_app.embedded_broker import EmbeddedBroker  # noqa: E402
+from stream_app.io import send_keyed  # noqa: E402
 from stream_app.kafka_admin import TopicSpec, ensure_topics  # noqa: E402
 
 ROW = b'{"row":"' + b"r" * 1140 + b'"}'  # a results row's size
 STATE = b'{"state":"' + b"s" * 4900 + b'"}'  # a changelog value's size
 PARTITIONS = 4
-
-
-async def send_batches(producer: AIOKafkaProducer, outputs: dict[tuple[str, int], list]) -> list:
-    futures = []
-    for (topic, partition), pairs in outputs.items():
-        batch = producer.create_batch()
-        for key, value in pairs:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
 
 
 async def main() -> None:
@@ -78,11 +66,10 @@ async def main() -> None:
                 if not records:
                     continue
                 started = started or time.perf_counter()
-                outputs: dict[tuple[str, int], list] = {}
-                for r in records:  # the worker's outputs land on the input's partition (same key)
-                    outputs.setdefault(("res", r.partition), []).extend([(r.key, ROW)] * rows_per_message)
-                    outputs.setdefault(("chg", r.partition), []).append((r.key, STATE))
-                await asyncio.gather(*await send_batches(producer, outputs))
+                rows = [(r.key, ROW) for r in records for _ in range(rows_per_message)]
+                states = [(r.key, STATE) for r in records]
+                futures = await send_keyed(producer, "res", PARTITIONS, rows)
+                await asyncio.gather(*futures, *await send_keyed(producer, "chg", PARTITIONS, states))
                 await consumer.commit()
                 done += len(records)
             elapsed = time.perf_counter() - started

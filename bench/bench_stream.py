@@ -65,6 +65,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from state.live import LiveExperiment  # noqa: E402
 from stream_app.codec import decode_observations  # noqa: E402
 from stream_app.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
+from stream_app.io import send_keyed  # noqa: E402
 from stream_app.processor import BatchProcessor, InMessage, partition_for  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
 from stream_app.topics import changelog_topic, create_topics  # noqa: E402
@@ -129,24 +130,14 @@ def pack_by_experiment(messages: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
 
 # ------------------------------------------------------------------------------------ kafka bits
 async def publish_all(bootstrap: str, topic: str, partitions: int, messages: list[tuple[bytes, bytes]]) -> float:
-    """Publish fast: record batches built per partition (murmur2 of the key, the partition the
-    worker expects), one future per batch, no per-message await. Seconds until all are acked."""
+    """Publish fast: record batches per partition (stream_app.io.send_keyed: murmur2 of the key,
+    the partition the worker expects), no per-message await. Seconds until all are acked."""
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
                             max_request_size=8 * 1024 * 1024, acks=1)
     await prod.start()
     t0 = time.perf_counter()
     try:
-        batches = {p: prod.create_batch() for p in range(partitions)}
-        futures = []
-        for key, value in messages:
-            p = partition_for(key, partitions)
-            if batches[p].append(key=key, value=value, timestamp=None) is None:
-                futures.append(await prod.send_batch(batches[p], topic, partition=p))
-                batches[p] = prod.create_batch()
-                batches[p].append(key=key, value=value, timestamp=None)
-        for p, batch in batches.items():
-            if batch.record_count():
-                futures.append(await prod.send_batch(batch, topic, partition=p))
+        futures = await send_keyed(prod, topic, partitions, messages)
         await asyncio.gather(*futures)
         return time.perf_counter() - t0
     finally:

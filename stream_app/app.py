@@ -24,8 +24,9 @@ import faust
 from faust.streams import _current_event
 
 from . import long_poll
+from .io import send_keyed
 from .metrics import Metrics
-from .processor import BatchProcessor, partition_for
+from .processor import BatchProcessor
 from .settings import Settings
 from .topics import TABLE_NAME, create_topics_async
 
@@ -125,32 +126,15 @@ _partition_counts: dict[str, int] = {}
 
 
 async def _send_batched(topic: str, messages) -> list[asyncio.Future]:
-    """Send (key, value) pairs as one record batch per partition; returns the batches' futures.
-
-    aiokafka's per-message ``send`` (a partitioner call, an accumulator lookup and a future per
-    message) took about a fifth of the worker's main thread. Partitions come from the key with the same
-    murmur2 partitioner a keyed ``send`` uses, so every message of an experiment still lands on
-    one partition, in order; key-less dead letters go to partition 0.
-    """
+    """Send (key, value) pairs as record batches (io.send_keyed) through faust's producer, which
+    faust flushes before it commits offsets; returns the batches' futures."""
     if not messages:
         return []
-    producer = app.producer._ensure_producer()  # faust's aiokafka producer: flushed before commits
+    producer = app.producer._ensure_producer()
     partitions = _partition_counts.get(topic)
     if partitions is None:
         partitions = _partition_counts[topic] = len(await producer.partitions_for(topic))
-    by_partition: dict[int, list] = {}
-    for key, value in messages:
-        by_partition.setdefault(partition_for(key, partitions) if key else 0, []).append((key, value))
-    futures = []
-    for partition, pairs in by_partition.items():
-        batch = producer.create_batch()
-        for key, value in pairs:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
+    return await send_keyed(producer, topic, partitions, messages)
 
 
 async def _forget_live_on_rebalance(app, partitions, **kwargs) -> None:

@@ -15,6 +15,7 @@ from state import InvalidInput, parse_observation
 
 from . import long_poll
 from .codec import decode_row
+from .processor import partition_for
 from .settings import Settings
 
 CSV_COLUMNS = ("variation_id", "interval_timestamp", "unit_count", "unit_observation_sum",
@@ -108,6 +109,31 @@ async def send_observations(prod: AIOKafkaProducer, settings: Settings, rows: It
         futures.append(await prod.send(topic, key=experiment.encode(), value=value))
     await asyncio.gather(*futures)
     return sum(len(group) for group in by_experiment.values())
+
+
+async def send_keyed(producer: AIOKafkaProducer, topic: str, partitions: int,
+                     messages: Iterable[tuple[bytes | None, bytes]]) -> list[asyncio.Future]:
+    """Send (key, value) pairs as record batches, one per partition and more when one fills;
+    returns the batches' futures.
+
+    aiokafka's per-message ``send`` (a partitioner call, an accumulator lookup and a future per
+    message) is several times the cost. The partition is the key's murmur2 partition, the one a
+    keyed ``send`` picks, so each key's messages land on one partition in order; key-less ones go
+    to partition 0.
+    """
+    by_partition: dict[int, list] = {}
+    for key, value in messages:
+        by_partition.setdefault(partition_for(key, partitions) if key else 0, []).append((key, value))
+    futures = []
+    for partition, pairs in by_partition.items():
+        batch = producer.create_batch()
+        for key, value in pairs:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 async def send_config(prod: AIOKafkaProducer, settings: Settings, experiment_id: str, message: bytes) -> None:
