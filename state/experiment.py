@@ -173,8 +173,9 @@ class ExperimentState:
         :func:`update_many` scores them in one :class:`~state.block.HypothesisBlock`."""
         return (self.segment_stats.shape, self.lifetime.shape, self._options_key)
 
-    def _check(self, interval_timestamp: float, observations: Sequence[Observation]) -> float:
-        """Raise InvalidInput for an interval that cannot be applied; changes nothing."""
+    def _check(self, interval_timestamp: float, observations: Sequence[Observation]) -> tuple[float, list]:
+        """Raise InvalidInput for an interval that cannot be applied; changes nothing. Returns the
+        timestamp and the rows' (metric, variation) keys, for :meth:`_prepare`."""
         ts = float(interval_timestamp)
         if self.last_interval is not None and not ts > self.last_interval:
             raise InvalidInput(
@@ -188,12 +189,11 @@ class ExperimentState:
         for obs in observations:
             if obs.interval_timestamp != ts:
                 raise InvalidInput(f"observation of {obs.interval_timestamp!r} given for interval {ts!r}", field="interval_timestamp")
-        return ts
+        return ts, keys
 
-    def _prepare(self, ts: float, observations: Sequence[Observation]) -> "_Prepared":
+    def _prepare(self, ts: float, keys: list, observations: Sequence[Observation]) -> "_Prepared":
         """Register new arms and open a pending epoch for a checked interval: everything before
         the scoring, which may then run for many experiments at once."""
-        keys = [(obs.metric, obs.variation_id) for obs in observations]
         epoch_boundary = self._start_epoch_if_pending()
         known = self._arm_by_name
         arms = [known.get(key) for key in keys]
@@ -348,14 +348,14 @@ def update_many(items: Sequence[tuple[ExperimentState, float, Sequence[Observati
     """
     if len(items) == 1:  # ExperimentState.update: nothing to check across or group
         (state, ts, observations), = items
-        prepared = state._prepare(state._check(ts, observations), observations)
+        prepared = state._prepare(*state._check(ts, observations), observations)
         with np.errstate(all="ignore"):  # NaN and inf are meaningful outputs here, not faults
             return _score_group([prepared])
     states = [state for state, _, _ in items]
     if len({id(s) for s in states}) != len(states):
         raise ValueError("update_many takes each experiment at most once; update them in rounds")
-    stamps = [state._check(ts, observations) for state, ts, observations in items]  # all, before any change
-    checked = [state._prepare(ts, observations) for ts, (state, _, observations) in zip(stamps, items)]
+    checks = [state._check(ts, observations) for state, ts, observations in items]  # all, before any change
+    checked = [state._prepare(ts, keys, observations) for (ts, keys), (state, _, observations) in zip(checks, items)]
     groups: dict[tuple, list[int]] = {}
     for i, state in enumerate(states):
         groups.setdefault(state.block_key(), []).append(i)

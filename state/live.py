@@ -199,9 +199,14 @@ class LiveExperiment:
         results = []
         while self.unscored:
             results.append(self.state.update(*self.unscored[0]))
-            del self.unscored[0]
-            self._expected = None
+            self._scored_first()
         return results
+
+    def _scored_first(self) -> None:
+        """The first closed interval was scored: it leaves the queue; scoring registered its arms
+        (and their controls), so the expected set is rebuilt from the state."""
+        del self.unscored[0]
+        self._expected = None
 
     def is_idle(self, now: float, idle_timeout: float) -> bool:
         """An interval is open and has had no row for ``idle_timeout`` seconds."""
@@ -296,7 +301,6 @@ def score_all(experiments: Iterable[LiveExperiment]) -> list[IntervalResult]:
     while queued:
         results += update_many([(live.state, *live.unscored[0]) for live in queued])
         for live in queued:
-            del live.unscored[0]
-            live._expected = None  # scoring registered the interval's arms (and controls)
+            live._scored_first()
         queued = [live for live in queued if live.unscored]
     return results
