@@ -207,10 +207,6 @@ class BatchProcessor:
             current = LiveExperiment.from_bytes(blob) if blob else None
         return current
 
-    def idle_experiments(self, store: Mapping[str, bytes], experiments) -> list[str]:
-        """Experiments (of those given) whose open interval has been idle past the timeout."""
-        return self.idle_status(store, experiments)[0]
-
     def idle_status(self, store: Mapping[str, bytes], experiments) -> tuple[list[str], dict[str, float]]:
         """Of the experiments given: those whose open interval has been idle past the timeout, and
         the last activity of those with an open interval that is not idle yet."""

@@ -137,8 +137,6 @@ def test_array_messages_count_good_elements_and_dead_letter_bad_ones(bad, per_me
     assert {(r["metric"], r["variation_id"], r["interval_timestamp"]) for r in results} == _expected_keys(rows)
 
 
-
-
 def _valid(element) -> bool:
     from state import InvalidInput, parse_observation
     try:
@@ -245,9 +243,9 @@ def test_config_then_tick_closes_an_idle_interval():
                             + [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)], store)
     store.update(out.states)
     assert out.results == []
-    assert processor.idle_experiments(store, ["fz"]) == []
+    assert processor.idle_status(store, ["fz"])[0] == []
     now[0] = 106.0
-    assert processor.idle_experiments(store, ["fz"]) == ["fz"]
+    assert processor.idle_status(store, ["fz"])[0] == ["fz"]
     out = processor.process([InMessage("tick", part, 0, b"fz", b"{}")], store)
     assert len(out.results) == 2  # message_1 and message_2 at the first interval
 
