@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 import weakref
 from collections import deque
@@ -32,6 +33,15 @@ from .topics import TABLE_NAME, create_topics_async
 
 settings = Settings.from_env()
 long_poll.install(settings.fetch_idle_wait)
+
+class SeqstreamWorker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """No start-up spinner: faust's lowers the root logger to DEBUG and never raises it again,
+        so every debug call in faust and aiokafka then builds a LogRecord that no handler prints
+        (bench_stream --pack: first -> last row 11.5k -> 13.7k obs/s without it)."""
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
 
 class SeqstreamApp(faust.App):
     async def on_first_start(self) -> None:
@@ -59,6 +69,7 @@ app = SeqstreamApp(
     web_bind=settings.web_host,
     web_port=settings.web_port,
     web_in_thread=False,
+    Worker=SeqstreamWorker,
     producer_max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
     producer_max_batch_size=262_144,  # results go out as record batches (_send_batched)
     consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
