@@ -335,7 +335,7 @@ class Profiler:
             log("py-spy not found (pip install py-spy): no worker profile")
             return
         self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-                                      "--nonblocking", "--idle", "--threads", "-o", str(out)],
+                                      "--nonblocking", "--idle", "--threads", *os.environ.get("XSPY", "").split(), "-o", str(out)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:

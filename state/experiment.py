@@ -120,16 +120,18 @@ class ExperimentState:
             return len(names) - 1
 
     def _arm(self, metric: int, variation: int) -> int:
+        """Index of the arm, numbering a new one (its row of ``lifetime`` is added by
+        :meth:`_register_all`)."""
         key = (metric, variation)
         arm = self._arm_of.get(key)
         if arm is None:
-            arm = self._arm_of[key] = len(self.lifetime)
+            arm = self._arm_of[key] = len(self._arm_of)
             self._arm_by_name[(self.metrics[metric], self.variations[variation])] = arm
-            self.lifetime = np.vstack([self.lifetime, np.zeros((1, 3))])
         return arm
 
-    def _register(self, metric_name: str, variation_name: str) -> int:
-        """Arm index of (metric, variation), creating the arm and its hypothesis on first sight."""
+    def _register(self, metric_name: str, variation_name: str, new_hypotheses: list) -> int:
+        """Arm index of (metric, variation), numbering the arm and queueing its hypothesis
+        (treatment metric, variation, treatment arm, control arm) on first sight."""
         arm = self._arm_by_name.get((metric_name, variation_name))
         if arm is not None:
             return arm
@@ -141,23 +143,37 @@ class ExperimentState:
         arm = self._arm(metric, variation)
         if variation_name != self.config.reference_variation_id:
             control = self._arm(metric, self._index(self.variations, self.config.reference_variation_id))
-            self._add_hypothesis(metric, variation, arm, control)
+            new_hypotheses.append((metric, variation, arm, control))
         return arm
 
-    def _add_hypothesis(self, metric: int, variation: int, treatment_arm: int, control_arm: int) -> None:
-        self.hyp_metric = np.append(self.hyp_metric, metric)
-        self.hyp_variation = np.append(self.hyp_variation, variation)
-        self.hyp_treatment_arm = np.append(self.hyp_treatment_arm, treatment_arm)
-        self.hyp_control_arm = np.append(self.hyp_control_arm, control_arm)
-        block = np.zeros((1,) + self.segment_stats.shape[1:])
+    def _register_all(self, keys: Sequence[tuple[str, str]]) -> list[int]:
+        """Arm indices of ``keys`` in first-sight order, creating unseen arms and hypotheses: the
+        arrays grow once per interval and the option vectors are derived once, not per arm."""
+        known_arms = len(self.lifetime)
+        new_hypotheses: list[tuple[int, int, int, int]] = []
+        arms = [self._register(metric, variation, new_hypotheses) for metric, variation in keys]
+        added = len(self._arm_of) - known_arms
+        if added:
+            self.lifetime = np.concatenate([self.lifetime, np.zeros((added, 3))])
+        if new_hypotheses:
+            self._add_hypotheses(new_hypotheses)
+        return arms
+
+    def _add_hypotheses(self, new: list[tuple[int, int, int, int]]) -> None:
+        metric, variation, treatment_arm, control_arm = (np.array(column, dtype=np.int64) for column in zip(*new))
+        self.hyp_metric = np.concatenate([self.hyp_metric, metric])
+        self.hyp_variation = np.concatenate([self.hyp_variation, variation])
+        self.hyp_treatment_arm = np.concatenate([self.hyp_treatment_arm, treatment_arm])
+        self.hyp_control_arm = np.concatenate([self.hyp_control_arm, control_arm])
+        block = np.zeros((len(new),) + self.segment_stats.shape[1:])
         # A treatment that appears late is compared with everything its control has seen.
-        block[0, -1, 1] = self.lifetime[control_arm]
+        block[:, -1, 1] = self.lifetime[control_arm]
         self.segment_stats = np.concatenate([self.segment_stats, block])
         for name, start in _RUNNING_START.items():
-            self.running[name] = np.append(self.running[name], start)
-        self.rejected = np.append(self.rejected, False)
-        self.segment = np.append(self.segment, 0)
-        self.quality_flag = np.append(self.quality_flag, False)
+            self.running[name] = np.concatenate([self.running[name], np.full(len(new), start)])
+        self.rejected = np.concatenate([self.rejected, np.zeros(len(new), dtype=bool)])
+        self.segment = np.concatenate([self.segment, np.zeros(len(new), dtype=np.int64)])
+        self.quality_flag = np.concatenate([self.quality_flag, np.zeros(len(new), dtype=bool)])
         self._derive()
 
     # ----------------------------------------------------------------------------------- update
@@ -198,7 +214,7 @@ class ExperimentState:
         known = self._arm_by_name
         arms = [known.get(key) for key in keys]
         if None in arms:
-            arms = [self._register(metric, variation) for metric, variation in keys]
+            arms = self._register_all(keys)
         increments = np.zeros_like(self.lifetime)
         if arms:
             increments[arms] = np.array(

@@ -57,6 +57,30 @@ def test_absolute_effect_and_its_variance():
     assert row["standard_error"] == pytest.approx(math.sqrt(v_t / 500 + v_c / 400))
 
 
+def test_a_treatment_that_appears_late_is_compared_with_all_its_control_has_seen():
+    state = ExperimentState("e", EngineConfig(effect="absolute"))
+    for ts in (0, 60):  # two intervals of control and t1 only
+        state.update(ts, [obs("m", "control", ts, 400, 400, 1200), obs("m", "t1", ts, 400, 480, 1500)])
+    # t2 appears in the third interval, together with a new metric whose arms are all new
+    rows = state.update(120, [obs("m", "control", 120, 400, 440, 1300), obs("m", "t2", 120, 500, 700, 1800),
+                              obs("m", "t1", 120, 400, 480, 1500), obs("n", "t2", 120, 300, 30, 30),
+                              obs("n", "control", 120, 300, 60, 60)]).rows
+    by_arm = {(r["metric"], r["variation_id"]): r for r in rows}
+    assert list(by_arm) == [("m", "t1"), ("m", "t2"), ("n", "t2")]  # first-sight order
+    late = by_arm[("m", "t2")]
+    n_c, s_c, q_c = 1200, 1240, 3700  # the control's three intervals
+    assert (late["control_unit_cumcount"], late["treatment_unit_cumcount"]) == (n_c, 500)
+    assert late["lift_estimate"] == pytest.approx(700 / 500 - s_c / n_c)
+    v_t, v_c = 1800 / 500 - (700 / 500) ** 2, q_c / n_c - (s_c / n_c) ** 2
+    assert late["standard_error"] == pytest.approx(math.sqrt(v_t / 500 + v_c / n_c))
+    new_metric = by_arm[("n", "t2")]
+    assert new_metric["lift_estimate"] == pytest.approx(30 / 300 - 60 / 300)
+    assert new_metric["control_unit_cumcount"] == 300
+    restored = from_bytes(to_bytes(state))  # the grown arrays survive a round trip
+    nxt = [obs("m", "control", 180, 400, 400, 1200), obs("m", "t2", 180, 500, 700, 1800)]
+    assert repr(restored.update(180, nxt).rows) == repr(state.update(180, nxt).rows)
+
+
 def test_bh_matches_its_definition():
     rng = np.random.default_rng(3)
     for _ in range(200):
