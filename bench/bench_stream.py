@@ -328,14 +328,14 @@ class Profiler:
 
     IDLE = re.compile(r"^(EpollSelector\.)?(select|poll|epoll_wait)\b|^(Condition\.)?wait \(threading|^_worker \(concurrent")
 
-    def __init__(self, pid: int, out: Path, rate: int):
+    def __init__(self, pid: int, out: Path, rate: int, gil: bool = False):
         self.out, self.proc = out, None
         exe = shutil.which("py-spy")
         if exe is None:
             log("py-spy not found (pip install py-spy): no worker profile")
             return
         self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-                                      "--nonblocking", "--idle", "--threads", *os.environ.get("XSPY", "").split(), "-o", str(out)],
+                                      "--nonblocking", "--idle", "--threads", *(["--gil"] if gil else []), "-o", str(out)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -453,8 +453,8 @@ async def throughput_run(base: Settings, store: str, messages, args, workdir: Pa
     t_start = time.perf_counter()
     cpu0 = {"broker": cpu_s(broker_pid), "bench": time.process_time()}
     worker = WorkerProcess(settings, workdir / f"worker-{tag}.log").start()
-    profiler = (Profiler(worker.process.pid, Path(args.profile_dir) / f"worker-{tag}.txt", args.profile_rate)
-                if args.profile else None)
+    profiler = (Profiler(worker.process.pid, Path(args.profile_dir) / f"worker-{tag}.txt", args.profile_rate,
+                         args.profile_gil) if args.profile else None)
     loop = asyncio.get_running_loop()
     healthy = loop.run_in_executor(None, worker.wait_healthy, 60.0)
     healthy_at = None
@@ -891,6 +891,8 @@ def main() -> None:
     p.add_argument("--profile-dir", default="/tmp/bench_helper")
     p.add_argument("--profile-rate", type=int, default=100)
     p.add_argument("--profile-top", type=int, default=12)
+    p.add_argument("--profile-gil", action="store_true",
+                   help="sample only the thread holding the GIL: where the worker's CPU goes, not its waits")
     p.add_argument("--keep", action="store_true", help="keep the temporary dir (worker and broker logs)")
     args = p.parse_args()
     args.stores = [s.strip().split(":")[0] for s in args.stores.split(",") if s.strip()]
