@@ -6,14 +6,12 @@ import argparse
 import asyncio
 import sys
 
-from .settings import Settings
+from .settings import broker_settings
 
 
 def cmd_worker(args) -> int:
-    settings = Settings.from_env()
-    if not settings.bootstrap:
-        print("seqstream worker: set KAFKA_BOOTSTRAP (host:port of a Kafka broker), "
-              "or run `seqstream demo` to try everything on an embedded broker", file=sys.stderr)
+    settings = broker_settings("worker")
+    if settings is None:
         return 2
     from .app import app  # creates the topics before consuming (SeqstreamApp.on_first_start)
 
@@ -39,9 +37,8 @@ def cmd_demo(args) -> int:
 def cmd_publish(args) -> int:
     from .io import by_interval, producer, read_csv_observations, read_jsonl_observations, send_observations
 
-    settings = Settings.from_env()
-    if not settings.bootstrap:
-        print("seqstream publish: set KAFKA_BOOTSTRAP", file=sys.stderr)
+    settings = broker_settings("publish")
+    if settings is None:
         return 2
     if args.file.endswith((".jsonl", ".json", ".ndjson")):
         rows, errors = read_jsonl_observations(args.file)
@@ -82,9 +79,8 @@ def cmd_tail(args) -> int:
     from .codec import encode_row
     from .io import follow
 
-    settings = Settings.from_env()
-    if not settings.bootstrap:
-        print("seqstream tail: set KAFKA_BOOTSTRAP", file=sys.stderr)
+    settings = broker_settings("tail")
+    if settings is None:
         return 2
 
     async def run() -> int:
@@ -148,9 +144,8 @@ def cmd_experiment(args) -> int:
     from .io import follow, producer, send_config
     from .watch import newer_config
 
-    settings = Settings.from_env()
-    if not settings.bootstrap:
-        print("seqstream experiment: set KAFKA_BOOTSTRAP", file=sys.stderr)
+    settings = broker_settings("experiment")
+    if settings is None:
         return 2
     if args.action == "show":
         async def show() -> int:

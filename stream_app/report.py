@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from aiokafka.errors import KafkaError
 
-from .settings import Settings
+from .settings import broker_settings
 from .watch import (IMPROVEMENT, REGRESSION, MissingTopic, _finite, consume, direction, fmt_count, fmt_effect, fmt_interval, fmt_p,
                     fmt_significance, fmt_time, has_estimate, is_relative, latest_configs, lower_is_better, metric_options)
 
@@ -309,9 +309,8 @@ def build_report(experiment_id: str, rows: Iterable[Mapping[str, Any]], configs:
 
 
 def main(args) -> int:
-    settings = Settings.from_env()
-    if not settings.bootstrap:
-        print("seqstream report: set KAFKA_BOOTSTRAP (host:port of a Kafka broker)", file=sys.stderr)
+    settings = broker_settings("report")
+    if settings is None:
         return 2
     experiment = args.experiment
     rows: list[dict] = []

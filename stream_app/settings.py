@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, fields
 
 # Environment variable -> (attribute, type, default). KAFKA_BOOTSTRAP unset means "no Kafka
@@ -71,3 +72,14 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         by_attr = {attr: name for name, (attr, _, _) in ENVIRONMENT.items()}
         return {by_attr[f.name]: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def broker_settings(command: str, env=None) -> Settings | None:
+    """Settings for a command that needs Kafka; None, after telling the user on stderr how to
+    point it at one, when KAFKA_BOOTSTRAP is unset (only ``seqstream demo`` brings its own)."""
+    settings = Settings.from_env(env)
+    if not settings.bootstrap:
+        print(f"seqstream {command}: set KAFKA_BOOTSTRAP (host:port of a Kafka broker), "
+              "or run `seqstream demo` to try everything on an embedded broker", file=sys.stderr)
+        return None
+    return settings

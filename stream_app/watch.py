@@ -26,7 +26,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .settings import Settings
+from .settings import Settings, broker_settings
 
 WATCH_KINDS = ("experiments", "results", "alerts")
 ALERT_LIMIT = 10
@@ -395,9 +395,8 @@ async def _live(settings: Settings, state: WatchState, refresh: float, console: 
 
 
 def main(args) -> int:
-    settings = Settings.from_env()
-    if not settings.bootstrap:
-        print("seqstream watch: set KAFKA_BOOTSTRAP (host:port of a Kafka broker)", file=sys.stderr)
+    settings = broker_settings("watch")
+    if settings is None:
         return 2
     state = WatchState(experiments=frozenset(args.experiment) if getattr(args, "experiment", None) else None)
     console = _console()
