@@ -28,6 +28,7 @@ from . import long_poll
 from .io import send_keyed
 from .metrics import Metrics
 from .processor import BatchProcessor
+from .recent import RecentResults
 from .settings import Settings
 from .topics import TABLE_NAME, create_topics_async
 
@@ -110,9 +111,8 @@ processor = BatchProcessor(
 # What this worker has seen lately, for the web views (the owner of an experiment answers).
 # In memory only: after a failover the new owner shows what it has produced since (the results
 # topic holds the full history).
-HISTORY_INTERVALS = 1000
-latest_rows: dict[str, list[dict]] = {}
-history: dict[str, deque] = {}  # experiment -> deque of rows lists, one per closed interval
+HISTORY_INTERVALS = 1000  # per experiment: the longest history response
+recent = RecentResults(settings.history_mb * 1_048_576, HISTORY_INTERVALS)
 recent_alerts: dict[str, deque] = {}
 open_intervals: dict[str, float] = {}  # experiment -> last activity, for the idle timer
 _open_index_built = False
@@ -210,9 +210,8 @@ async def process(stream):
         metrics.seconds_processing += t1 - t0
         metrics.seconds_sending += t2 - t1
         metrics.seconds_writing_state += t3 - t2
-        for result in out.closed:
-            latest_rows[result.experiment_id] = result.rows
-            history.setdefault(result.experiment_id, deque(maxlen=HISTORY_INTERVALS)).append(result.rows)
+        for result, rows in out.closed:
+            recent.add(result.experiment_id, result.interval_timestamp, rows)
             if result.alerts:
                 recent_alerts.setdefault(result.experiment_id, deque(maxlen=200)).extend(a.to_dict() for a in result.alerts)
             metrics.close_latency_sum += sent - received

@@ -5,7 +5,8 @@
   selected experiment's results table, a chart of lift with its always-valid confidence sequence
   per interval for every metric x variation, and the alerts feed. ``?experiment=ID`` selects one.
 - ``GET /experiments/{id}/history[?since=TS]``: the result rows of every interval this worker has
-  closed for the experiment (oldest first, at most app.HISTORY_INTERVALS), only those after
+  closed for the experiment and still holds (oldest first; at most app.HISTORY_INTERVALS, and
+  SEQSTREAM_HISTORY_MB of rows over all experiments: stream_app/recent.py), only those after
   interval timestamp ``TS`` when given; answered by the worker that owns the experiment's
   partition. Non-finite numbers are the strings "inf", "-inf", "nan", as everywhere in the API.
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 import orjson
 from faust.web import Request, Response, View
 
-from .app import app, history, live_table
-from .views import NotFound, _error, _json, _rows_json, live_experiment
+from .app import app, live_table, recent
+from .views import NotFound, _error, _json, live_experiment
 
 STATIC = Path(__file__).resolve().parent / "static"
 DASHBOARD_HTML = STATIC / "dashboard.html"
@@ -47,10 +48,6 @@ def _since(request: Request):
     return None if math.isnan(value) else value
 
 
-def _interval_timestamp(rows: list[dict]) -> float | None:
-    return rows[0].get("interval_timestamp") if rows else None
-
-
 @app.page("/experiments/{experiment_id}/history")
 class History(View):
     @app.table_route(table=live_table, match_info="experiment_id")
@@ -69,10 +66,6 @@ class History(View):
             # which direction is an improvement, per metric (rows do not carry it)
             "lower_is_better": {m: bool(state.metric_config(m).lower_is_better) for m in state.metrics},
         }
-        parts = []
-        for rows in list(history.get(experiment_id, ())):
-            ts = _interval_timestamp(rows)
-            if since is not None and ts is not None and ts <= since:
-                continue
-            parts.append(b'{"interval_timestamp":' + orjson.dumps(ts) + b',"rows":' + _rows_json(rows) + b"}")
+        parts = [b'{"interval_timestamp":' + orjson.dumps(interval.interval_timestamp) + b',"rows":['
+                 + b",".join(interval.rows) + b"]}" for interval in recent.history(experiment_id, since)]
         return _json(self, orjson.dumps(head)[:-1] + b',"intervals":[' + b",".join(parts) + b"]}")

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
@@ -51,6 +51,13 @@ class InMessage:
     value: bytes | None
 
 
+class EmittedInterval(NamedTuple):
+    """A closed interval's result and its rows as sent (JSON, one per metric x treatment)."""
+
+    result: IntervalResult
+    rows: list[bytes]
+
+
 @dataclass(slots=True)
 class Outputs:
     results: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -58,7 +65,7 @@ class Outputs:
     deadletters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     states: dict[str, bytes] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)  # experiment -> its partition
-    closed: list[IntervalResult] = field(default_factory=list)
+    closed: list[EmittedInterval] = field(default_factory=list)
 
 
 class BatchProcessor:
@@ -225,10 +232,11 @@ class BatchProcessor:
     def _emit(self, closed: list[IntervalResult], out: Outputs) -> None:
         for result in closed:
             key = result.experiment_id.encode()
-            out.closed.append(result)
-            out.results.extend((key, encode_row(row)) for row in result.rows)
+            rows = [encode_row(row) for row in result.rows]
+            out.closed.append(EmittedInterval(result, rows))
+            out.results.extend((key, row) for row in rows)
             out.alerts.extend((key, encode_alert(alert)) for alert in result.alerts)
-            self.metrics.rows_out += len(result.rows)
+            self.metrics.rows_out += len(rows)
             self.metrics.alerts_out += len(result.alerts)
             self.metrics.intervals_closed += 1
 

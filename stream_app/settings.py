@@ -27,6 +27,8 @@ ENVIRONMENT = {
     "SEQSTREAM_REBALANCE_TIMEOUT": ("rebalance_timeout", float, 60.0),
     # Longest client-side wait after an empty fetch answered early (stream_app/long_poll.py).
     "SEQSTREAM_FETCH_IDLE_WAIT": ("fetch_idle_wait", float, 0.005),
+    # Result rows the web views keep in memory for histories, in all (stream_app/recent.py).
+    "SEQSTREAM_HISTORY_MB": ("history_mb", int, 128),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
@@ -51,6 +53,7 @@ class Settings:
     heartbeat_interval: float
     rebalance_timeout: float
     fetch_idle_wait: float
+    history_mb: int
     api_token: str | None
     log_level: str
 

@@ -22,7 +22,7 @@ from faust.web import Request, Response, View
 from state import InvalidInput, evaluate
 from state.live import LiveExperiment
 
-from .app import app, latest_rows, live_table, local_experiments, metrics, recent_alerts, settings
+from .app import app, live_table, local_experiments, metrics, recent, recent_alerts, settings
 from .codec import checked_config_message, encode_row
 
 MAX_BODY = 16 * settings.max_message_bytes
@@ -86,7 +86,7 @@ def _assigned_partitions() -> list[int]:
 class Health(View):
     async def get(self, request: Request) -> Response:
         return _json(self, {"status": "ok", "app_id": settings.app_id, "partitions": _assigned_partitions(),
-                            "experiments_local": len(latest_rows)})
+                            "experiments_local": len(recent)})
 
 
 @app.page("/metrics")
@@ -121,8 +121,8 @@ class Results(View):
             summary = live_experiment(experiment_id).summary()
         except NotFound as exc:
             return _error(self, 404, str(exc))
-        rows = latest_rows.get(experiment_id, [])
-        return _json(self, b'{"summary":' + orjson.dumps(summary) + b',"rows":' + _rows_json(rows) + b"}")
+        rows = b"[" + b",".join(recent.latest(experiment_id)) + b"]"
+        return _json(self, b'{"summary":' + orjson.dumps(summary) + b',"rows":' + rows + b"}")
 
 
 @app.page("/experiments/{experiment_id}/alerts")

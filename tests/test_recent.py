@@ -1,0 +1,78 @@
+"""The web views' memory of recent results (stream_app/recent.py): bounded, oldest out first."""
+
+from __future__ import annotations
+
+import random
+
+from stream_app.recent import RecentResults
+
+
+def rows(experiment: str, ts: float, n: int = 2, size: int = 100) -> list[bytes]:
+    head = f'{{"experiment_id":"{experiment}","interval_timestamp":{ts},"pad":"'.encode()
+    return [head + b"x" * (size - len(head) - 2) + b'"}' for _ in range(n)]
+
+
+def held(recent: RecentResults, experiment: str) -> list[float]:
+    return [interval.interval_timestamp for interval in recent.history(experiment)]
+
+
+def test_history_is_oldest_first_and_since_keeps_only_later_intervals():
+    recent = RecentResults(max_bytes=10**6, max_intervals=100)
+    for ts in (0.0, 60.0, 120.0):
+        recent.add("a", ts, rows("a", ts))
+    assert held(recent, "a") == [0.0, 60.0, 120.0]
+    assert [i.interval_timestamp for i in recent.history("a", since=60.0)] == [120.0]
+    assert list(recent.history("a", since=120.0)) == [] and list(recent.history("nobody")) == []
+    assert recent.latest("a") == tuple(rows("a", 120.0)) and recent.latest("nobody") == ()
+    assert len(recent) == 1
+
+
+def test_one_experiment_keeps_at_most_max_intervals():
+    recent = RecentResults(max_bytes=10**6, max_intervals=3)
+    for ts in range(6):
+        recent.add("a", float(ts), rows("a", ts))
+    recent.add("b", 0.0, rows("b", 0))
+    assert held(recent, "a") == [3.0, 4.0, 5.0] and held(recent, "b") == [0.0]
+    assert recent.intervals == 4 and recent.bytes == 4 * 200
+
+
+def test_the_byte_bound_drops_the_oldest_intervals_of_all_experiments_first():
+    recent = RecentResults(max_bytes=1000, max_intervals=100)  # room for 5 intervals of 200 B
+    for ts in range(4):
+        for experiment in ("a", "b"):
+            recent.add(experiment, float(ts), rows(experiment, ts))
+    assert recent.bytes <= 1000 and recent.intervals == 5
+    assert held(recent, "a") == [2.0, 3.0] and held(recent, "b") == [1.0, 2.0, 3.0]
+    # the latest interval of every experiment survives the history's bounds
+    assert recent.latest("a") == tuple(rows("a", 3)) and recent.latest("b") == tuple(rows("b", 3))
+
+
+def test_an_interval_larger_than_the_whole_budget_is_kept_only_as_the_latest():
+    recent = RecentResults(max_bytes=150, max_intervals=100)
+    recent.add("a", 0.0, rows("a", 0))  # 200 B
+    assert held(recent, "a") == [] and recent.bytes == 0 and recent.latest("a") == tuple(rows("a", 0))
+
+
+def test_a_long_random_run_stays_within_both_bounds_and_matches_a_plain_model():
+    generator = random.Random(7)
+    recent = RecentResults(max_bytes=20_000, max_intervals=7)
+    model: list[tuple[str, float, int]] = []  # every (experiment, ts, size) held, in arrival order
+    clock = {e: 0.0 for e in "abcdefgh"}
+    for _ in range(5000):
+        experiment = generator.choice("abcdefgh") if generator.random() < 0.9 else "a"
+        clock[experiment] += 60.0
+        n = generator.randint(0, 4)
+        payload = rows(experiment, clock[experiment], n, size=generator.randint(60, 400))
+        recent.add(experiment, clock[experiment], payload)
+        model.append((experiment, clock[experiment], sum(map(len, payload))))
+        mine = [m for m in model if m[0] == experiment]
+        if len(mine) > 7:
+            model.remove(mine[0])
+        while sum(m[2] for m in model) > 20_000:
+            model.pop(0)
+        assert recent.bytes == sum(m[2] for m in model) <= 20_000
+        assert recent.intervals == len(model)
+    for experiment in "abcdefgh":
+        assert held(recent, experiment) == [m[1] for m in model if m[0] == experiment]
+    # the arrival index does not grow with intervals already dropped
+    assert len(recent._arrivals) <= 2 * recent.intervals + 1024
