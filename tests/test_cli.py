@@ -1,6 +1,11 @@
-"""The command line without a broker: every command that needs Kafka says how to configure one."""
+"""The command line: every command that needs Kafka says how to configure one; the worker's logging."""
 
 from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -25,3 +30,28 @@ def test_a_command_that_needs_kafka_refuses_without_KAFKA_BOOTSTRAP(argv, monkey
     assert f"seqstream {argv[0]}: set KAFKA_BOOTSTRAP (host:port of a Kafka broker)" in err
     assert "seqstream demo" in err  # the one command that brings its own broker
     assert list(tmp_path.iterdir()) == []  # nothing read, nothing written
+
+
+WORKER_LOG_LEVEL = """
+import logging, sys
+import faust
+from stream_app.app import SeqstreamWorker, app
+assert app.conf.Worker is SeqstreamWorker  # what `seqstream worker` and `faust -A ... worker` start
+worker = (SeqstreamWorker if sys.argv[1] == "seqstream" else faust.Worker)(app, loglevel="warn", redirect_stdouts=False)
+worker._setup_logging()  # what `worker` does at start
+print("root", logging.getLogger().level, "spinner", worker.spinner is not None)
+"""
+
+
+def test_the_worker_keeps_the_root_logger_at_the_configured_level():
+    """faust's start-up spinner lowers the root logger to DEBUG for good (every debug call in faust
+    and aiokafka then builds a record nobody prints); the app's Worker class has no spinner. In a
+    subprocess: importing the app patches aiokafka (long_poll) and setting up logging is global."""
+    def run(kind: str) -> str:
+        done = subprocess.run([sys.executable, "-c", WORKER_LOG_LEVEL, kind], capture_output=True, text=True,
+                              timeout=60, env={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"})
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if line.startswith("root")][-1]
+
+    assert run("seqstream") == f"root {logging.WARNING} spinner False"
+    assert run("faust") == f"root {logging.DEBUG} spinner True"  # the behaviour it avoids
