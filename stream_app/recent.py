@@ -1,12 +1,11 @@
 """What the web views show of the results this worker has produced: every experiment's latest
 interval and a bounded history of earlier ones, kept as the JSON rows sent to the results topic.
 
-Rows are kept as the bytes already encoded for Kafka, not as dicts: no work per close, a third
-less memory, and nothing for the garbage collector to scan (a batch of dicts kept per interval
-made every full collection walk all of them). Memory is bounded twice: at most
-``max_intervals`` intervals of one experiment (the size of a history response), and at most
-``max_bytes`` of rows in all; past either bound the oldest intervals go first. The latest
-interval of each experiment is kept apart from the history, so ``/results`` always has it.
+Rows are kept as the bytes already encoded for Kafka, not as dicts: no work per close, and no
+row dicts kept alive. Memory is bounded twice: at most ``max_intervals`` intervals of one
+experiment (the size of a history response), and at most ``max_bytes`` of rows in all; past
+either bound the oldest intervals go first. The latest interval of each experiment is kept apart
+from the history, so ``/results`` always has it.
 """
 
 from __future__ import annotations
