@@ -69,6 +69,10 @@ class LiveExperiment:
         self.unscored: list[tuple[float, list[Observation]]] = []  # closed, in order, not yet scored
         self._expected: set[tuple[str, str]] | None = None
         self._recent_packed: dict[float, list] = {}  # ts -> its entry in to_bytes' "recent"
+        # One (metric, variation) key object per arm, shared by the open interval and the recent
+        # digests: each message decodes its own copies of the names, and the recent intervals'
+        # digests held those copies, over half of a cached experiment's memory.
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {key: key for key in state._arm_by_name}
 
     @classmethod
     def new(cls, experiment_id: str) -> "LiveExperiment":
@@ -148,7 +152,7 @@ class LiveExperiment:
                 if previous.same_numbers(obs):
                     raise Duplicate()
                 raise Rejected(f"conflicts with the row already received for {key} at {ts!r}")
-            self.pending[key] = obs
+            self.pending[self._keys.setdefault(key, key)] = obs
             self.last_activity = now
             if self._complete():
                 self._close()
@@ -168,7 +172,7 @@ class LiveExperiment:
         if self.open_interval is not None:
             self._close()
         self.open_interval = ts
-        self.pending = {key: obs}
+        self.pending = {self._keys.setdefault(key, key): obs}
         self.last_activity = now
         if self._complete():
             self._close()
@@ -279,7 +283,8 @@ class LiveExperiment:
             raise InvalidInput(f"live state format version {doc.get('v')!r} is not {FORMAT_VERSION}")
         live = cls(state_from_dict(doc["state"]), doc["config_version"])
         live.open_interval = doc["open_interval"]
-        live.pending = {(m, v): Observation(m, v, live.open_interval, n, s, q) for m, v, n, s, q in doc["pending"]}
+        live.pending = {live._keys.setdefault((m, v), (m, v)): Observation(m, v, live.open_interval, n, s, q)
+                        for m, v, n, s, q in doc["pending"]}
         names = {arm: key for key, arm in live.state._arm_by_name.items()}
         for ts, arms, digests in doc["recent"]:
             values = np.frombuffer(base64.b64decode(digests), dtype="<u8").tolist()
