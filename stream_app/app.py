@@ -107,6 +107,7 @@ processor = BatchProcessor(
     max_message_bytes=settings.max_message_bytes,
     idle_timeout=settings.idle_timeout,
     metrics=metrics,
+    cache_size=settings.cache_experiments,
 )
 
 # What this worker has seen lately, for the web views (the owner of an experiment answers).

@@ -27,12 +27,12 @@ from .metrics import Metrics
 
 log = logging.getLogger("seqstream.processor")
 _partitioner = DefaultPartitioner()
-# Live experiments kept between batches; beyond this many, the least recently used are dropped
-# (and read back from the table when they return).
+# Live experiments kept decoded between batches (SEQSTREAM_CACHE_EXPERIMENTS); beyond this many,
+# the least recently used are dropped and read back from the table when they return.
 CACHE_SIZE = 50_000
 
 
-@lru_cache(maxsize=CACHE_SIZE)
+@lru_cache(maxsize=50_000)
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives this key: where its state lives."""
     every = list(range(partitions))
@@ -72,7 +72,8 @@ class BatchProcessor:
     """Routes messages by topic kind: ``observations``, ``experiments`` (configs), ``ticks``."""
 
     def __init__(self, topic_kinds: Mapping[str, str], partitions: int, *, max_message_bytes: int = 65536,
-                 idle_timeout: float = 30.0, clock: Callable[[], float] = time.time, metrics: Metrics | None = None):
+                 idle_timeout: float = 30.0, clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
+                 cache_size: int = CACHE_SIZE):
         self.topic_kinds = dict(topic_kinds)
         self.partitions = partitions
         self.max_message_bytes = max_message_bytes
@@ -83,6 +84,7 @@ class BatchProcessor:
         # rebalances the objects it wrote are exactly what the table holds: keeping them saves
         # a deserialisation per experiment per batch. invalidate() on every rebalance.
         self._cache: OrderedDict[str, LiveExperiment] = OrderedDict()
+        self.cache_size = cache_size
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -155,7 +157,7 @@ class BatchProcessor:
             out.states[experiment] = live[experiment].to_bytes()
             cache[experiment] = live[experiment]
             cache.move_to_end(experiment)
-        while len(cache) > CACHE_SIZE:
+        while len(cache) > self.cache_size:
             cache.popitem(last=False)
         return out
 

@@ -29,6 +29,8 @@ ENVIRONMENT = {
     "SEQSTREAM_FETCH_IDLE_WAIT": ("fetch_idle_wait", float, 0.005),
     # Result rows the web views keep in memory for histories, in all (stream_app/recent.py).
     "SEQSTREAM_HISTORY_MB": ("history_mb", int, 128),
+    # Experiments kept decoded between batches (stream_app/processor.py), about 23 KB each.
+    "SEQSTREAM_CACHE_EXPERIMENTS": ("cache_experiments", int, 50_000),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
@@ -54,6 +56,7 @@ class Settings:
     rebalance_timeout: float
     fetch_idle_wait: float
     history_mb: int
+    cache_experiments: int
     api_token: str | None
     log_level: str
 

@@ -282,8 +282,8 @@ def test_batch_boundaries_do_not_change_any_output():
     for e in ("p", "q", "r"):
         add("tick", e.encode(), b"{}")
 
-    def run(batch_size):
-        processor = BatchProcessor(TOPICS, PARTITIONS, idle_timeout=0.0, clock=lambda: 1.0)
+    def run(batch_size, **options):
+        processor = BatchProcessor(TOPICS, PARTITIONS, idle_timeout=0.0, clock=lambda: 1.0, **options)
         store: dict[str, bytes] = {}
         per_key: dict = {}
         for j in range(0, len(messages), batch_size):
@@ -300,3 +300,6 @@ def test_batch_boundaries_do_not_change_any_output():
     assert b'"epoch":0' in one_by_one[("r", b"q")][4 * 4 - 1]  # interval 3 closed before version 2 came
     for size in (7, 50, len(messages)):
         assert run(size) == (one_by_one, one_store)
+    # with one experiment or none kept decoded, states are read back from the store every batch
+    for size, cache_size in ((1, 0), (7, 1), (50, 1)):
+        assert run(size, cache_size=cache_size) == (one_by_one, one_store)
