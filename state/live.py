@@ -71,7 +71,7 @@ class LiveExperiment:
         self._recent_packed: dict[float, list] = {}  # ts -> its entry in to_bytes' "recent"
         # One (metric, variation) key object per arm, shared by the open interval and the recent
         # digests: each message decodes its own copies of the names, and the recent intervals'
-        # digests held those copies, over half of a cached experiment's memory.
+        # digests held those copies (a quarter of a cached experiment's memory).
         self._keys: dict[tuple[str, str], tuple[str, str]] = {key: key for key in state._arm_by_name}
 
     @classmethod

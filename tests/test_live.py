@@ -149,7 +149,7 @@ def test_round_trip_mid_interval():
 def test_the_open_and_recent_intervals_share_one_key_per_arm():
     """Every message decodes its own copies of the names. The open interval and the recent closed
     intervals' digests hold one key object per arm instead of a copy per row, before and after a
-    restore (per-row copies were over half of a cached experiment's memory)."""
+    restore (per-row copies were a quarter of a cached experiment's memory)."""
     def row(ts, metric, variation):
         fresh = lambda name: "".join(list(name))  # a new str object, as a decoded message has  # noqa: E731
         return parse_observation({"metric": fresh(metric), "variation_id": fresh(variation), "interval_timestamp": ts,
