@@ -4,8 +4,9 @@ interval and a bounded history of earlier ones, kept as the JSON rows sent to th
 Rows are kept as the bytes already encoded for Kafka, not as dicts: no work per close, and no
 row dicts kept alive. Memory is bounded twice: at most ``max_intervals`` intervals of one
 experiment (the size of a history response), and at most ``max_bytes`` of rows in all; past
-either bound the oldest intervals go first. The latest interval of each experiment is kept apart
-from the history, so ``/results`` always has it.
+either bound the oldest intervals go first. An experiment's latest interval (what ``/results``
+shows) is its newest, so it goes last: only once everything that arrived before it has gone, as
+happens to an experiment that stopped long ago, never to the interval just added.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ class RecentResults:
     def __init__(self, max_bytes: int, max_intervals: int):
         self.max_bytes = max_bytes
         self.max_intervals = max_intervals
-        self.bytes = 0  # rows held in histories
-        self.intervals = 0  # intervals held in histories
+        self.bytes = 0  # rows held
+        self.intervals = 0  # intervals held
         self._serial = 0
-        self._latest: dict[str, tuple[bytes, ...]] = {}
         self._history: dict[str, deque[RecentInterval]] = {}
         # (experiment, serial) in arrival order, for the byte bound. It may still name entries the
         # per-experiment bound already dropped; it is compacted when those outnumber the rest.
@@ -36,11 +36,10 @@ class RecentResults:
 
     def __len__(self) -> int:
         """Experiments with results here."""
-        return len(self._latest)
+        return len(self._history)
 
     def add(self, experiment: str, interval_timestamp: float, rows: Sequence[bytes]) -> None:
         rows = tuple(rows)
-        self._latest[experiment] = rows
         self._serial += 1
         entry = RecentInterval(self._serial, interval_timestamp, rows, sum(map(len, rows)))
         history = self._history.setdefault(experiment, deque())
@@ -50,7 +49,7 @@ class RecentResults:
         self.intervals += 1
         if len(history) > self.max_intervals:
             self._drop_oldest(experiment)
-        while self.bytes > self.max_bytes and self._arrivals:
+        while self.bytes > self.max_bytes and self._arrivals[0][1] != entry.serial:
             oldest, serial = self._arrivals.popleft()
             held = self._history.get(oldest)
             if held and held[0].serial == serial:
@@ -59,7 +58,8 @@ class RecentResults:
             self._arrivals = deque(pair for pair in self._arrivals if self._held(*pair))
 
     def latest(self, experiment: str) -> tuple[bytes, ...]:
-        return self._latest.get(experiment, ())
+        history = self._history.get(experiment)
+        return history[-1].rows if history else ()
 
     def history(self, experiment: str, since: float | None = None) -> Iterator[RecentInterval]:
         """Held intervals of ``experiment``, oldest first; only those after ``since`` if given."""

@@ -43,14 +43,26 @@ def test_the_byte_bound_drops_the_oldest_intervals_of_all_experiments_first():
             recent.add(experiment, float(ts), rows(experiment, ts))
     assert recent.bytes <= 1000 and recent.intervals == 5
     assert held(recent, "a") == [2.0, 3.0] and held(recent, "b") == [1.0, 2.0, 3.0]
-    # the latest interval of every experiment survives the history's bounds
     assert recent.latest("a") == tuple(rows("a", 3)) and recent.latest("b") == tuple(rows("b", 3))
 
 
-def test_an_interval_larger_than_the_whole_budget_is_kept_only_as_the_latest():
+def test_an_experiment_that_stopped_is_forgotten_once_newer_results_fill_the_budget():
+    recent = RecentResults(max_bytes=1000, max_intervals=100)
+    recent.add("gone", 0.0, rows("gone", 0))
+    for ts in range(4):
+        recent.add("live", float(ts), rows("live", ts))
+    assert recent.latest("gone") == tuple(rows("gone", 0)) and len(recent) == 2  # still within the budget
+    recent.add("live", 4.0, rows("live", 4))
+    assert recent.latest("gone") == () and list(recent.history("gone")) == [] and len(recent) == 1
+    assert held(recent, "live") == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_the_interval_just_added_stays_even_when_larger_than_the_whole_budget():
     recent = RecentResults(max_bytes=150, max_intervals=100)
     recent.add("a", 0.0, rows("a", 0))  # 200 B
-    assert held(recent, "a") == [] and recent.bytes == 0 and recent.latest("a") == tuple(rows("a", 0))
+    assert held(recent, "a") == [0.0] and recent.latest("a") == tuple(rows("a", 0))
+    recent.add("b", 0.0, rows("b", 0))
+    assert held(recent, "a") == [] and recent.latest("a") == () and held(recent, "b") == [0.0]
 
 
 def test_a_long_random_run_stays_within_both_bounds_and_matches_a_plain_model():
@@ -68,11 +80,13 @@ def test_a_long_random_run_stays_within_both_bounds_and_matches_a_plain_model():
         mine = [m for m in model if m[0] == experiment]
         if len(mine) > 7:
             model.remove(mine[0])
-        while sum(m[2] for m in model) > 20_000:
+        while sum(m[2] for m in model) > 20_000 and len(model) > 1:
             model.pop(0)
         assert recent.bytes == sum(m[2] for m in model) <= 20_000
         assert recent.intervals == len(model)
+        assert recent.latest(experiment) == tuple(payload)
     for experiment in "abcdefgh":
         assert held(recent, experiment) == [m[1] for m in model if m[0] == experiment]
+    assert len(recent) == len({m[0] for m in model})
     # the arrival index does not grow with intervals already dropped
     assert len(recent._arrivals) <= 2 * recent.intervals + 1024
