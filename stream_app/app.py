@@ -19,7 +19,6 @@ import gc
 import logging
 import time
 import weakref
-from collections import deque
 
 import faust
 from faust.streams import _current_event
@@ -28,7 +27,7 @@ from . import long_poll
 from .io import send_keyed
 from .metrics import Metrics
 from .processor import BatchProcessor
-from .recent import RecentResults
+from .recent import RecentAlerts, RecentResults
 from .settings import Settings
 from .topics import TABLE_NAME, create_topics_async
 
@@ -115,7 +114,7 @@ processor = BatchProcessor(
 # topic holds the full history).
 HISTORY_INTERVALS = 1000  # per experiment: the longest history response
 recent = RecentResults(settings.history_mb * 1_048_576, HISTORY_INTERVALS)
-recent_alerts: dict[str, deque] = {}
+recent_alerts = RecentAlerts(experiments=10_000, per_experiment=200)
 open_intervals: dict[str, float] = {}  # experiment -> last activity, for the idle timer
 _open_index_built = False
 
@@ -215,7 +214,7 @@ async def process(stream):
         for result, rows in out.closed:
             recent.add(result.experiment_id, result.interval_timestamp, rows)
             if result.alerts:
-                recent_alerts.setdefault(result.experiment_id, deque(maxlen=200)).extend(a.to_dict() for a in result.alerts)
+                recent_alerts.add(result.experiment_id, (a.to_dict() for a in result.alerts))
             metrics.close_latency_sum += sent - received
             metrics.close_latency_count += 1
         for experiment in out.states:

@@ -1,5 +1,6 @@
-"""What the web views show of the results this worker has produced: every experiment's latest
-interval and a bounded history of earlier ones, kept as the JSON rows sent to the results topic.
+"""What the web views show of the results and alerts this worker has produced: every
+experiment's latest interval and a bounded history of earlier ones, kept as the JSON rows sent to
+the results topic (:class:`RecentResults`), and its recent alerts (:class:`RecentAlerts`).
 
 Rows are kept as the bytes already encoded for Kafka, not as dicts: no work per close, and no
 row dicts kept alive. Memory is bounded twice: at most ``max_intervals`` intervals of one
@@ -11,8 +12,8 @@ happens to an experiment that stopped long ago, never to the interval just added
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Iterator, NamedTuple, Sequence
+from collections import OrderedDict, deque
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 
 class RecentInterval(NamedTuple):
@@ -78,3 +79,29 @@ class RecentResults:
     def _held(self, experiment: str, serial: int) -> bool:
         history = self._history.get(experiment)
         return bool(history) and history[0].serial <= serial
+
+
+class RecentAlerts:
+    """Each experiment's last ``per_experiment`` alerts (as dicts, for ``/alerts``), for at most
+    ``experiments`` experiments: past that, the one that alerted least recently is forgotten, so a
+    long-running worker does not keep every experiment it ever saw."""
+
+    def __init__(self, experiments: int, per_experiment: int):
+        self.experiments = experiments
+        self.per_experiment = per_experiment
+        self._alerts: OrderedDict[str, deque[dict]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._alerts)
+
+    def add(self, experiment: str, alerts: Iterable[dict]) -> None:
+        held = self._alerts.pop(experiment, None)
+        if held is None:
+            held = deque(maxlen=self.per_experiment)
+        held.extend(alerts)
+        self._alerts[experiment] = held  # now the most recent
+        while len(self._alerts) > self.experiments:
+            self._alerts.popitem(last=False)
+
+    def get(self, experiment: str) -> list[dict]:
+        return list(self._alerts.get(experiment, ()))

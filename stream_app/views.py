@@ -131,7 +131,7 @@ class Alerts(View):
     async def get(self, request: Request, experiment_id: str) -> Response:
         if live_table.get(experiment_id.encode()) is None:  # existence only: no need to decode
             return _error(self, 404, f"no experiment {experiment_id!r}")
-        return _json(self, {"experiment_id": experiment_id, "alerts": list(recent_alerts.get(experiment_id, ()))})
+        return _json(self, {"experiment_id": experiment_id, "alerts": recent_alerts.get(experiment_id)})
 
 
 @app.page("/experiments/{experiment_id}/config")

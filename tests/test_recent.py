@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from stream_app.recent import RecentResults
+from stream_app.recent import RecentAlerts, RecentResults
 
 
 def rows(experiment: str, ts: float, n: int = 2, size: int = 100) -> list[bytes]:
@@ -90,3 +90,13 @@ def test_a_long_random_run_stays_within_both_bounds_and_matches_a_plain_model():
     assert len(recent) == len({m[0] for m in model})
     # the arrival index does not grow with intervals already dropped
     assert len(recent._arrivals) <= 2 * recent.intervals + 1024
+
+
+def test_alerts_keep_the_last_per_experiment_for_the_most_recently_alerted_experiments():
+    alerts = RecentAlerts(experiments=2, per_experiment=3)
+    alerts.add("a", ({"n": i} for i in range(5)))
+    assert alerts.get("a") == [{"n": 2}, {"n": 3}, {"n": 4}] and alerts.get("nobody") == []
+    alerts.add("b", [{"n": 0}])
+    alerts.add("a", [{"n": 5}])  # a alerted again: now b is the least recent
+    alerts.add("c", [{"n": 0}])
+    assert alerts.get("b") == [] and alerts.get("a") == [{"n": 3}, {"n": 4}, {"n": 5}] and len(alerts) == 2
