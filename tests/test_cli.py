@@ -44,8 +44,9 @@ print("root", logging.getLogger().level, "spinner", worker.spinner is not None)
 
 
 def test_the_worker_keeps_the_root_logger_at_the_configured_level():
-    """faust's start-up spinner lowers the root logger to DEBUG for good (every debug call in faust
-    and aiokafka then builds a record nobody prints); the app's Worker class has no spinner. In a
+    """At warn and above, faust's start-up spinner lowers the root logger to DEBUG for good (every
+    debug call in faust and aiokafka then builds a record nobody prints); the app's Worker class
+    has no spinner. In a
     subprocess: importing the app patches aiokafka (long_poll) and setting up logging is global."""
     def run(kind: str) -> str:
         done = subprocess.run([sys.executable, "-c", WORKER_LOG_LEVEL, kind], capture_output=True, text=True,
