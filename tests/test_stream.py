@@ -334,3 +334,24 @@ def test_an_open_interval_that_moves_in_by_a_rebalance_closes_after_the_idle_tim
     # every moved experiment's open interval closed, once each
     assert len(second) == len(on_w2) * 4, [w.log_tail(3000) for w in workers]
     assert len(results) == len({result_key(r) for r in results})
+
+
+def test_a_batch_touching_many_experiments_logs_no_producer_buffer_warnings(broker, tmp_path):
+    """A batch writes one table entry per experiment it touches. faust's changelog buffer warned
+    ("producer buffer full") and held back input past 100 pending writes: with hundreds of
+    experiments that was every batch, in normal operation."""
+    settings = isolated_settings(broker, tmp_path)
+    experiments = [f"wide-{i:03d}" for i in range(300)]
+    messages = [("observations", e.encode(), orjson.dumps([
+        {"experiment_id": e, "metric": "m", "variation_id": v, "interval_timestamp": ts, "unit_count": 100,
+         "unit_observation_sum": 50.0 + (v == "t"), "unit_observation_sum_of_squares": 40.0} for v in ("control", "t")]))
+        for ts in (0, 60) for e in experiments]
+    produce(settings, messages)  # all there before the worker starts: its batches touch many experiments
+    worker = start_worker(settings, tmp_path)
+    try:
+        results = collect(settings, "results", until_keys(2 * len(experiments)), timeout=60)
+    finally:
+        worker.stop()
+    assert len({result_key(r) for r in results}) == 2 * len(experiments)  # interval 0 and the complete 60
+    log = worker.log_path.read_text(errors="replace")
+    assert "producer buffer full" not in log, worker.log_tail()
