@@ -337,9 +337,9 @@ def test_an_open_interval_that_moves_in_by_a_rebalance_closes_after_the_idle_tim
 
 
 def test_a_batch_touching_many_experiments_logs_no_producer_buffer_warnings(broker, tmp_path):
-    """A batch writes one table entry per experiment it touches. faust's changelog buffer warned
-    ("producer buffer full") and held back input past 100 pending writes: with hundreds of
-    experiments that was every batch, in normal operation."""
+    """A batch writes one table entry per experiment it touches. faust's changelog buffer holds
+    back input past 100 pending writes and said so at WARNING ("producer buffer full"): with
+    hundreds of experiments that was every batch, in normal operation."""
     settings = isolated_settings(broker, tmp_path)
     experiments = [f"wide-{i:03d}" for i in range(300)]
     messages = [("observations", e.encode(), orjson.dumps([
