@@ -29,7 +29,7 @@ ENVIRONMENT = {
     "SEQSTREAM_FETCH_IDLE_WAIT": ("fetch_idle_wait", float, 0.005),
     # Result rows the web views keep in memory for histories, in all (stream_app/recent.py).
     "SEQSTREAM_HISTORY_MB": ("history_mb", int, 128),
-    # Experiments kept decoded between batches (stream_app/processor.py), about 23 KB each.
+    # Experiments kept decoded between batches (stream_app/processor.py), about 20 KB each.
     "SEQSTREAM_CACHE_EXPERIMENTS": ("cache_experiments", int, 50_000),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug

@@ -156,7 +156,7 @@ def test_the_open_and_recent_intervals_share_one_key_per_arm():
                                   "unit_count": 100, "unit_observation_sum": 50, "unit_observation_sum_of_squares": 40})
 
     def keys_by_arm(live):
-        keys = [k for digests in live.recent.values() for k in digests] + list(live.pending)
+        keys = [k for closed in live.recent.values() for k in closed.keys] + list(live.pending)
         by_arm: dict[tuple, set] = {}
         for k in keys:
             by_arm.setdefault(k, set()).add(id(k))
