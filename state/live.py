@@ -50,7 +50,7 @@ def _digest(obs: Observation) -> bytes:
 
 class ClosedDigests(NamedTuple):
     """A closed interval's rows: their (metric, variation) keys and, in the same order, their
-    8-byte digests end to end (as the state bytes carry them; a dict of Python ints took 5x the
+    8-byte digests end to end (as the state bytes carry them; a dict of Python ints took 3.7x the
     memory, and a cached experiment keeps four intervals)."""
 
     keys: tuple[tuple[str, str], ...]
