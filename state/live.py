@@ -33,7 +33,7 @@ from .errors import InvalidInput
 from .experiment import ExperimentState, update_many
 from .observation import Observation
 from .results import IntervalResult
-from .serialize import state_from_dict, state_to_dict
+from .serialize import exact_size, state_from_dict, state_to_dict
 
 # Closed intervals whose row digests are kept to recognise producer duplicates.
 RECENT_INTERVALS = 4
@@ -263,9 +263,7 @@ class LiveExperiment:
     def to_bytes(self) -> bytes:
         if self.unscored:
             raise RuntimeError("score the closed intervals before saving (score_closed or score_all)")
-        # An exact-size copy: orjson 3.x returns its whole working buffer (16 KiB behind a 5 KB
-        # state), and a memory-store table keeps every experiment's value.
-        return memoryview(orjson.dumps({
+        return exact_size(orjson.dumps({
             "v": FORMAT_VERSION,
             "state": state_to_dict(self.state),
             "config_version": self.config_version,
@@ -275,7 +273,7 @@ class LiveExperiment:
             "recent": self._packed_recent(),
             "offsets": self.offsets,
             "last_activity": self.last_activity,
-        })).tobytes()
+        }))
 
     def _packed_recent(self) -> list[list]:
         """Per recent closed interval: [ts, arm indices, base64 of the little-endian uint64
