@@ -24,15 +24,16 @@ from state.live import Duplicate, LiveExperiment, score_all
 from .codec import (decode_config, decode_observations, deadletter_message, element_bytes, encode_alert,
                     encode_row, experiment_key)
 from .metrics import Metrics
+from .settings import DEFAULT_CACHE_EXPERIMENTS
 
 log = logging.getLogger("seqstream.processor")
 _partitioner = DefaultPartitioner()
 # Live experiments kept decoded between batches (SEQSTREAM_CACHE_EXPERIMENTS); beyond this many,
 # the least recently used are dropped and read back from the table when they return.
-CACHE_SIZE = 50_000
+CACHE_SIZE = DEFAULT_CACHE_EXPERIMENTS
 
 
-@lru_cache(maxsize=50_000)
+@lru_cache(maxsize=CACHE_SIZE)
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives this key: where its state lives."""
     every = list(range(partitions))

@@ -6,6 +6,8 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
+DEFAULT_CACHE_EXPERIMENTS = 50_000  # experiments kept decoded (stream_app/processor.py)
+
 # Environment variable -> (attribute, type, default). KAFKA_BOOTSTRAP unset means "no Kafka
 # configured": `seqstream demo` then starts an embedded broker; `seqstream worker` refuses.
 ENVIRONMENT = {
@@ -30,7 +32,7 @@ ENVIRONMENT = {
     # Result rows the web views keep in memory for histories, in all (stream_app/recent.py).
     "SEQSTREAM_HISTORY_MB": ("history_mb", int, 128),
     # Experiments kept decoded between batches (stream_app/processor.py), about 20 KB each.
-    "SEQSTREAM_CACHE_EXPERIMENTS": ("cache_experiments", int, 50_000),
+    "SEQSTREAM_CACHE_EXPERIMENTS": ("cache_experiments", int, DEFAULT_CACHE_EXPERIMENTS),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
