@@ -82,7 +82,8 @@ async def main() -> None:
         for i in range(args.intervals):
             rows = generate_interval(rng, experiments, METRICS, variations_of(3), i, 3000.0)
             messages += pack_by_experiment(rows) if args.pack else rows
-        await publish_all(broker.bootstrap, settings.topic("observations"), settings.partitions, messages)
+        await publish_all(broker.bootstrap, settings.topic("observations"), settings.partitions, messages,
+                          settings.compression_type)
         env = {**os.environ, **settings.to_env(), "NOOP_TOTAL": str(len(messages))}
         child = subprocess.run([sys.executable, __file__, "--agent"], env=env, capture_output=True, text=True,
                                timeout=600)

@@ -52,7 +52,7 @@ async def main() -> None:
         for i in range(args.intervals):
             messages += pack_by_experiment(generate_interval(rng, experiments, METRICS, variations_of(args.variations),
                                                              i, 3000.0))
-        await publish_all(broker.bootstrap, "obs", PARTITIONS, messages)
+        await publish_all(broker.bootstrap, "obs", PARTITIONS, messages, None)  # filler rows: uncompressed
         consumer = AIOKafkaConsumer("obs", bootstrap_servers=broker.bootstrap, group_id="null-worker",
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5, max_batch_size=262_144, acks=-1)

@@ -131,11 +131,13 @@ def pack_by_experiment(messages: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
 
 
 # ------------------------------------------------------------------------------------ kafka bits
-async def publish_all(bootstrap: str, topic: str, partitions: int, messages: list[tuple[bytes, bytes]]) -> float:
+async def publish_all(bootstrap: str, topic: str, partitions: int, messages: list[tuple[bytes, bytes]],
+                      compression_type: str | None) -> float:
     """Publish fast: record batches per partition (stream_app.io.send_keyed: murmur2 of the key,
-    the partition the worker expects), no per-message await. Seconds until all are acked."""
+    the partition the worker expects), no per-message await, compressed as `seqstream publish`
+    compresses (SEQSTREAM_COMPRESSION). Seconds until all are acked."""
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
-                            max_request_size=8 * 1024 * 1024, acks=1)
+                            max_request_size=8 * 1024 * 1024, acks=1, compression_type=compression_type)
     await prod.start()
     t0 = time.perf_counter()
     try:
@@ -442,7 +444,7 @@ async def throughput_run(base: Settings, store: str, messages, args, workdir: Pa
     if args.pack:
         messages = pack_by_experiment(messages)
     log(f"[{store}] publishing {args.n_obs:,} observations in {len(messages):,} messages to {topic}")
-    publish_s = await publish_all(settings.bootstrap, topic, settings.partitions, messages)
+    publish_s = await publish_all(settings.bootstrap, topic, settings.partitions, messages, settings.compression_type)
     log(f"[{store}] published in {publish_s:.1f} s = {len(messages) / publish_s:,.0f} msg/s; starting the worker")
 
     n_metrics, n_var = args.metrics, args.variations
@@ -799,7 +801,8 @@ async def main_async(args, broker_bootstrap: str | None, workdir: Path) -> list[
     figures = [f"context    python bench/bench_stream.py: {n_obs:,} obs = {args.experiments} exp x {len(metrics)} metrics x "
                f"{len(variations)} variations x {args.intervals} intervals; "
                + ("KAFKA_BOOTSTRAP broker" if broker_bootstrap else "embedded noida-db (fresh per phase)")
-               + f", {base.partitions} partitions, batch {base.batch_size}/{base.batch_within:g} s, {os.cpu_count()} cores, "
+               + f", {base.partitions} partitions, batch {base.batch_size}/{base.batch_within:g} s, "
+               + f"{base.compression} record batches (SEQSTREAM_COMPRESSION), {os.cpu_count()} cores, "
                + ("one message per experiment-interval (--pack)" if args.pack else "one message per observation")]
     brokers: list[EmbeddedBroker] = []
 

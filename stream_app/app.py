@@ -88,6 +88,7 @@ app = SeqstreamApp(
     Worker=SeqstreamWorker,
     producer_max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
     producer_max_batch_size=262_144,  # results go out as record batches (_send_batched)
+    producer_compression_type=settings.compression_type,
     consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
 )
 

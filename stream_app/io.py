@@ -93,7 +93,8 @@ def by_interval(rows: Iterable[dict]) -> list[list[dict]]:
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, enable_idempotence=True)
+    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, enable_idempotence=True,
+                            compression_type=settings.compression_type)
 
 
 async def send_observations(prod: AIOKafkaProducer, settings: Settings, rows: Iterable[dict]) -> int:

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, fields
 
 DEFAULT_CACHE_EXPERIMENTS = 50_000  # experiments kept decoded (stream_app/processor.py)
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 
 # Environment variable -> (attribute, type, default). KAFKA_BOOTSTRAP unset means "no Kafka
 # configured": `seqstream demo` then starts an embedded broker; `seqstream worker` refuses.
@@ -33,6 +34,9 @@ ENVIRONMENT = {
     "SEQSTREAM_HISTORY_MB": ("history_mb", int, 128),
     # Experiments kept decoded between batches (stream_app/processor.py), about 20 KB each.
     "SEQSTREAM_CACHE_EXPERIMENTS": ("cache_experiments", int, DEFAULT_CACHE_EXPERIMENTS),
+    # Codec of the record batches the worker and `seqstream publish` produce: none, gzip, snappy,
+    # lz4 or zstd. Input is read whatever its codec (cramjam, a dependency, has all but gzip).
+    "SEQSTREAM_COMPRESSION": ("compression", str, "none"),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
@@ -59,6 +63,7 @@ class Settings:
     fetch_idle_wait: float
     history_mb: int
     cache_experiments: int
+    compression: str
     api_token: str | None
     log_level: str
 
@@ -72,7 +77,14 @@ class Settings:
                 values[attr] = default if raw in (None, "") else kind(raw)
             except ValueError:
                 raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        if values["compression"] not in COMPRESSION_TYPES:
+            raise SystemExit(f"SEQSTREAM_COMPRESSION={values['compression']!r} is not one of {', '.join(COMPRESSION_TYPES)}")
         return cls(**values)
+
+    @property
+    def compression_type(self) -> str | None:
+        """The producers' ``compression_type`` (None: uncompressed)."""
+        return None if self.compression == "none" else self.compression
 
     def topic(self, kind: str) -> str:
         return f"{self.topic_prefix}{kind}"

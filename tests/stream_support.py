@@ -10,6 +10,9 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 
 from stream_app.codec import config_message, decode_row
 from stream_app.embedded_broker import free_port
@@ -92,6 +95,38 @@ async def _collect(settings: Settings, kind: str, done, timeout: float) -> list[
 def collect(settings: Settings, kind: str, done=lambda out: False, timeout: float = 60.0) -> list[dict]:
     """Messages of an output topic from the beginning, until ``done(messages)`` or the timeout."""
     return asyncio.run(_collect(settings, kind, done, timeout))
+
+
+async def _batch_codecs(bootstrap: str, topic: str) -> dict[int, int]:
+    """codec -> number of record batches of that codec stored in ``topic`` (aiokafka's
+    DefaultRecordBatch.CODEC_*: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd), read with raw Fetch
+    requests: a consumer decompresses silently, so only the stored batches tell."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    codecs: dict[int, int] = {}
+    try:
+        await client._metadata_update(client.cluster, [topic])
+        for partition in sorted(client.cluster.partitions_for_topic(topic) or ()):
+            node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            offset = 0
+            while True:
+                request = FetchRequest(100, 1, 16 * 1024 * 1024, 0, [(topic, [(partition, offset, 16 * 1024 * 1024)])])
+                response = await client.send(node, request)
+                *_, records = response.topics[0][1][0]
+                batches = MemoryRecords(records or b"")
+                start = offset
+                while (batch := batches.next_batch()) is not None:
+                    codecs[batch.compression_type] = codecs.get(batch.compression_type, 0) + 1
+                    offset = batch.next_offset
+                if offset == start:
+                    break
+    finally:
+        await client.close()
+    return codecs
+
+
+def batch_codecs(bootstrap: str, topic: str) -> dict[int, int]:
+    return asyncio.run(_batch_codecs(bootstrap, topic))
 
 
 def covid_stream_rows(experiment_id: str) -> list[dict]:

@@ -56,3 +56,28 @@ def test_the_worker_keeps_the_root_logger_at_the_configured_level():
 
     assert run("seqstream") == f"root {logging.WARNING} spinner False"
     assert run("faust") == f"root {logging.DEBUG} spinner True"  # the behaviour it avoids
+
+
+def test_compression_setting_is_checked_and_every_codec_is_installed():
+    """SEQSTREAM_COMPRESSION names one of aiokafka's codecs, and each one's library is installed:
+    the worker must read input compressed with any of them (tests/test_stream.py runs zstd and
+    lz4 end to end)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream_app.settings import COMPRESSION_TYPES, Settings
+
+    assert Settings.from_env({}).compression_type is None
+    with pytest.raises(SystemExit, match="SEQSTREAM_COMPRESSION='brotli' is not one of none, gzip, snappy, lz4, zstd"):
+        Settings.from_env({"SEQSTREAM_COMPRESSION": "brotli"})
+
+    async def producers() -> list[str | None]:
+        made = []
+        for name in COMPRESSION_TYPES:
+            codec = Settings.from_env({"SEQSTREAM_COMPRESSION": name}).compression_type
+            AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", compression_type=codec)  # raises if the codec is missing
+            made.append(codec)
+        return made
+
+    assert asyncio.run(producers()) == [None, "gzip", "snappy", "lz4", "zstd"]

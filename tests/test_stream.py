@@ -23,8 +23,12 @@ from stream_app.embedded_broker import free_port
 from stream_app.kafka_admin import evict_group_members
 from state.simulate import ExperimentSpec, MetricSpec, simulate
 from tests.conftest import COVID_METRICS, covid_request
-from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings, observation_messages,
-                                  covid_stream_rows, produce, request_for, result_key, start_worker, until_keys)
+from stream_app import io
+from stream_app.codec import config_message
+from stream_app.topics import changelog_topic
+from tests.stream_support import (batch_codecs, collect, config_messages, distinct_results, isolated_settings,
+                                  observation_messages, covid_stream_rows, produce, request_for, result_key,
+                                  start_worker, until_keys)
 from tests.test_processor import bad_values, good_rows
 
 pytestmark = pytest.mark.timeout(240)
@@ -55,6 +59,39 @@ def test_covid_through_the_stream_equals_evaluate_row_for_row(broker, tmp_path):
         worker.stop()
     assert got == expected
     assert collect(settings, "deadletter", timeout=1) == []
+
+
+async def _publish_as_seqstream_publish(settings, experiment_id: str, rows: list[dict]) -> None:
+    """The config, then the rows interval by interval, through stream_app.io's producer."""
+    producer = io.producer(settings)
+    await producer.start()
+    try:
+        message = config_message(experiment_id, 1, COVID_CONFIG, COVID_METRIC_OPTIONS)
+        await io.send_config(producer, settings, experiment_id, message)
+        for interval in io.by_interval(rows):
+            await io.send_observations(producer, settings, interval)
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.parametrize("compression, codec", [("zstd", 4), ("lz4", 3), ("none", 0)])  # DefaultRecordBatch.CODEC_*
+def test_record_batches_are_compressed_as_seqstream_compression_says(broker, tmp_path, compression, codec):
+    """SEQSTREAM_COMPRESSION sets the codec of every record batch the worker produces (results
+    through send_keyed, the table's changelog through faust's producer) and of `seqstream
+    publish`'s producer; the worker reads its input either way, with identical results. The
+    batches are read raw from the broker: a consumer would decompress them silently."""
+    settings = isolated_settings(broker, tmp_path, compression=compression)
+    expected = expected_covid("covid")
+    asyncio.run(_publish_as_seqstream_publish(settings, "covid", covid_stream_rows("covid")))
+    worker = start_worker(settings, tmp_path)
+    try:
+        got = distinct_results(collect(settings, "results", until_keys(len(expected)), timeout=60))
+    finally:
+        worker.stop()
+    assert got == expected
+    for topic in (settings.topic("observations"), settings.topic("results"), changelog_topic(settings)):
+        codecs = batch_codecs(broker, topic)
+        assert set(codecs) == {codec}, f"{topic}: record batches by codec {codecs}, expected only codec {codec}"
 
 
 def test_plain_faust_worker_creates_its_topics_with_their_partitions(broker, tmp_path):
