@@ -6,7 +6,7 @@ experiment-interval, as bench_stream.py does) to the embedded broker, then runs 
 ``stream.take_events(SEQSTREAM_BATCH_SIZE, within=SEQSTREAM_BATCH_WITHIN)`` delivers, as
 seqstream's agent takes it. Its rate bounds what any faust agent with this delivery can reach here.
 
-Run: python bench/bench_faust_noop.py [--pack] [--experiments 1000] [--intervals 4]
+Run: python bench/bench_faust_noop.py [--pack] [--eager] [--experiments 1000] [--intervals 4]
 """
 
 from __future__ import annotations
@@ -35,7 +35,16 @@ def agent_main() -> None:
 
     settings = Settings.from_env()
     total = int(os.environ["NOOP_TOTAL"])
-    app = faust.App(settings.app_id + "-noop", broker=f"kafka://{settings.bootstrap}", store="memory://",
+    App = faust.App
+    if os.environ.get("NOOP_EAGER"):
+        from stream_app.delivery import SeqstreamTransport
+        from stream_app.metrics import Metrics
+
+        class App(faust.App):  # seqstream's consumer (stream_app/delivery.py)
+            def _new_transport(self):
+                return SeqstreamTransport(self.conf.broker_consumer, self, counts=Metrics())
+
+    app = App(settings.app_id + "-noop", broker=f"kafka://{settings.bootstrap}", store="memory://",
                     topic_partitions=settings.partitions, topic_allow_declare=False,
                     processing_guarantee="at_least_once", consumer_auto_offset_reset="earliest",
                     web_port=settings.web_port, broker_session_timeout=settings.session_timeout,
@@ -70,6 +79,8 @@ async def main() -> None:
     parser.add_argument("--pack", action="store_true", help="one message per experiment-interval")
     parser.add_argument("--experiments", type=int, default=1000)
     parser.add_argument("--intervals", type=int, default=4)
+    parser.add_argument("--eager", action="store_true",
+                        help="with seqstream's consumer (stream_app/delivery.py) instead of faust's own")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="faust-noop-") as tmp, EmbeddedBroker(data_dir=f"{tmp}/broker") as broker:
         settings = dataclasses.replace(Settings.from_env(), bootstrap=broker.bootstrap, app_id="noop",
@@ -84,7 +95,7 @@ async def main() -> None:
             messages += pack_by_experiment(rows) if args.pack else rows
         await publish_all(broker.bootstrap, settings.topic("observations"), settings.partitions, messages,
                           settings.compression_type)
-        env = {**os.environ, **settings.to_env(), "NOOP_TOTAL": str(len(messages))}
+        env = {**os.environ, **settings.to_env(), "NOOP_TOTAL": str(len(messages)), "NOOP_EAGER": "1" if args.eager else ""}
         child = subprocess.run([sys.executable, __file__, "--agent"], env=env, capture_output=True, text=True,
                                timeout=600)
     found = re.search(r"NOOP (\d+) ([0-9.]+)", child.stdout + child.stderr)  # faust logs what agents print
@@ -93,7 +104,7 @@ async def main() -> None:
         return
     count, elapsed = int(found.group(1)), float(found.group(2))
     per_message = len(METRICS) * 3 if args.pack else 1
-    print(f"faust no-op agent (take_events({settings.batch_size}, within={settings.batch_within:g})), "
+    print(f"faust no-op agent{' with seqstream eager delivery' if args.eager else ''} (take_events({settings.batch_size}, within={settings.batch_within:g})), "
           f"{'one message per experiment-interval' if args.pack else 'one message per observation'}: "
           f"{count:,} messages in {elapsed:.2f} s (first to last delivery) = {count / elapsed:,.0f} msg/s "
           f"= {count * per_message / elapsed:,.0f} obs/s")

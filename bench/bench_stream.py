@@ -266,7 +266,8 @@ def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
 
 
 def brief_metrics(m: dict[str, float]) -> str:
-    keys = ("observations_in", "rows_out", "intervals_closed", "batches", "deadletters", "duplicates", "redelivered")
+    keys = ("observations_in", "rows_out", "intervals_closed", "batches", "deadletters", "duplicates", "redelivered",
+            "deliveries_at_once", "deliveries_waited")
     text = ", ".join(f"{k}={m[k]:,.0f}" for k in keys if k in m)
     if m.get("batches"):
         text += f" ({m.get('observations_in', 0) / m['batches']:.0f} obs per batch)"

@@ -24,6 +24,7 @@ import faust
 from faust.streams import _current_event
 
 from . import long_poll
+from .delivery import SeqstreamTransport
 from .io import send_keyed
 from .metrics import Metrics
 from .processor import BatchProcessor
@@ -33,6 +34,7 @@ from .topics import TABLE_NAME, create_topics_async
 
 settings = Settings.from_env()
 long_poll.install(settings.fetch_idle_wait)
+metrics = Metrics()
 
 
 class SeqstreamWorker(faust.Worker):
@@ -60,6 +62,11 @@ logging.getLogger("faust.transport.producer").addFilter(RoutineBackpressure())
 
 
 class SeqstreamApp(faust.App):
+    def _new_transport(self):
+        """faust's aiokafka transport, with a consumer that delivers a message without four tasks
+        when nothing blocks it (stream_app/delivery.py)."""
+        return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics)
+
     async def on_first_start(self) -> None:
         """Create every topic with its partition count before the consumer subscribes: a broker
         that auto-creates topics would otherwise make them with one partition. This makes
@@ -114,7 +121,6 @@ live_table = app.Table(
     use_partitioner=True,
 )
 
-metrics = Metrics()
 metrics.track_gc()
 processor = BatchProcessor(
     INPUT_TOPICS,

@@ -29,6 +29,11 @@ class Metrics:
     seconds_writing_state: float = 0.0
     gc_seconds: float = 0.0
     gc_collections: int = 0
+    # Messages faust's drain loop delivered (input, and changelogs during recovery;
+    # stream_app/delivery.py): at once, or after waiting (for flow control in a rebalance, the
+    # producer buffer to ebb, or room in a full stream queue).
+    deliveries_at_once: int = 0
+    deliveries_waited: int = 0
 
     _HELP = {
         "observations_in": ("counter", "Observation messages consumed"),
@@ -48,6 +53,8 @@ class Metrics:
         "seconds_writing_state": ("counter", "Seconds spent writing experiment states to the table"),
         "gc_seconds": ("counter", "Seconds spent in the garbage collector"),
         "gc_collections": ("counter", "Garbage collections of the oldest generation"),
+        "deliveries_at_once": ("counter", "Messages the consumer delivered without waiting"),
+        "deliveries_waited": ("counter", "Messages the consumer delivered after waiting (flow control, producer buffer, full queue)"),
     }
 
     def track_gc(self) -> None:

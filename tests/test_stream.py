@@ -387,8 +387,15 @@ def test_a_batch_touching_many_experiments_logs_no_producer_buffer_warnings(brok
     worker = start_worker(settings, tmp_path)
     try:
         results = collect(settings, "results", until_keys(2 * len(experiments)), timeout=60)
+        text = urllib.request.urlopen(worker.url + "/metrics", timeout=10).read().decode()
     finally:
         worker.stop()
     assert len({result_key(r) for r in results}) == 2 * len(experiments)  # interval 0 and the complete 60
     log = worker.log_path.read_text(errors="replace")
     assert "producer buffer full" not in log, worker.log_tail()
+    # Every input message went through stream_app.delivery's counted paths exactly once (the path
+    # that waits is covered in tests/test_delivery.py; here nothing had to wait).
+    counts = {name: int(float(value)) for name, value in
+              (line.split() for line in text.splitlines() if line.startswith("seqstream_deliveries_"))}
+    assert counts["seqstream_deliveries_at_once_total"] > 0, counts
+    assert sum(counts.values()) == len(messages), counts

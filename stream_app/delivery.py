@@ -1,0 +1,138 @@
+"""faust's per-message delivery without four tasks per message.
+
+faust's drain loop (``faust.transport.consumer.Consumer._drain_messages``) hands every fetched
+message to the conductor with::
+
+    await self.wait_first(callback(message), self.suspend_flow.wait())
+
+``wait_first`` wraps the delivery, the flow-suspension wait and the consumer's stopped and crashed
+events in four tasks, waits for the first to finish and cancels the rest: three event-loop
+iterations and four tasks per message. That is most of the 200 us per message faust costs here
+(bench/bench_faust_noop.py: an agent that does nothing gets about 4.6k messages/s).
+
+The race only matters when the delivery has to wait: for flow control (a rebalance), for the
+producer buffer to ebb, or for room in a full stream queue. Usually it does not: it decodes the
+message and puts it on the queue without suspending. :func:`eager` therefore runs the delivery's
+first step at once. If that finishes it, there is nothing to race and the loop goes on; if it
+suspends, the rest of the delivery (:class:`_Rest`) goes to faust's own ``wait_first``, racing
+the flow-suspension wait exactly as before, so a rebalance can still interrupt a blocked
+delivery. The first step is the one the delivery task would have run first anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, Awaitable, Callable, Generator
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.services import WaitResults
+
+
+class _Delivered:
+    """The result of a delivery that finished in its first step."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())
+
+
+DELIVERED = _Delivered()
+_DELIVERED_RESULTS = WaitResults([DELIVERED], [None], False)
+
+
+_HANDED_OVER = object()
+
+
+class _Rest(Coroutine):
+    """The rest of a coroutine that has run to its first suspension, where it yielded ``pending``
+    (the future it waits for, or None for a bare yield).
+
+    A coroutine in its own right (collections.abc.Coroutine), so ``asyncio.ensure_future`` makes
+    a task of it directly: the task's first ``send`` gets ``pending``, and every later ``send``,
+    ``throw`` (cancellation included, even before the first ``send``) and ``close`` goes to the
+    coroutine itself, as it would have in a task made of the coroutine from the start.
+    """
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine, pending: Any):
+        self._coro = coro
+        self._pending = pending
+
+    def send(self, value: Any) -> Any:
+        pending = self._pending
+        if pending is not _HANDED_OVER:
+            self._pending = _HANDED_OVER
+            return pending
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._pending = _HANDED_OVER
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._pending = _HANDED_OVER
+        self._coro.close()
+
+    def __await__(self) -> "_Rest":
+        return self
+
+    def __iter__(self) -> "_Rest":
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+
+def eager(callback: Callable[[Any], Coroutine], counts: Any) -> Callable[[Any], Awaitable]:
+    """``callback`` with its first step run at once: returns DELIVERED when that finishes it, else
+    the rest of it (an awaitable). Exceptions raised in the first step propagate to the caller.
+    Counts both outcomes in ``counts.deliveries_at_once`` and ``counts.deliveries_waited``."""
+
+    def deliver(message: Any) -> Awaitable:
+        coro = callback(message)
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            counts.deliveries_at_once += 1
+            return DELIVERED
+        counts.deliveries_waited += 1
+        return _Rest(coro, pending)
+
+    return deliver
+
+
+class EagerDelivery:
+    """A mode Service mixin: ``wait_first`` returns at once for a delivery :func:`eager` finished,
+    and is the service's own for anything else (the rest of a delivery that had to wait)."""
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        if coros and coros[0] is DELIVERED:
+            for other in coros[1:]:  # the unstarted suspend_flow.wait(): close it, never awaited
+                close = getattr(other, "close", None)
+                if close is not None:
+                    close()
+            return _DELIVERED_RESULTS
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
+    """faust's aiokafka consumer with :func:`eager` delivery, counted in ``transport.counts``."""
+
+    def __init__(self, transport: "SeqstreamTransport", *args: Any, callback: Callable[[Any], Coroutine],
+                 **kwargs: Any):
+        super().__init__(transport, *args, callback=eager(callback, transport.counts), **kwargs)
+
+
+class SeqstreamTransport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with :class:`SeqstreamConsumer`; ``counts`` (e.g. the worker's
+    Metrics) gets the delivery counters."""
+
+    Consumer = SeqstreamConsumer
+
+    def __init__(self, *args: Any, counts: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.counts = counts
