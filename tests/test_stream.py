@@ -47,17 +47,21 @@ def expected_for(rows: list[dict], experiment_id: str, config: dict, metric_opti
     return distinct_results([r for rows_ in evaluate(request) for r in rows_])
 
 
+def results_of_a_worker(settings, tmp_path, n_keys: int) -> dict:
+    """Start a worker on what is published, collect its first ``n_keys`` distinct result rows."""
+    worker = start_worker(settings, tmp_path)
+    try:
+        return distinct_results(collect(settings, "results", until_keys(n_keys), timeout=60))
+    finally:
+        worker.stop()
+
+
 def test_covid_through_the_stream_equals_evaluate_row_for_row(broker, tmp_path):
     settings = isolated_settings(broker, tmp_path)
     expected = expected_covid("covid")
     produce(settings, config_messages("covid", 1, COVID_CONFIG, COVID_METRIC_OPTIONS)
             + observation_messages(covid_stream_rows("covid")))
-    worker = start_worker(settings, tmp_path)
-    try:
-        got = distinct_results(collect(settings, "results", until_keys(len(expected)), timeout=60))
-    finally:
-        worker.stop()
-    assert got == expected
+    assert results_of_a_worker(settings, tmp_path, len(expected)) == expected
     assert collect(settings, "deadletter", timeout=1) == []
 
 
@@ -83,12 +87,7 @@ def test_record_batches_are_compressed_as_seqstream_compression_says(broker, tmp
     settings = isolated_settings(broker, tmp_path, compression=compression)
     expected = expected_covid("covid")
     asyncio.run(_publish_as_seqstream_publish(settings, "covid", covid_stream_rows("covid")))
-    worker = start_worker(settings, tmp_path)
-    try:
-        got = distinct_results(collect(settings, "results", until_keys(len(expected)), timeout=60))
-    finally:
-        worker.stop()
-    assert got == expected
+    assert results_of_a_worker(settings, tmp_path, len(expected)) == expected
     for topic in (settings.topic("observations"), settings.topic("results"), changelog_topic(settings)):
         codecs = batch_codecs(broker, topic)
         assert set(codecs) == {codec}, f"{topic}: record batches by codec {codecs}, expected only codec {codec}"
