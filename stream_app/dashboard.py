@@ -20,7 +20,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from .app import app, live_table, recent
-from .views import NotFound, _error, _json, live_experiment
+from .views import NotFound, _error, _json, _json_array, live_experiment
 
 STATIC = Path(__file__).resolve().parent / "static"
 DASHBOARD_HTML = STATIC / "dashboard.html"
@@ -66,6 +66,6 @@ class History(View):
             # which direction is an improvement, per metric (rows do not carry it)
             "lower_is_better": {m: bool(state.metric_config(m).lower_is_better) for m in state.metrics},
         }
-        parts = [b'{"interval_timestamp":' + orjson.dumps(interval.interval_timestamp) + b',"rows":['
-                 + b",".join(interval.rows) + b"]}" for interval in recent.history(experiment_id, since)]
-        return _json(self, orjson.dumps(head)[:-1] + b',"intervals":[' + b",".join(parts) + b"]}")
+        parts = (b'{"interval_timestamp":' + orjson.dumps(interval.interval_timestamp) + b',"rows":'
+                 + _json_array(interval.rows) + b"}" for interval in recent.history(experiment_id, since))
+        return _json(self, orjson.dumps(head)[:-1] + b',"intervals":' + _json_array(parts) + b"}")

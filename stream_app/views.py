@@ -72,8 +72,13 @@ def live_experiment(experiment_id: str) -> LiveExperiment:
     return LiveExperiment.from_bytes(blob)
 
 
+def _json_array(items) -> bytes:
+    """A JSON array of already encoded JSON values (bytes)."""
+    return b"[" + b",".join(items) + b"]"
+
+
 def _rows_json(rows) -> bytes:
-    return b"[" + b",".join(encode_row(r) for r in rows) + b"]"
+    return _json_array(encode_row(r) for r in rows)
 
 
 def _assigned_partitions() -> list[int]:
@@ -104,7 +109,7 @@ class Batch(View):
             return _error(self, exc.status, str(exc))
         except InvalidInput as exc:
             return _error(self, 400, str(exc))
-        return _json(self, b"[" + b",".join(_rows_json(rows) for rows in response) + b"]")
+        return _json(self, _json_array(_rows_json(rows) for rows in response))
 
 
 @app.page("/experiments")
@@ -121,7 +126,7 @@ class Results(View):
             summary = live_experiment(experiment_id).summary()
         except NotFound as exc:
             return _error(self, 404, str(exc))
-        rows = b"[" + b",".join(recent.latest(experiment_id)) + b"]"
+        rows = _json_array(recent.latest(experiment_id))
         return _json(self, b'{"summary":' + orjson.dumps(summary) + b',"rows":' + rows + b"}")
 
 
