@@ -244,7 +244,6 @@ def test_update_many_equals_update_to_the_bit():
     assert {"stats_reset", "significance_reached", "data_quality"} <= kinds and epochs == {0, 1}
 
 
-
 def test_update_many_checks_every_interval_before_changing_any_state():
     from state.experiment import update_many
 
