@@ -267,7 +267,7 @@ def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
 
 def brief_metrics(m: dict[str, float]) -> str:
     keys = ("observations_in", "rows_out", "intervals_closed", "batches", "deadletters", "duplicates", "redelivered",
-            "deliveries_at_once", "deliveries_waited")
+            "deliveries_at_once", "deliveries_waited", "states_saved")
     text = ", ".join(f"{k}={m[k]:,.0f}" for k in keys if k in m)
     if m.get("batches"):
         text += f" ({m.get('observations_in', 0) / m['batches']:.0f} obs per batch)"
@@ -275,7 +275,8 @@ def brief_metrics(m: dict[str, float]) -> str:
 
 
 def time_split(m: dict[str, float]) -> str:
-    """The agent's own account of its time (GET /metrics), per interval closed."""
+    """The worker's own account of its time (GET /metrics), per interval closed: the agent's
+    stages, and saving states at offset commits ("writing state")."""
     stages = ("waiting_for_input", "processing", "sending", "writing_state")
     closes = m.get("intervals_closed") or 0
     if not closes or "seconds_processing" not in m:
@@ -598,8 +599,8 @@ def engine_ceiling(messages, partitions: int, batch_size: int, per_interval: int
 
     def run(proc, store, lo, hi):
         for j in range(lo, hi, batch_size):
-            out = proc.process(inputs[j:min(hi, j + batch_size)], store)
-            store.update(out.states)
+            proc.process(inputs[j:min(hi, j + batch_size)], store)
+            proc.save_to(store)  # as if faust committed after every batch
 
     split = warm * per_interval
     proc, store = BatchProcessor({"obs": "observations"}, partitions), {}

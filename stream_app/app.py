@@ -6,10 +6,15 @@ internal idle ticks together (all keyed by experiment_id, co-partitioned), so on
 experiment's config, its data and its state, and applies them in order.
 
 Per batch: decode and apply (stream_app.processor) -> send results, alerts and dead letters and
-wait for their acks -> write each touched experiment's state once. Outputs go out before the state
-write, and faust flushes the producer before committing offsets, so a crash can only leave the
-stored state behind or level with the committed offsets, never ahead of its outputs; redelivered
-messages already reflected in the state are skipped by their offset (state.live).
+wait for their acks. The changed experiments' states are saved to the table (and its changelog)
+when faust commits offsets, every SEQSTREAM_COMMIT_INTERVAL seconds: before each commit,
+:func:`save_states` writes every state changed since the last one, and faust then flushes the
+producer and commits. So a state is written only after the outputs of everything it reflects
+were acked, and offsets are committed only after the states that reflect them were written: a
+crash leaves the saved state level with or ahead of the committed offsets, never behind them and
+never ahead of its outputs; redelivered messages already reflected in the state are skipped by
+their offset (state.live). An experiment that closes several intervals between two commits
+(catching up on a backlog) is serialised and written once, not once per batch.
 """
 
 from __future__ import annotations
@@ -64,8 +69,9 @@ logging.getLogger("faust.transport.producer").addFilter(RoutineBackpressure())
 class SeqstreamApp(faust.App):
     def _new_transport(self):
         """faust's aiokafka transport, with a consumer that delivers a message without four tasks
-        when nothing blocks it (stream_app/delivery.py)."""
-        return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics)
+        when nothing blocks it and saves the changed states before it commits offsets
+        (stream_app/delivery.py)."""
+        return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics, before_commit=save_states)
 
     async def on_first_start(self) -> None:
         """Create every topic with its partition count before the consumer subscribes: a broker
@@ -85,6 +91,7 @@ app = SeqstreamApp(
     topic_replication_factor=settings.replication,
     topic_allow_declare=False,  # created with explicit partitions in on_first_start (topics.py)
     processing_guarantee="at_least_once",
+    broker_commit_interval=settings.commit_interval,
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout,
     broker_heartbeat_interval=settings.heartbeat_interval,
@@ -153,7 +160,14 @@ class _TableView:
 
 
 def local_experiments() -> list[str]:
-    return sorted(key.decode() for key in live_table.keys())
+    """Experiments this worker holds: saved in the table, or changed since the last save."""
+    return sorted({key.decode() for key in live_table.keys()} | set(processor.unsaved_experiments()))
+
+
+def current_experiment(experiment_id: str):
+    """An experiment's latest state (a LiveExperiment, to read only), unsaved changes included;
+    None when this worker has none."""
+    return processor.current(experiment_id, _TableView())
 
 
 _partition_counts: dict[str, int] = {}
@@ -188,7 +202,27 @@ app.on_partitions_assigned.connect(_forget_live_on_rebalance)
 app.on_rebalance_complete.connect(_reindex_open_intervals)
 
 
-def _write_states(events, out) -> None:
+# Held by the agent from processing a batch until its outputs are acked, and by save_states: a
+# save never sees a batch half done, so it never writes a state whose outputs are not acked.
+_batch_in_flight = asyncio.Lock()
+_latest_event: dict[int, object] = {}  # partition -> the latest input event on it
+
+
+async def save_states() -> None:
+    """Write every experiment state changed since the last save; faust runs this before each
+    offset commit (stream_app.delivery.SeqstreamConsumer), so the offsets it then commits are
+    never ahead of the saved states. States of partitions this worker no longer holds are
+    dropped: their new owner starts from the last saved state and the committed offsets."""
+    async with _batch_in_flight:
+        t0 = time.perf_counter()
+        held = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
+        states = processor.take_states(held)
+        _write_states(states)
+        metrics.states_saved += len(states)
+        metrics.seconds_writing_state += time.perf_counter() - t0
+
+
+def _write_states(states: dict[str, tuple[bytes, int]]) -> None:
     """Write each experiment's state under an event of its own partition.
 
     faust's rocksdb store files a key under the *current event's* partition even with
@@ -196,9 +230,8 @@ def _write_states(events, out) -> None:
     state would land in another partition's local database and be read back stale after a
     restart. The changelog partition comes from the key either way.
     """
-    by_partition = {event.message.partition: event for event in events}
-    for experiment, blob in out.states.items():
-        token = _current_event.set(weakref.ref(by_partition[out.partitions[experiment]]))
+    for experiment, (blob, partition) in states.items():
+        token = _current_event.set(weakref.ref(_latest_event[partition]))
         try:
             live_table[experiment.encode()] = blob
         finally:
@@ -228,28 +261,28 @@ async def process(stream):
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
         received = time.time()
         t0 = clock()
-        out = processor.process([event.message for event in events], view)
-        t1 = clock()
-        futures = await _send_batched(results_name, out.results)
-        futures += await _send_batched(alerts_name, out.alerts)
-        futures += await _send_batched(dead_name, out.deadletters)
-        if futures:
-            await asyncio.gather(*futures)  # acked before the state that assumes them is written
-        t2 = clock()
-        _write_states(events, out)
+        async with _batch_in_flight:
+            for event in events:
+                _latest_event[event.message.partition] = event  # save_states writes under these
+            out = processor.process([event.message for event in events], view)
+            t1 = clock()
+            futures = await _send_batched(results_name, out.results)
+            futures += await _send_batched(alerts_name, out.alerts)
+            futures += await _send_batched(dead_name, out.deadletters)
+            if futures:
+                await asyncio.gather(*futures)  # acked before a save may write the states that assume them
         sent = time.time()
-        t3 = clock()
+        t2 = clock()
         metrics.seconds_waiting_for_input += t0 - idle_since
         metrics.seconds_processing += t1 - t0
         metrics.seconds_sending += t2 - t1
-        metrics.seconds_writing_state += t3 - t2
         for result, rows in out.closed:
             recent.add(result.experiment_id, result.interval_timestamp, rows)
             if result.alerts:
                 recent_alerts.add(result.experiment_id, (a.to_dict() for a in result.alerts))
             metrics.close_latency_sum += sent - received
             metrics.close_latency_count += 1
-        for experiment in out.states:
+        for experiment in out.changed:
             open_intervals[experiment] = received
         metrics.batches += 1
         idle_since = clock()

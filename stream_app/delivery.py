@@ -120,19 +120,32 @@ class EagerDelivery:
 
 
 class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
-    """faust's aiokafka consumer with :func:`eager` delivery, counted in ``transport.counts``."""
+    """faust's aiokafka consumer with :func:`eager` delivery, counted in ``transport.counts``, and
+    ``transport.before_commit`` awaited before every offset commit."""
 
     def __init__(self, transport: "SeqstreamTransport", *args: Any, callback: Callable[[Any], Coroutine],
                  **kwargs: Any):
         super().__init__(transport, *args, callback=eager(callback, transport.counts), **kwargs)
 
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Every commit path (the commit timer, commit-every-N, rebalances, shutdown) ends here;
+        faust picks the offsets to commit only after ``before_commit`` returns, with no await in
+        between, so they cover nothing acked after it. If it raises, nothing is committed."""
+        before_commit = self.transport.before_commit
+        if before_commit is not None:
+            await before_commit()
+        return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
 
 class SeqstreamTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport with :class:`SeqstreamConsumer`; ``counts`` (e.g. the worker's
-    Metrics) gets the delivery counters."""
+    Metrics) gets the delivery counters; ``before_commit`` (a coroutine function, or None) runs
+    before every offset commit."""
 
     Consumer = SeqstreamConsumer
 
-    def __init__(self, *args: Any, counts: Any, **kwargs: Any):
+    def __init__(self, *args: Any, counts: Any, before_commit: Callable[[], Awaitable[None]] | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.counts = counts
+        self.before_commit = before_commit

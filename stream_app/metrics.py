@@ -21,12 +21,14 @@ class Metrics:
     close_latency_sum: float = 0.0
     close_latency_count: int = 0
     consumer_lag: int = 0
-    # Where the agent's time goes (seconds): waiting for a batch, processing it, sending its
-    # outputs until acked, writing its states; and the interpreter's garbage collections.
+    # Where the worker's time goes (seconds): the agent waiting for a batch, processing it and
+    # sending its outputs until acked; saving the changed states at offset commits; and the
+    # interpreter's garbage collections.
     seconds_waiting_for_input: float = 0.0
     seconds_processing: float = 0.0
     seconds_sending: float = 0.0
     seconds_writing_state: float = 0.0
+    states_saved: int = 0
     gc_seconds: float = 0.0
     gc_collections: int = 0
     # Messages faust's drain loop delivered (input, and changelogs during recovery;
@@ -50,7 +52,8 @@ class Metrics:
         "seconds_waiting_for_input": ("counter", "Seconds the agent waited for a batch"),
         "seconds_processing": ("counter", "Seconds the agent spent processing batches"),
         "seconds_sending": ("counter", "Seconds from sending a batch's outputs to their acks"),
-        "seconds_writing_state": ("counter", "Seconds spent writing experiment states to the table"),
+        "seconds_writing_state": ("counter", "Seconds spent saving changed experiment states at offset commits"),
+        "states_saved": ("counter", "Experiment states written to the table (once per commit at most)"),
         "gc_seconds": ("counter", "Seconds spent in the garbage collector"),
         "gc_collections": ("counter", "Garbage collections of the oldest generation"),
         "deliveries_at_once": ("counter", "Messages the consumer delivered without waiting"),

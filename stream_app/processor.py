@@ -1,9 +1,12 @@
-"""One batch of input messages -> outputs and new experiment states (no faust here).
+"""One batch of input messages -> outputs, and the experiment states to save (no faust here).
 
-The agent hands :class:`BatchProcessor` the batch's raw messages and a mapping to read stored
-states from; it gets back the messages to send (results, alerts, dead letters) and the states to
-write, each experiment's state once per batch. Keeping this free of faust makes the whole
-input-handling path unit-testable, and the agent a thin I/O loop.
+The agent hands :class:`BatchProcessor` the batch's raw messages and a mapping to read saved
+states from; it gets back the messages to send (results, alerts, dead letters). The experiments a
+batch changed stay *unsaved* in the processor until :meth:`BatchProcessor.take_states` serialises
+them, which the worker does when faust commits offsets (stream_app/app.py), not after every
+batch: an experiment that closes several intervals between two commits is serialised and written
+to the changelog once. Keeping this free of faust makes the whole input-handling path
+unit-testable, and the agent a thin I/O loop.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Container, Mapping, MutableMapping, NamedTuple
 
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
@@ -64,7 +67,7 @@ class Outputs:
     results: list[tuple[bytes, bytes]] = field(default_factory=list)
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     deadletters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    states: dict[str, bytes] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)  # experiments whose state the batch changed
     partitions: dict[str, int] = field(default_factory=dict)  # experiment -> its partition
     closed: list[EmittedInterval] = field(default_factory=list)
 
@@ -86,9 +89,54 @@ class BatchProcessor:
         # a deserialisation per experiment per batch. invalidate() on every rebalance.
         self._cache: OrderedDict[str, LiveExperiment] = OrderedDict()
         self.cache_size = cache_size
+        # Changed since the last take_states, with their partitions: newer than the store, so
+        # read before it, and never evicted (the cache may drop them; they are kept here).
+        self._unsaved: dict[str, tuple[LiveExperiment, int]] = {}
 
     def invalidate(self) -> None:
+        """Forget every state held in memory: after a rebalance the table is the truth again.
+
+        The worker saves the unsaved states when faust commits, which it does before partitions
+        are revoked; any still unsaved here were not, and neither were the offsets of what
+        changed them, so dropping them is what a crash would do: the messages come again."""
         self._cache.clear()
+        if self._unsaved:
+            log.warning("dropping %d unsaved experiment state(s) on a rebalance: their messages will be "
+                        "processed again from the committed offsets", len(self._unsaved))
+            self._unsaved.clear()
+
+    @property
+    def unsaved(self) -> int:
+        return len(self._unsaved)
+
+    def take_states(self, partitions: Container[int] | None = None) -> dict[str, tuple[bytes, int]]:
+        """The states changed since the last call, serialised: experiment -> (bytes, partition).
+
+        Only those on ``partitions`` (all when None) are returned; the others belong to
+        partitions this worker no longer owns, whose new owner starts from the saved state and
+        the committed offsets, so they are dropped. The caller must write what it gets."""
+        unsaved, self._unsaved = self._unsaved, {}
+        states = {}
+        for experiment, (live, partition) in unsaved.items():
+            if partitions is None or partition in partitions:
+                states[experiment] = (live.to_bytes(), partition)
+            else:
+                self._cache.pop(experiment, None)
+        return states
+
+    def save_to(self, store: MutableMapping[str, bytes]) -> int:
+        """:meth:`take_states` into a plain mapping (tests, benchmarks); returns how many."""
+        states = self.take_states()
+        store.update((experiment, blob) for experiment, (blob, _) in states.items())
+        return len(states)
+
+    def current(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
+        """An experiment's latest state, unsaved changes included (for the status views). The
+        object is the processor's own: read it, do not change it."""
+        return self._stored(experiment, store)
+
+    def unsaved_experiments(self) -> list[str]:
+        return list(self._unsaved)
 
     def process(self, messages: list[InMessage], store: Mapping[str, bytes]) -> Outputs:
         out = Outputs()
@@ -149,15 +197,18 @@ class BatchProcessor:
                     error="internal_error")))
             # Record the offset so a redelivery is skipped; a bad message alone never creates an
             # experiment (a fuzzer's random keys would otherwise fill the table).
-            if experiment is not None and experiment in live and (experiment in touched or experiment in store):
+            if experiment is not None and experiment in live and (
+                    experiment in touched or experiment in self._unsaved or experiment in store):
                 live[experiment].mark_processed(source, msg.offset)
                 touched.add(experiment)
                 out.partitions[experiment] = msg.partition
         self._score(live, touched, out)
+        unsaved = self._unsaved
         for experiment in touched:
-            out.states[experiment] = live[experiment].to_bytes()
+            unsaved[experiment] = (live[experiment], out.partitions[experiment])
             cache[experiment] = live[experiment]
             cache.move_to_end(experiment)
+        out.changed = touched
         while len(cache) > self.cache_size:
             cache.popitem(last=False)
         return out
@@ -166,8 +217,10 @@ class BatchProcessor:
         """Score the batch's closed intervals, all experiments together (state.live.score_all).
 
         Scoring validated rows cannot fail on input; should a bug make it raise, each experiment
-        is retried alone, and one that still fails has its unscored rows dead-lettered and keeps
-        its stored state (it is neither written nor cached), so the others are unaffected."""
+        is retried alone, and one that still fails has its unscored rows dead-lettered and falls
+        back to its saved state (its object is neither cached nor saved), so the others are
+        unaffected. What it took since the last save is then lost from its state: its results
+        went out, and the error log says which experiment to replay."""
         try:
             self._emit(score_all(live.values()), out)
             return
@@ -185,6 +238,10 @@ class BatchProcessor:
                 state.unscored = []
                 touched.discard(experiment)
                 self._cache.pop(experiment, None)
+                if self._unsaved.pop(experiment, None) is not None:
+                    log.error("experiment %s falls back to its saved state: what it took since the last save "
+                              "is lost from its state (its results were sent); replay its input to restore it",
+                              experiment)
                 self.metrics.deadletters += 1
                 out.deadletters.append((experiment.encode(), deadletter_message(
                     f"internal error scoring {len(rows)} interval(s): {exc!r}", "", out.partitions.get(experiment, -1),
@@ -210,9 +267,13 @@ class BatchProcessor:
                     element_bytes(msg.value, index), element=index)))
 
     def _stored(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
-        """The experiment's live state: the cached object, else read from the table, else None."""
+        """The experiment's live state: the cached or unsaved object, else read from the table,
+        else None."""
         current = self._cache.get(experiment)
         if current is None:
+            unsaved = self._unsaved.get(experiment)
+            if unsaved is not None:
+                return unsaved[0]
             blob = store.get(experiment)
             current = LiveExperiment.from_bytes(blob) if blob else None
         return current

@@ -28,6 +28,10 @@ ENVIRONMENT = {
     "SEQSTREAM_SESSION_TIMEOUT": ("session_timeout", float, 10.0),
     "SEQSTREAM_HEARTBEAT_INTERVAL": ("heartbeat_interval", float, 1.0),
     "SEQSTREAM_REBALANCE_TIMEOUT": ("rebalance_timeout", float, 60.0),
+    # Seconds between offset commits, each preceded by saving the experiment states changed since
+    # the last (stream_app/app.py): longer saves fewer states while catching up on a backlog, and
+    # leaves more to process again after a crash.
+    "SEQSTREAM_COMMIT_INTERVAL": ("commit_interval", float, 2.8),
     # Longest client-side wait after an empty fetch answered early (stream_app/long_poll.py).
     "SEQSTREAM_FETCH_IDLE_WAIT": ("fetch_idle_wait", float, 0.005),
     # Result rows the web views keep in memory for histories, in all (stream_app/recent.py).
@@ -60,6 +64,7 @@ class Settings:
     session_timeout: float
     heartbeat_interval: float
     rebalance_timeout: float
+    commit_interval: float
     fetch_idle_wait: float
     history_mb: int
     cache_experiments: int

@@ -22,7 +22,7 @@ from faust.web import Request, Response, View
 from state import InvalidInput, evaluate
 from state.live import LiveExperiment
 
-from .app import app, live_table, local_experiments, metrics, recent, recent_alerts, settings
+from .app import app, current_experiment, live_table, local_experiments, metrics, recent, recent_alerts, settings
 from .codec import checked_config_message, encode_row
 
 MAX_BODY = 16 * settings.max_message_bytes
@@ -65,11 +65,12 @@ class NotFound(Exception):
 
 
 def live_experiment(experiment_id: str) -> LiveExperiment:
-    """The owner's state of an experiment (the views are table-routed to the owner)."""
-    blob = live_table.get(experiment_id.encode())
-    if blob is None:
+    """The owner's latest state of an experiment, changes not yet saved included (the views are
+    table-routed to the owner). The worker's own object: read it, never change it."""
+    current = current_experiment(experiment_id)
+    if current is None:
         raise NotFound(f"no experiment {experiment_id!r}")
-    return LiveExperiment.from_bytes(blob)
+    return current
 
 
 def _json_array(items) -> bytes:
@@ -134,7 +135,7 @@ class Results(View):
 class Alerts(View):
     @app.table_route(table=live_table, match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
-        if live_table.get(experiment_id.encode()) is None:  # existence only: no need to decode
+        if current_experiment(experiment_id) is None:
             return _error(self, 404, f"no experiment {experiment_id!r}")
         return _json(self, {"experiment_id": experiment_id, "alerts": recent_alerts.get(experiment_id)})
 

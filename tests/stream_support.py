@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -127,6 +128,62 @@ async def _batch_codecs(bootstrap: str, topic: str) -> dict[int, int]:
 
 def batch_codecs(bootstrap: str, topic: str) -> dict[int, int]:
     return asyncio.run(_batch_codecs(bootstrap, topic))
+
+
+def worker_counter(worker: WorkerProcess, name: str) -> float:
+    """One of the worker's counters from GET /metrics (e.g. "observations_in")."""
+    text = urllib.request.urlopen(worker.url + "/metrics", timeout=10).read().decode()
+    prefix = f"seqstream_{name}_total "
+    return next(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def wait_for_counter(worker: WorkerProcess, name: str, at_least: float, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while worker_counter(worker, name) < at_least:
+        assert time.monotonic() < deadline, f"{name} never reached {at_least}: {worker.log_tail()}"
+        time.sleep(0.1)
+
+
+async def _committed_offsets(settings: Settings, kind: str) -> dict[int, int]:
+    """partition -> the worker group's committed offset (the next to read) on a topic; -1 when
+    nothing was committed. A consumer that never subscribes does not join the group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=settings.app_id,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        topic = settings.topic(kind)
+        return {p: (await consumer.committed(TopicPartition(topic, p))) or -1
+                for p in sorted(consumer.partitions_for_topic(topic) or ())}
+    finally:
+        await consumer.stop()
+
+
+def committed_offsets(settings: Settings, kind: str = "observations") -> dict[int, int]:
+    return asyncio.run(_committed_offsets(settings, kind))
+
+
+async def _latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        latest: dict[bytes, bytes] = {}
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                latest.update((record.key, record.value) for record in records)
+        return latest
+    finally:
+        await consumer.stop()
+
+
+def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+    """key -> its latest value in a topic (a changelog's current table), read to the end."""
+    return asyncio.run(_latest_values(bootstrap, topic))
 
 
 def covid_stream_rows(experiment_id: str) -> list[dict]:

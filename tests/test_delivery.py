@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import types
 import warnings
 
 import mode
 import pytest
+from faust.transport import consumer as faust_consumer
 
-from stream_app.delivery import DELIVERED, EagerDelivery, eager
+from stream_app.delivery import DELIVERED, EagerDelivery, SeqstreamConsumer, eager
 from stream_app.metrics import Metrics
 
 
@@ -194,3 +196,38 @@ def test_the_worker_app_uses_the_eager_consumer_and_counts_into_its_metrics():
     transport = worker_app.app.transport
     assert transport.Consumer is SeqstreamConsumer
     assert transport.counts is worker_app.metrics
+
+
+def _consumer_with(before_commit):
+    """A SeqstreamConsumer shell: just what force_commit reads (no broker, no faust app)."""
+    consumer = object.__new__(SeqstreamConsumer)
+    consumer.transport = types.SimpleNamespace(before_commit=before_commit)
+    return consumer
+
+
+def test_states_are_saved_before_faust_picks_the_offsets_to_commit(monkeypatch):
+    """The worker saves states in before_commit (stream_app.app.save_states): faust's commit, which
+    picks the acked offsets and commits them, must only start after it, and not at all when it
+    fails, or offsets could be committed ahead of the saved states."""
+    order = []
+
+    async def faust_force_commit(self, topics=None, start_new_transaction=True):
+        order.append(("commit", topics))
+        return True
+
+    async def save():
+        order.append(("save", None))
+
+    async def failing_save():
+        order.append(("save failed", None))
+        raise OSError("changelog unreachable")
+
+    monkeypatch.setattr(faust_consumer.Consumer, "force_commit", faust_force_commit)
+    assert asyncio.run(_consumer_with(save).force_commit({"t"})) is True
+    assert order == [("save", None), ("commit", {"t"})]
+    order.clear()
+    with pytest.raises(OSError):
+        asyncio.run(_consumer_with(failing_save).force_commit())
+    assert order == [("save failed", None)]
+    order.clear()
+    assert asyncio.run(_consumer_with(None).force_commit()) is True and order == [("commit", None)]

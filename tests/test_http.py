@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -100,8 +101,15 @@ def test_results_alerts_experiments_health_and_metrics(api):
     status, _, raw = call(url + "/experiments/nobody/results")
     assert status == 404 and "nobody" in json.loads(raw)["error"]
     assert call(url + "/health")[0] == 200
-    status, content_type, raw = call(url + "/metrics")
-    text = raw.decode()
+    deadline = time.monotonic() + 15  # states are saved at faust's next offset commit (every 2.8 s)
+    while True:
+        status, content_type, raw = call(url + "/metrics")
+        text = raw.decode()
+        if "seqstream_states_saved_total 0\n" not in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    saved = int(re.search(r"^seqstream_states_saved_total (\d+)$", text, re.M).group(1))
+    assert saved >= 1, text  # one experiment, saved at each commit after its state changed
     assert status == 200 and content_type.startswith("text/plain")
     observations = len(covid_stream_rows("web"))
     assert f"seqstream_observations_in_total {observations}\n" in text

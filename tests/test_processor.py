@@ -95,7 +95,7 @@ def test_fuzzed_batches_dead_letter_exactly_the_bad_messages(bad, batch_size):
     results, dead = [], []
     for i in range(0, len(messages), batch_size):
         out = processor.process(messages[i:i + batch_size], store)
-        store.update(out.states)
+        processor.save_to(store)
         results += [orjson.loads(v) for _, v in out.results]
         dead += [orjson.loads(v) for _, v in out.deadletters]
     bad_offsets = [m.offset for m, (kind, _) in zip(messages, stream) if kind == "bad"]
@@ -166,10 +166,11 @@ def test_an_internal_error_is_dead_lettered_and_the_batch_goes_on(monkeypatch):
         return original(self, obs, now)
 
     monkeypatch.setattr(LiveExperiment, "take", flaky)
-    out = BatchProcessor(TOPICS, PARTITIONS).process(messages, {})
+    processor = BatchProcessor(TOPICS, PARTITIONS)
+    out = processor.process(messages, {})
     dead = [orjson.loads(v) for _, v in out.deadletters]
     assert [(d["offset"], d["error"]) for d in dead] == [(2, "internal_error")] and "boom" in dead[0]["reason"]
-    assert out.states  # the other messages were applied
+    assert out.changed == {"fz"} and processor.take_states()  # the other messages were applied
 
 
 def test_an_internal_error_while_scoring_spares_the_other_experiments(monkeypatch):
@@ -184,7 +185,8 @@ def test_an_internal_error_while_scoring_spares_the_other_experiments(monkeypatc
         part = partition_of(key)
         messages += [InMessage("obs", part, 100 * (key == b"bad") + i, key, orjson.dumps(r))
                      for i, r in enumerate(good_rows(key.decode(), intervals=3))]
-    clean = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0).process(messages, {})
+    clean_processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0)
+    clean = clean_processor.process(messages, {})
 
     def failing_batch(items):
         raise RuntimeError("batch boom")
@@ -198,9 +200,11 @@ def test_an_internal_error_while_scoring_spares_the_other_experiments(monkeypatc
 
     monkeypatch.setattr(state.live, "update_many", failing_batch)
     monkeypatch.setattr(ExperimentState, "update", failing_for_bad)
-    out = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0).process(messages, {})
+    processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0)
+    out = processor.process(messages, {})
     assert out.results == [kv for kv in clean.results if kv[0] == b"ok"]
-    assert set(out.states) == {"ok"} and out.states["ok"] == clean.states["ok"]
+    states = processor.take_states()
+    assert set(states) == {"ok"} and states["ok"] == clean_processor.take_states()["ok"]
     dead = [orjson.loads(v) for _, v in out.deadletters]
     assert [d["error"] for d in dead] == ["internal_error"] and "bad boom" in dead[0]["reason"]
     rows = orjson.loads(dead[0]["value"])
@@ -214,8 +218,8 @@ def test_redelivered_batch_is_skipped_by_offset():
     messages = [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)]
     processor = BatchProcessor(TOPICS, PARTITIONS)
     store: dict[str, bytes] = {}
-    first = processor.process(messages[:20], store)
-    store.update(first.states)
+    processor.process(messages[:20], store)
+    processor.save_to(store)
     again = processor.process(messages[:20], store)  # a crash before the offsets were committed
     assert again.results == [] and again.deadletters == [] and processor.metrics.redelivered == 20
 
@@ -228,7 +232,7 @@ def test_wrong_partition_and_unknown_keys_are_dead_lettered_without_creating_sta
                              InMessage("obs", part, 1, None, row)], {})
     assert [orjson.loads(v)["offset"] for _, v in out.deadletters] == [0, 1]
     assert "partition" in orjson.loads(out.deadletters[0][1])["reason"]
-    assert out.states == {}
+    assert out.changed == set() and processor.take_states() == {}
 
 
 def test_config_then_tick_closes_an_idle_interval():
@@ -241,7 +245,7 @@ def test_config_then_tick_closes_an_idle_interval():
     rows = [r for r in good_rows() if r["metric"] == "Customer support calls per visitor"][:3]
     out = processor.process([InMessage("cfg", part, 0, b"fz", cfg)]
                             + [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)], store)
-    store.update(out.states)
+    processor.save_to(store)
     assert out.results == []
     assert processor.idle_status(store, ["fz"])[0] == []
     now[0] = 106.0
@@ -282,16 +286,18 @@ def test_batch_boundaries_do_not_change_any_output():
     for e in ("p", "q", "r"):
         add("tick", e.encode(), b"{}")
 
-    def run(batch_size, **options):
+    def run(batch_size, save_every=1, **options):
         processor = BatchProcessor(TOPICS, PARTITIONS, idle_timeout=0.0, clock=lambda: 1.0, **options)
         store: dict[str, bytes] = {}
         per_key: dict = {}
-        for j in range(0, len(messages), batch_size):
+        for n, j in enumerate(range(0, len(messages), batch_size), start=1):
             out = processor.process(messages[j:j + batch_size], store)
-            store.update(out.states)
+            if n % save_every == 0:  # the worker saves at faust's commits, after any number of batches
+                processor.save_to(store)
             for kind, pairs in (("r", out.results), ("a", out.alerts), ("d", out.deadletters)):
                 for key, value in pairs:
                     per_key.setdefault((kind, key), []).append(value)
+        processor.save_to(store)
         return per_key, store
 
     one_by_one, one_store = run(1)
@@ -303,3 +309,31 @@ def test_batch_boundaries_do_not_change_any_output():
     # with one experiment or none kept decoded, states are read back from the store every batch
     for size, cache_size in ((1, 0), (7, 1), (50, 1)):
         assert run(size, cache_size=cache_size) == (one_by_one, one_store)
+    # states saved every few batches: unsaved ones are read before the (older) store, cached or not
+    for size, save_every, cache_size in ((1, 10, 0), (7, 3, 1), (7, 1000, 0), (50, 2, 50_000)):
+        assert run(size, save_every, cache_size=cache_size) == (one_by_one, one_store)
+
+
+def test_unsaved_states_are_served_and_saved_only_for_partitions_still_held():
+    """The worker saves states at offset commits (stream_app.app.save_states): until then the
+    processor serves its unsaved state (status views, idle closing); a save keeps only partitions
+    the worker still holds, and a rebalance drops what was never saved, as a crash would."""
+    rows = good_rows(intervals=3)
+    part = partition_of(b"fz")
+    messages = [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)]
+    processor = BatchProcessor(TOPICS, PARTITIONS, cache_size=0)
+    store: dict[str, bytes] = {}
+    processor.process(messages[:12], store)
+    assert store == {} and processor.unsaved_experiments() == ["fz"]
+    assert processor.current("fz", store).state.intervals == 2  # both complete: closed
+    processor.process(messages[12:], store)
+    assert processor.current("fz", store).state.intervals == 3
+    elsewhere = [p for p in range(PARTITIONS) if p != part]
+    assert processor.take_states(elsewhere) == {}  # not held any more: dropped, not written
+    assert processor.current("fz", store) is None and processor.unsaved == 0
+    processor.process(messages[:12], store)  # the new owner starts over from the saved state: none
+    states = processor.take_states([part])
+    assert list(states) == ["fz"] and states["fz"][1] == part
+    processor.process(messages[12:], store)
+    processor.invalidate()  # a rebalance: never saved, so gone; its offsets were not committed either
+    assert processor.current("fz", store) is None and processor.unsaved == 0

@@ -19,6 +19,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from state import evaluate
+from state.live import LiveExperiment
 from stream_app.embedded_broker import free_port
 from stream_app.kafka_admin import evict_group_members
 from state.simulate import ExperimentSpec, MetricSpec, simulate
@@ -26,9 +27,9 @@ from tests.conftest import COVID_METRICS, covid_request
 from stream_app import io
 from stream_app.codec import config_message
 from stream_app.topics import changelog_topic
-from tests.stream_support import (batch_codecs, collect, config_messages, distinct_results, isolated_settings,
-                                  observation_messages, covid_stream_rows, produce, request_for, result_key,
-                                  start_worker, until_keys)
+from tests.stream_support import (batch_codecs, collect, committed_offsets, config_messages, distinct_results,
+                                  isolated_settings, latest_values, observation_messages, covid_stream_rows, produce,
+                                  request_for, result_key, start_worker, until_keys, wait_for_counter)
 from tests.test_processor import bad_values, good_rows
 
 pytestmark = pytest.mark.timeout(240)
@@ -136,6 +137,61 @@ def test_kill_9_at_several_points_changes_nothing(broker, tmp_path):
         worker.stop()
     got = distinct_results(results)  # also asserts a re-emitted row carries identical numbers
     assert got == expected  # cumulative counts included: nothing counted twice, nothing lost
+    assert collect(settings, "deadletter", timeout=1) == []
+
+
+def _check_saved_states_cover_commits(settings, sent) -> dict[int, int]:
+    """Every observation below the group's committed offset must be in its experiment's saved
+    state (the changelog): offsets are never committed ahead of the states. Returns the offsets."""
+    committed = committed_offsets(settings)
+    saved = {key.decode(): LiveExperiment.from_bytes(value)
+             for key, value in latest_values(settings.bootstrap, changelog_topic(settings)).items()}
+    topic = settings.topic("observations")
+    for experiment, meta in sent:
+        if meta.offset < committed[meta.partition]:
+            source = f"{topic}:{meta.partition}"
+            assert experiment in saved and saved[experiment].offsets.get(source, -1) >= meta.offset, (
+                f"{experiment}: offset {meta.offset} of {source} committed (up to {committed[meta.partition]}) "
+                f"but not in its saved state ({saved.get(experiment) and saved[experiment].offsets})")
+    return committed
+
+
+def test_saved_states_never_fall_behind_the_committed_offsets(broker, tmp_path):
+    """States are saved when faust commits offsets, not after every batch (stream_app.app.
+    save_states). With commits every 0.3 s, kill -9 lands between saves and commits again and
+    again: at every kill, each message below the committed offsets must be in its experiment's
+    saved state; a graceful stop saves and commits everything; the results are evaluate's."""
+    settings = isolated_settings(broker, tmp_path, store="rocksdb://", commit_interval=0.3)
+    data = _experiments(6, intervals=12)
+    config, options = {"reference_variation_id": "control"}, {"conv": {"is_binary": True}}
+    expected = {}
+    for experiment, rows in data.items():
+        expected.update(expected_for(rows, experiment, config, options))
+    produce(settings, [m for e in data for m in config_messages(e, 1, config, options)])
+    rows = sorted((r for rows in data.values() for r in rows), key=lambda r: r["interval_timestamp"])
+    chunks = [rows[i:i + len(rows) // 6 + 1] for i in range(0, len(rows), len(rows) // 6 + 1)]
+    sent, committed_at_kills = [], 0
+    worker = start_worker(settings, tmp_path, "worker-0")
+    try:
+        for i, chunk in enumerate(chunks):
+            metadata = produce(settings, observation_messages(chunk))
+            sent += [(row["experiment_id"], meta) for row, meta in zip(chunk, metadata)]
+            if i < len(chunks) - 1:
+                wait_for_counter(worker, "observations_in", len(chunk))  # it is at work on this chunk
+                time.sleep((0.05, 0.4, 0.8)[i % 3])  # then die before, around or after a commit
+                worker.kill()
+                committed_at_kills += sum(1 for _, meta in sent
+                                          if meta.offset < _check_saved_states_cover_commits(settings, sent)[meta.partition])
+                asyncio.run(evict_group_members(broker, settings.app_id))
+                worker = start_worker(settings, tmp_path, f"worker-{i + 1}")
+        results = collect(settings, "results", until_keys(len(expected)), timeout=90)
+    finally:
+        worker.stop()
+    assert worker.process.returncode == 0, worker.log_tail()
+    final = _check_saved_states_cover_commits(settings, sent)
+    assert all(meta.offset < final[meta.partition] for _, meta in sent), final  # the stop committed all
+    assert committed_at_kills > 0  # commits did happen between kills: the check above had work to do
+    assert distinct_results(results) == expected
     assert collect(settings, "deadletter", timeout=1) == []
 
 
