@@ -29,7 +29,7 @@ import faust
 from faust.streams import _current_event
 
 from . import long_poll
-from .delivery import SeqstreamTransport
+from .delivery import SeqstreamTransport, install_stream_yield
 from .io import send_keyed
 from .metrics import Metrics
 from .processor import BatchProcessor
@@ -39,6 +39,7 @@ from .topics import TABLE_NAME, create_topics_async
 
 settings = Settings.from_env()
 long_poll.install(settings.fetch_idle_wait)
+install_stream_yield()
 metrics = Metrics()
 
 

@@ -17,7 +17,7 @@ import mode
 import pytest
 from faust.transport import consumer as faust_consumer
 
-from stream_app.delivery import DELIVERED, EagerDelivery, SeqstreamConsumer, eager
+from stream_app.delivery import DELIVERED, EagerDelivery, SeqstreamConsumer, eager, yield_every
 from stream_app.metrics import Metrics
 
 
@@ -231,3 +231,30 @@ def test_states_are_saved_before_faust_picks_the_offsets_to_commit(monkeypatch):
     assert order == [("save failed", None)]
     order.clear()
     assert asyncio.run(_consumer_with(None).force_commit()) is True and order == [("commit", None)]
+
+
+def test_the_stream_iterator_yields_to_the_loop_once_per_n_messages():
+    """faust's compiled StreamIterator.next awaits sleep(0) before every message; the worker makes
+    it yield once per YIELD_EVERY (stream_app.delivery.install_stream_yield)."""
+    from faust._cython import streams as compiled_streams
+
+    from stream_app import app  # noqa: F401  (the worker module installs it)
+    from stream_app.delivery import YIELD_EVERY
+
+    assert compiled_streams.sleep.__name__ == "sleep_every_n"
+    slept = []
+
+    async def fake_sleep(delay, result=None):
+        slept.append(delay)
+
+    sleep = yield_every(3, fake_sleep)
+    calls = [sleep(0) for _ in range(9)] + [sleep(1.5)]
+
+    async def run():
+        for awaitable in calls:
+            await awaitable
+
+    asyncio.run(run())
+    # every third sleep(0) is a real one (a coroutine the loop runs); other delays always are
+    assert [asyncio.iscoroutine(c) for c in calls] == [False, False, True] * 3 + [True]
+    assert slept == [0, 0, 0, 1.5] and YIELD_EVERY > 1
