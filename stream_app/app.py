@@ -213,7 +213,9 @@ async def save_states() -> None:
     """Write every experiment state changed since the last save; faust runs this before each
     offset commit (stream_app.delivery.SeqstreamConsumer), so the offsets it then commits are
     never ahead of the saved states. States of partitions this worker no longer holds are
-    dropped: their new owner starts from the last saved state and the committed offsets."""
+    dropped: their new owner starts from the last saved state and the committed offsets. If a
+    save raises, faust commits nothing and treats it as it treats a failed send: the worker
+    crashes, and a restart resumes from the last saved states and committed offsets."""
     async with _batch_in_flight:
         t0 = time.perf_counter()
         held = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}

@@ -114,14 +114,14 @@ class BatchProcessor:
 
         Only those on ``partitions`` (all when None) are returned; the others belong to
         partitions this worker no longer owns, whose new owner starts from the saved state and
-        the committed offsets, so they are dropped. The caller must write what it gets."""
-        unsaved, self._unsaved = self._unsaved, {}
-        states = {}
-        for experiment, (live, partition) in unsaved.items():
-            if partitions is None or partition in partitions:
-                states[experiment] = (live.to_bytes(), partition)
-            else:
-                self._cache.pop(experiment, None)
+        the committed offsets, so they are dropped. The caller must write what it gets; should
+        serialising raise, nothing is taken (and the worker's commit fails with it)."""
+        held = [(experiment, live, partition) for experiment, (live, partition) in self._unsaved.items()
+                if partitions is None or partition in partitions]
+        states = {experiment: (live.to_bytes(), partition) for experiment, live, partition in held}
+        for experiment in self._unsaved.keys() - states.keys():
+            self._cache.pop(experiment, None)
+        self._unsaved = {}
         return states
 
     def save_to(self, store: MutableMapping[str, bytes]) -> int:
