@@ -171,6 +171,11 @@ def current_experiment(experiment_id: str):
     return processor.current(experiment_id, _TableView())
 
 
+def has_experiment(experiment_id: str) -> bool:
+    """Whether this worker holds the experiment, saved or not, without decoding its state."""
+    return processor.holds(experiment_id, _TableView())
+
+
 _partition_counts: dict[str, int] = {}
 
 

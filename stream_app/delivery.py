@@ -29,8 +29,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 
-class _Delivered:
-    """The result of a delivery that finished in its first step."""
+class _Done:
+    """An awaitable that completes without suspending (``await`` it: nothing happens)."""
 
     __slots__ = ()
 
@@ -38,7 +38,7 @@ class _Delivered:
         return iter(())
 
 
-DELIVERED = _Delivered()
+DELIVERED = _Done()  # the result of a delivery that finished in its first step
 _DELIVERED_RESULTS = WaitResults([DELIVERED], [None], False)
 
 
@@ -106,16 +106,7 @@ def eager(callback: Callable[[Any], Coroutine], counts: Any) -> Callable[[Any], 
     return deliver
 
 
-class _Now:
-    """An awaitable that completes without suspending (``await`` it: nothing happens)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())
-
-
-_NOW = _Now()
+_NOW = _Done()  # a sleep(0) that does not yield
 YIELD_EVERY = 100  # messages a stream takes between two yields to the event loop
 
 

@@ -105,10 +105,6 @@ class BatchProcessor:
                         "processed again from the committed offsets", len(self._unsaved))
             self._unsaved.clear()
 
-    @property
-    def unsaved(self) -> int:
-        return len(self._unsaved)
-
     def take_states(self, partitions: Container[int] | None = None) -> dict[str, tuple[bytes, int]]:
         """The states changed since the last call, serialised: experiment -> (bytes, partition).
 
@@ -130,10 +126,9 @@ class BatchProcessor:
         store.update((experiment, blob) for experiment, (blob, _) in states.items())
         return len(states)
 
-    def current(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
-        """An experiment's latest state, unsaved changes included (for the status views). The
-        object is the processor's own: read it, do not change it."""
-        return self._stored(experiment, store)
+    def holds(self, experiment: str, store: Mapping[str, bytes]) -> bool:
+        """Whether the experiment has a state here, without decoding it (the status views)."""
+        return experiment in self._cache or experiment in self._unsaved or experiment in store
 
     def unsaved_experiments(self) -> list[str]:
         return list(self._unsaved)
@@ -148,7 +143,7 @@ class BatchProcessor:
         def load(experiment: str) -> LiveExperiment:
             current = live.get(experiment)
             if current is None:
-                current = self._stored(experiment, store) or LiveExperiment.new(experiment)
+                current = self.current(experiment, store) or LiveExperiment.new(experiment)
                 live[experiment] = current
             return current
 
@@ -266,9 +261,9 @@ class BatchProcessor:
                     f"element {index}: {exc}", msg.topic, msg.partition, msg.offset, msg.key,
                     element_bytes(msg.value, index), element=index)))
 
-    def _stored(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
-        """The experiment's live state: the cached or unsaved object, else read from the table,
-        else None."""
+    def current(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
+        """The experiment's latest state: the cached or unsaved object, else read from the table,
+        else None. The object is the processor's own: callers outside it read, never change it."""
         current = self._cache.get(experiment)
         if current is None:
             unsaved = self._unsaved.get(experiment)
@@ -284,7 +279,7 @@ class BatchProcessor:
         now = self.clock()
         due, waiting = [], {}
         for experiment in experiments:
-            state = self._stored(experiment, store)
+            state = self.current(experiment, store)
             if state is None or state.open_interval is None:
                 continue
             if state.is_idle(now, self.idle_timeout):

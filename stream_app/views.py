@@ -22,7 +22,8 @@ from faust.web import Request, Response, View
 from state import InvalidInput, evaluate
 from state.live import LiveExperiment
 
-from .app import app, current_experiment, live_table, local_experiments, metrics, recent, recent_alerts, settings
+from .app import (app, current_experiment, has_experiment, live_table, local_experiments, metrics, recent, recent_alerts,
+                  settings)
 from .codec import checked_config_message, encode_row
 
 MAX_BODY = 16 * settings.max_message_bytes
@@ -135,7 +136,7 @@ class Results(View):
 class Alerts(View):
     @app.table_route(table=live_table, match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
-        if current_experiment(experiment_id) is None:
+        if not has_experiment(experiment_id):
             return _error(self, 404, f"no experiment {experiment_id!r}")
         return _json(self, {"experiment_id": experiment_id, "alerts": recent_alerts.get(experiment_id)})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import time
@@ -70,16 +71,25 @@ def config_messages(experiment_id: str, version: int = 1, options=None, metrics=
     return [("experiments", experiment_id.encode(), config_message(experiment_id, version, options or {}, metrics or {}))]
 
 
-async def _collect(settings: Settings, kind: str, done, timeout: float) -> list[dict]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+@contextlib.asynccontextmanager
+async def _from_the_beginning(bootstrap: str, topic: str):
+    """A group-less consumer assigned every partition of ``topic`` at its first offset; yields
+    (consumer, partitions)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    out: list[dict] = []
     try:
         await consumer.topics()
-        topic = settings.topic(kind)
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        yield consumer, partitions
+    finally:
+        await consumer.stop()
+
+
+async def _collect(settings: Settings, kind: str, done, timeout: float) -> list[dict]:
+    out: list[dict] = []
+    async with _from_the_beginning(settings.bootstrap, settings.topic(kind)) as (consumer, _):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not done(out):
             batch = await consumer.getmany(timeout_ms=200)
@@ -88,9 +98,7 @@ async def _collect(settings: Settings, kind: str, done, timeout: float) -> list[
                     message = decode_row(record.value) if kind == "results" else orjson.loads(record.value)
                     message["_offset"] = (record.partition, record.offset)
                     out.append(message)
-        return out
-    finally:
-        await consumer.stop()
+    return out
 
 
 def collect(settings: Settings, kind: str, done=lambda out: False, timeout: float = 60.0) -> list[dict]:
@@ -164,21 +172,13 @@ def committed_offsets(settings: Settings, kind: str = "observations") -> dict[in
 
 
 async def _latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+    latest: dict[bytes, bytes] = {}
+    async with _from_the_beginning(bootstrap, topic) as (consumer, partitions):
         ends = await consumer.end_offsets(partitions)
-        latest: dict[bytes, bytes] = {}
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 latest.update((record.key, record.value) for record in records)
-        return latest
-    finally:
-        await consumer.stop()
+    return latest
 
 
 def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:

@@ -327,13 +327,14 @@ def test_unsaved_states_are_served_and_saved_only_for_partitions_still_held():
     assert store == {} and processor.unsaved_experiments() == ["fz"]
     assert processor.current("fz", store).state.intervals == 2  # both complete: closed
     processor.process(messages[12:], store)
-    assert processor.current("fz", store).state.intervals == 3
+    assert processor.current("fz", store).state.intervals == 3 and processor.holds("fz", store)
     elsewhere = [p for p in range(PARTITIONS) if p != part]
     assert processor.take_states(elsewhere) == {}  # not held any more: dropped, not written
-    assert processor.current("fz", store) is None and processor.unsaved == 0
+    assert processor.current("fz", store) is None and processor.unsaved_experiments() == []
+    assert not processor.holds("fz", store)
     processor.process(messages[:12], store)  # the new owner starts over from the saved state: none
     states = processor.take_states([part])
     assert list(states) == ["fz"] and states["fz"][1] == part
     processor.process(messages[12:], store)
     processor.invalidate()  # a rebalance: never saved, so gone; its offsets were not committed either
-    assert processor.current("fz", store) is None and processor.unsaved == 0
+    assert processor.current("fz", store) is None and processor.unsaved_experiments() == []
