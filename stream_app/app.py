@@ -27,6 +27,7 @@ import weakref
 
 import faust
 from faust.streams import _current_event
+from faust.tables import TableManager
 
 from . import long_poll
 from .delivery import SeqstreamTransport, install_stream_yield
@@ -51,6 +52,20 @@ class SeqstreamWorker(faust.Worker):
         the worker at warn, three alternating pairs: about 15% less worker CPU without it)."""
         self.spinner = None
         super().on_setup_root_logger(logger, level)
+
+
+class PromptTableManager(TableManager):
+    """faust's table manager without its start-up pause. faust's ``TableManager.on_start`` sleeps
+    a second before it starts the tables' changelog channels and recovery, to let tables that an
+    app defines late register first; the worker subscribes and joins its group only after that.
+    This app's one table is defined when the module is imported, before any service starts, so
+    the pause only delays every start and every restart after a crash (bench_stream: first
+    result row 1 s sooner)."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class RoutineBackpressure(logging.Filter):
@@ -101,6 +116,7 @@ app = SeqstreamApp(
     web_port=settings.web_port,
     web_in_thread=False,
     Worker=SeqstreamWorker,
+    TableManager=PromptTableManager,
     producer_max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
     producer_max_batch_size=262_144,  # results go out as record batches (_send_batched)
     producer_compression_type=settings.compression_type,

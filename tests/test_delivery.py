@@ -258,3 +258,27 @@ def test_the_stream_iterator_yields_to_the_loop_once_per_n_messages():
     # every third sleep(0) is a real one (a coroutine the loop runs); other delays always are
     assert [asyncio.iscoroutine(c) for c in calls] == [False, False, True] * 3 + [True]
     assert slept == [0, 0, 0, 1.5] and YIELD_EVERY > 1
+
+
+def test_the_tables_start_without_faust_s_one_second_pause(monkeypatch):
+    """faust's TableManager.on_start sleeps 1 s before starting the changelog channels and
+    recovery, which delays every worker start (stream_app.app.PromptTableManager)."""
+    from faust.tables import TableManager
+
+    from stream_app import app as worker_app
+
+    manager = worker_app.app.tables
+    assert isinstance(manager, worker_app.PromptTableManager)
+    steps = []
+
+    async def record(name, *args):
+        steps.append((name,) + args)
+
+    monkeypatch.setattr(TableManager, "sleep", lambda self, seconds: record("sleep", seconds))
+    monkeypatch.setattr(TableManager, "_update_channels", lambda self: record("channels"))
+    monkeypatch.setattr(type(manager.recovery), "start", lambda self: record("recovery"))
+    asyncio.run(manager.on_start())
+    assert steps == [("channels",), ("recovery",)]
+    steps.clear()
+    asyncio.run(TableManager.on_start(manager))  # faust's own, for contrast: the pause comes first
+    assert steps == [("sleep", 1.0), ("channels",), ("recovery",)]
