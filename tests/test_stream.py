@@ -123,6 +123,7 @@ def test_kill_9_at_several_points_changes_nothing(broker, tmp_path):
     chunks = [rows[i:i + 50] for i in range(0, len(rows), 50)]
     worker = start_worker(settings, tmp_path, "worker-0")
     try:
+        wait_until_held([worker], set(data))  # configs applied before any observation is read
         for i, chunk in enumerate(chunks):
             produce(settings, observation_messages(chunk))
             time.sleep(0.3 * (i % 3))  # crash at different depths: mid-batch, between batches
@@ -173,6 +174,7 @@ def test_saved_states_never_fall_behind_the_committed_offsets(broker, tmp_path):
     sent, committed_at_kills = [], 0
     worker = start_worker(settings, tmp_path, "worker-0")
     try:
+        wait_until_held([worker], set(data))  # configs applied before any observation is read
         for i, chunk in enumerate(chunks):
             metadata = produce(settings, observation_messages(chunk))
             sent += [(row["experiment_id"], meta) for row, meta in zip(chunk, metadata)]
@@ -232,6 +234,19 @@ def partitions_once_split(workers, timeout: float = 60.0) -> list[list[int]]:
         time.sleep(0.5)
 
 
+def held_experiments(workers) -> list[set[str]]:
+    return [set(orjson.loads(urllib.request.urlopen(w.url + "/experiments", timeout=10).read())["experiments"])
+            for w in workers]
+
+
+def wait_until_held(workers, experiments: set[str], timeout: float = 30.0) -> None:
+    """Until the workers together hold every one of the experiments (e.g. their configs applied)."""
+    deadline = time.monotonic() + timeout
+    while not experiments <= set().union(*held_experiments(workers)):
+        assert time.monotonic() < deadline, f"never held {experiments}: {held_experiments(workers)}"
+        time.sleep(0.1)
+
+
 def test_two_workers_on_four_partitions_match_the_single_worker_results(broker, tmp_path):
     settings = isolated_settings(broker, tmp_path, partitions=4)
     data = _experiments(8)
@@ -243,13 +258,16 @@ def test_two_workers_on_four_partitions_match_the_single_worker_results(broker, 
                for name in ("w1", "w2")]
     try:
         held = partitions_once_split(workers)
-        messages = [m for e in data for m in config_messages(e, 1, config, options)]
+        # Configs first, and applied, before any observation: the workers read both topics while
+        # they run, and an observation read a batch before its config would be scored under the
+        # defaults (README, "Configs and ordering").
+        produce(settings, [m for e in data for m in config_messages(e, 1, config, options)])
+        wait_until_held(workers, set(data))
         by_interval = sorted((r for rows in data.values() for r in rows), key=lambda r: r["interval_timestamp"])
-        produce(settings, messages + observation_messages(by_interval))
+        produce(settings, observation_messages(by_interval))
         results = collect(settings, "results", until_keys(len(expected)), timeout=90)
         alive = [w.process.poll() is None for w in workers]
-        owned = [set(orjson.loads(urllib.request.urlopen(w.url + "/experiments", timeout=10).read())["experiments"])
-                 for w in workers]
+        owned = held_experiments(workers)
     finally:
         for w in workers:
             w.stop()
@@ -394,6 +412,20 @@ def test_incomplete_interval_closes_after_the_idle_timeout(broker, tmp_path):
     assert waited >= 1.0  # it was the timeout, not a later interval, that closed it
 
 
+HAND_OVER_MARKS = ("Joined group", "Revoking", "Setting newly assigned", "Restore complete", "Worker ready",
+                   "Signal received", "LeaveGroup", "WARNING", "ERROR", "Traceback", "dropping")
+
+
+def hand_over_story(workers, lines: int = 60) -> str:
+    """Each worker's log lines about group membership, recovery and trouble (the last ``lines``),
+    so that a failed hand-over test says where the hand-over stopped."""
+    story = []
+    for w in workers:
+        marked = [line for line in w.log_tail(100_000).splitlines() if any(m in line for m in HAND_OVER_MARKS)]
+        story.append(f"--- {w.log_path.name}\n" + "\n".join(marked[-lines:]))
+    return "\n".join(story)
+
+
 def test_an_open_interval_that_moves_in_by_a_rebalance_closes_after_the_idle_timeout(broker, tmp_path):
     """w2 takes rows whose last interval misses an arm, then leaves before its idle timer fires.
     w1, already running, gets w2's partitions by the rebalance and must close those intervals by
@@ -401,7 +433,8 @@ def test_an_open_interval_that_moves_in_by_a_rebalance_closes_after_the_idle_tim
     rebuilt after every rebalance, not only at start)."""
     from stream_app.processor import partition_for
 
-    settings = isolated_settings(broker, tmp_path, partitions=4, idle_timeout=8.0)
+    settings = isolated_settings(broker, tmp_path, partitions=4, idle_timeout=8.0,
+                                log_level="info")  # INFO: the hand-over story on failure
     workers = [start_worker(settings, tmp_path, name, web_port=free_port(), datadir=str(tmp_path / name))
                for name in ("w1", "w2")]
     try:
@@ -424,7 +457,9 @@ def test_an_open_interval_that_moves_in_by_a_rebalance_closes_after_the_idle_tim
     assert alive
     second = {result_key(r) for r in results if r["interval_timestamp"] == rows[-1]["interval_timestamp"]}
     # every moved experiment's open interval closed, once each
-    assert len(second) == len(on_w2) * 4, [w.log_tail(3000) for w in workers]
+    if len(second) != len(on_w2) * 4:  # the workers' logs (INFO) say where the hand-over stopped
+        pytest.fail(f"{len(second)} of {len(on_w2) * 4} moved open intervals closed\n{hand_over_story(workers)}",
+                    pytrace=False)
     assert len(results) == len({result_key(r) for r in results})
 
 
