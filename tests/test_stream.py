@@ -123,7 +123,7 @@ def test_kill_9_at_several_points_changes_nothing(broker, tmp_path):
     chunks = [rows[i:i + 50] for i in range(0, len(rows), 50)]
     worker = start_worker(settings, tmp_path, "worker-0")
     try:
-        wait_until_held([worker], set(data))  # configs applied before any observation is read
+        wait_until_held([worker], {"crash"})  # configs applied before any observation is read
         for i, chunk in enumerate(chunks):
             produce(settings, observation_messages(chunk))
             time.sleep(0.3 * (i % 3))  # crash at different depths: mid-batch, between batches
