@@ -152,6 +152,20 @@ def wait_for_counter(worker: WorkerProcess, name: str, at_least: float, timeout:
         time.sleep(0.1)
 
 
+def held_experiments(workers) -> list[set[str]]:
+    """Each worker's experiments (GET /experiments: saved or changed since the last save)."""
+    return [set(orjson.loads(urllib.request.urlopen(w.url + "/experiments", timeout=10).read())["experiments"])
+            for w in workers]
+
+
+def wait_until_held(workers, experiments: set[str], timeout: float = 30.0) -> None:
+    """Until the workers together hold every one of the experiments (e.g. their configs applied)."""
+    deadline = time.monotonic() + timeout
+    while not experiments <= set().union(*held_experiments(workers)):
+        assert time.monotonic() < deadline, f"never held {experiments}: {held_experiments(workers)}"
+        time.sleep(0.1)
+
+
 async def _committed_offsets(settings: Settings, kind: str) -> dict[int, int]:
     """partition -> the worker group's committed offset (the next to read) on a topic; -1 when
     nothing was committed. A consumer that never subscribes does not join the group."""

@@ -28,8 +28,9 @@ from stream_app import io
 from stream_app.codec import config_message
 from stream_app.topics import changelog_topic
 from tests.stream_support import (batch_codecs, collect, committed_offsets, config_messages, distinct_results,
-                                  isolated_settings, latest_values, observation_messages, covid_stream_rows, produce,
-                                  request_for, result_key, start_worker, until_keys, wait_for_counter)
+                                  held_experiments, isolated_settings, latest_values, observation_messages,
+                                  covid_stream_rows, produce, request_for, result_key, start_worker, until_keys,
+                                  wait_for_counter, wait_until_held)
 from tests.test_processor import bad_values, good_rows
 
 pytestmark = pytest.mark.timeout(240)
@@ -232,19 +233,6 @@ def partitions_once_split(workers, timeout: float = 60.0) -> list[list[int]]:
             return held
         assert time.monotonic() < deadline, f"group never split the partitions: {held}"
         time.sleep(0.5)
-
-
-def held_experiments(workers) -> list[set[str]]:
-    return [set(orjson.loads(urllib.request.urlopen(w.url + "/experiments", timeout=10).read())["experiments"])
-            for w in workers]
-
-
-def wait_until_held(workers, experiments: set[str], timeout: float = 30.0) -> None:
-    """Until the workers together hold every one of the experiments (e.g. their configs applied)."""
-    deadline = time.monotonic() + timeout
-    while not experiments <= set().union(*held_experiments(workers)):
-        assert time.monotonic() < deadline, f"never held {experiments}: {held_experiments(workers)}"
-        time.sleep(0.1)
 
 
 def test_two_workers_on_four_partitions_match_the_single_worker_results(broker, tmp_path):
