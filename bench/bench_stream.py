@@ -254,6 +254,21 @@ def cpu_s(pid: int | None) -> float | None:
         return None
 
 
+def thread_cpu_s(pid: int | None) -> dict[int, float]:
+    """utime + stime of each thread of a process, by thread id ({} if it is gone). The main
+    thread's id is the process id; faust runs its consumer in another thread."""
+    if pid is None:
+        return {}
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
     """GET /metrics, names without the seqstream_ prefix and _total suffix ({} if unreachable)."""
     try:
@@ -281,7 +296,7 @@ def brief_metrics(m: dict[str, float]) -> str:
 def time_split(m: dict[str, float]) -> str:
     """The worker's own account of its time (GET /metrics), per interval closed: the agent's
     stages, and saving states at offset commits ("writing state")."""
-    stages = ("waiting_for_input", "processing", "sending", "writing_state")
+    stages = ("waiting_for_input", "processing", "sending", "awaiting_acks", "writing_state")
     closes = m.get("intervals_closed") or 0
     if not closes or "seconds_processing" not in m:
         return "(not reported)"
@@ -504,7 +519,8 @@ async def throughput_run(base: Settings, store: str, messages, args, workdir: Pa
         log(f"[{store}] worker consuming {time.perf_counter() - t_start:.1f} s after its start; publishing "
             f"{args.n_obs:,} observations in {len(messages):,} messages to {topic} while it runs")
         t_start = time.perf_counter()
-        cpu0 = {"broker": cpu_s(broker_pid), "bench": time.process_time(), "worker": cpu_s(worker.process.pid)}
+        cpu0 = {"broker": cpu_s(broker_pid), "bench": time.process_time(), "worker": cpu_s(worker.process.pid),
+                "threads": thread_cpu_s(worker.process.pid)}
         publishing = asyncio.ensure_future(publish())
         sampler = MetricsSampler(worker)
     if args.profile:
@@ -553,7 +569,13 @@ async def throughput_run(base: Settings, store: str, messages, args, workdir: Pa
         if sampler and final_metrics:
             sampler.samples.append((end, final_metrics))
         rss, hwm = proc_status_kb(worker.process.pid, "VmRSS"), proc_status_kb(worker.process.pid, "VmHWM")
+        threads = thread_cpu_s(worker.process.pid)
+        main_thread = worker.process.pid
+        before = cpu0.get("threads", {})
+        spent = {tid: seconds - before.get(tid, 0.0) for tid, seconds in threads.items()}
         cpu = {"wall": end - t_start, "worker": cpu_s(worker.process.pid) - cpu0.get("worker", 0.0),
+               "worker_main": spent.get(main_thread, 0.0),
+               "worker_others": sorted((v for tid, v in spent.items() if tid != main_thread), reverse=True),
                "bench": time.process_time() - cpu0["bench"],
                "broker": (cpu_s(broker_pid) - cpu0["broker"]) if broker_pid else None}
     finally:
@@ -627,7 +649,9 @@ def throughput_lines(r: ThroughputResult, name: str, args) -> list[str]:
     out.append(f"cpu        [{name}] over {c['wall']:.1f} s: worker {c['worker'] or 0:.1f} s "
                f"({100 * (c['worker'] or 0) / c['wall']:.0f}% of one core), broker "
                + (f"{c['broker']:.1f} s ({100 * c['broker'] / c['wall']:.0f}%)" if c["broker"] is not None else "n/a")
-               + f", this script {c['bench']:.1f} s ({100 * c['bench'] / c['wall']:.0f}%)")
+               + f", this script {c['bench']:.1f} s ({100 * c['bench'] / c['wall']:.0f}%); worker threads: main "
+               f"{c['worker_main']:.1f} s, others " + ", ".join(f"{v:.1f}" for v in c["worker_others"] if v >= 0.05)
+               + " s")
     per_exp = args.metrics * args.variations
     if r.state_sizes:
         mean = statistics.mean(r.state_sizes)

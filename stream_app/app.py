@@ -29,7 +29,7 @@ import faust
 from faust.streams import _current_event
 from faust.tables import TableManager
 
-from . import long_poll
+from . import long_poll, zstd_level
 from .delivery import SeqstreamTransport, install_stream_yield
 from .io import send_keyed
 from .metrics import Metrics
@@ -40,6 +40,7 @@ from .topics import TABLE_NAME, create_topics_async
 
 settings = Settings.from_env()
 long_poll.install(settings.fetch_idle_wait)
+zstd_level.install()
 install_stream_yield()
 metrics = Metrics()
 
@@ -296,13 +297,15 @@ async def process(stream):
             futures = await _send_batched(results_name, out.results)
             futures += await _send_batched(alerts_name, out.alerts)
             futures += await _send_batched(dead_name, out.deadletters)
+            t2 = clock()
             if futures:
                 await asyncio.gather(*futures)  # acked before a save may write the states that assume them
         sent = time.time()
-        t2 = clock()
+        t3 = clock()
         metrics.seconds_waiting_for_input += t0 - idle_since
         metrics.seconds_processing += t1 - t0
         metrics.seconds_sending += t2 - t1
+        metrics.seconds_awaiting_acks += t3 - t2
         for result, rows in out.closed:
             recent.add(result.experiment_id, result.interval_timestamp, rows)
             if result.alerts:

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from state import InvalidInput, parse_observation
 
-from . import long_poll
+from . import long_poll, zstd_level
 from .codec import decode_row
 from .processor import partition_for
 from .settings import Settings
@@ -93,6 +93,7 @@ def by_interval(rows: Iterable[dict]) -> list[list[dict]]:
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:
+    zstd_level.install()
     return AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5, enable_idempotence=True,
                             compression_type=settings.compression_type)
 

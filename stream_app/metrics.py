@@ -21,12 +21,13 @@ class Metrics:
     close_latency_sum: float = 0.0
     close_latency_count: int = 0
     consumer_lag: int = 0
-    # Where the worker's time goes (seconds): the agent waiting for a batch, processing it and
-    # sending its outputs until acked; saving the changed states at offset commits; and the
+    # Where the worker's time goes (seconds): the agent waiting for a batch, processing it,
+    # handing its outputs to the producer and awaiting their acks; saving the changed states at offset commits; and the
     # interpreter's garbage collections.
     seconds_waiting_for_input: float = 0.0
     seconds_processing: float = 0.0
     seconds_sending: float = 0.0
+    seconds_awaiting_acks: float = 0.0
     seconds_writing_state: float = 0.0
     states_saved: int = 0
     gc_seconds: float = 0.0
@@ -51,7 +52,8 @@ class Metrics:
         "consumer_lag": ("gauge", "Messages behind the log end on this worker's partitions"),
         "seconds_waiting_for_input": ("counter", "Seconds the agent waited for a batch"),
         "seconds_processing": ("counter", "Seconds the agent spent processing batches"),
-        "seconds_sending": ("counter", "Seconds from sending a batch's outputs to their acks"),
+        "seconds_sending": ("counter", "Seconds handing a batch's outputs to the producer as record batches"),
+        "seconds_awaiting_acks": ("counter", "Seconds from handing a batch's outputs over to the broker's acks"),
         "seconds_writing_state": ("counter", "Seconds spent saving changed experiment states at offset commits"),
         "states_saved": ("counter", "Experiment states written to the table (once per commit at most)"),
         "gc_seconds": ("counter", "Seconds spent in the garbage collector"),

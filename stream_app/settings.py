@@ -39,8 +39,10 @@ ENVIRONMENT = {
     # Experiments kept decoded between batches (stream_app/processor.py), about 20 KB each.
     "SEQSTREAM_CACHE_EXPERIMENTS": ("cache_experiments", int, DEFAULT_CACHE_EXPERIMENTS),
     # Codec of the record batches the worker and `seqstream publish` produce: none, gzip, snappy,
-    # lz4 or zstd. Input is read whatever its codec (cramjam, a dependency, has all but gzip).
-    "SEQSTREAM_COMPRESSION": ("compression", str, "none"),
+    # lz4 or zstd (at level 1, stream_app/zstd_level.py). Input is read whatever its codec
+    # (cramjam, a dependency, has all but gzip). zstd: result rows repeat their 33 keys, so the
+    # broker stores and serves about an eighth of the bytes (on the embedded broker, half its CPU).
+    "SEQSTREAM_COMPRESSION": ("compression", str, "zstd"),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }

@@ -68,7 +68,7 @@ def test_compression_setting_is_checked_and_every_codec_is_installed():
 
     from stream_app.settings import COMPRESSION_TYPES, Settings
 
-    assert Settings.from_env({}).compression_type is None
+    assert Settings.from_env({}).compression_type == "zstd"  # at level 1: test_zstd_batches_are_written_at_level_1
     with pytest.raises(SystemExit, match="SEQSTREAM_COMPRESSION='brotli' is not one of none, gzip, snappy, lz4, zstd"):
         Settings.from_env({"SEQSTREAM_COMPRESSION": "brotli"})
 
@@ -81,3 +81,39 @@ def test_compression_setting_is_checked_and_every_codec_is_installed():
         return made
 
     assert asyncio.run(producers()) == [None, "gzip", "snappy", "lz4", "zstd"]
+
+
+def test_zstd_batches_are_written_at_level_1():
+    """aiokafka has no setting for the zstd level; stream_app.zstd_level makes its record batch
+    builder (the class producers use) compress at level 1, and the records read back unchanged."""
+    import cramjam
+    import orjson
+    from aiokafka.record._crecords import default_records as cython_records
+    from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+
+    from stream_app import zstd_level
+
+    values = [orjson.dumps({"alpha": 0.05, "lift_estimate": i / 7, "metric": f"m{i % 5}"}) for i in range(3000)]
+
+    def batch_at(level: int) -> bytes:
+        zstd_level.install(level)
+        builder = DefaultRecordBatchBuilder(magic=2, compression_type=DefaultRecordBatch.CODEC_ZSTD,
+                                            is_transactional=0, producer_id=-1, producer_epoch=-1,
+                                            base_sequence=-1, batch_size=1 << 24)
+        for offset, value in enumerate(values):
+            builder.append(offset, timestamp=None, key=b"e", value=value, headers=[])
+        return bytes(builder.build())
+
+    try:
+        level_19 = batch_at(19)
+        level_1 = batch_at(1)
+    finally:
+        zstd_level.install()
+    assert len(level_1) != len(level_19)  # the builder calls the replaced encoder
+    payload = b"".join(values)
+    assert cython_records.zstd_encode(payload) == bytes(cramjam.zstd.compress(payload, level=zstd_level.ZSTD_LEVEL))
+    for raw in (level_1, level_19):
+        batch = MemoryRecords(raw).next_batch()
+        assert batch.compression_type == DefaultRecordBatch.CODEC_ZSTD
+        assert [record.value for record in batch] == values

@@ -117,5 +117,5 @@ def test_results_alerts_experiments_health_and_metrics(api):
     # The agent's account of its time: every stage ran, so every one has taken some.
     seconds = dict(re.findall(r"^seqstream_(seconds_\w+|gc_seconds)_total ([0-9.e-]+)$", text, re.M))
     assert set(seconds) == {"seconds_waiting_for_input", "seconds_processing", "seconds_sending",
-                            "seconds_writing_state", "gc_seconds"}
+                            "seconds_awaiting_acks", "seconds_writing_state", "gc_seconds"}
     assert all(float(v) > 0 for v in seconds.values()), seconds
