@@ -5,11 +5,13 @@ environment (stream_app/settings.py). The agent consumes observations, experimen
 internal idle ticks together (all keyed by experiment_id, co-partitioned), so one worker owns an
 experiment's config, its data and its state, and applies them in order.
 
-Per batch: decode and apply (stream_app.processor) -> send results, alerts and dead letters and
-wait for their acks. The changed experiments' states are saved to the table (and its changelog)
-when faust commits offsets, every SEQSTREAM_COMMIT_INTERVAL seconds: before each commit,
-:func:`save_states` writes every state changed since the last one, and faust then flushes the
-producer and commits. So a state is written only after the outputs of everything it reflects
+Per batch: decode and apply (stream_app.processor) -> queue the results, alerts and dead letters
+for a background task that hands them to the producer in order and awaits their acks
+(stream_app.outputs), while the agent goes on with the next batch. The changed experiments'
+states are saved to the table (and its changelog) when faust commits offsets, every
+SEQSTREAM_COMMIT_INTERVAL seconds: before each commit, :func:`save_states` waits until every
+queued output is acked, writes every state changed since the last save, and faust then flushes
+the producer and commits. So a state is written only after the outputs of everything it reflects
 were acked, and offsets are committed only after the states that reflect them were written: a
 crash leaves the saved state level with or ahead of the committed offsets, never behind them and
 never ahead of its outputs; redelivered messages already reflected in the state are skipped by
@@ -24,6 +26,7 @@ import gc
 import logging
 import time
 import weakref
+from typing import NamedTuple
 
 import faust
 from faust.streams import _current_event
@@ -33,6 +36,7 @@ from . import long_poll, zstd_level
 from .delivery import SeqstreamTransport, install_stream_yield
 from .io import send_keyed
 from .metrics import Metrics
+from .outputs import OutputSender
 from .processor import BatchProcessor
 from .recent import RecentAlerts, RecentResults
 from .settings import Settings
@@ -225,8 +229,9 @@ app.on_partitions_assigned.connect(_forget_live_on_rebalance)
 app.on_rebalance_complete.connect(_reindex_open_intervals)
 
 
-# Held by the agent from processing a batch until its outputs are acked, and by save_states: a
-# save never sees a batch half done, so it never writes a state whose outputs are not acked.
+# Held by the agent from processing a batch until its outputs are queued for sending, and by
+# save_states, which first waits for everything queued to be acked (outputs.flush): a save never
+# sees a batch half done, so it never writes a state whose outputs are not acked.
 _batch_in_flight = asyncio.Lock()
 _latest_event: dict[int, object] = {}  # partition -> the latest input event on it
 
@@ -240,6 +245,7 @@ async def save_states() -> None:
     crashes, and a restart resumes from the last saved states and committed offsets."""
     async with _batch_in_flight:
         t0 = time.perf_counter()
+        await outputs.flush()
         held = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
         states = processor.take_states(held)
         _write_states(states)
@@ -266,10 +272,52 @@ def _write_states(states: dict[str, tuple[bytes, int]]) -> None:
 YOUNG_COLLECTION_ALLOCATIONS = 200_000  # the worker's gc threshold 0 (see process)
 
 
+class QueuedOutputs(NamedTuple):
+    """A batch's messages to send, and what the web views and the latency metric need of its
+    closed intervals once they are acked: only that, so its IntervalResult objects (a dict of
+    column lists each) are freed when the batch is done rather than when its sends are acked."""
+
+    results: list[tuple[bytes, bytes]]
+    alerts: list[tuple[bytes, bytes]]
+    deadletters: list[tuple[bytes | None, bytes]]
+    closed: list[tuple[str, float, list[bytes], list]]  # experiment, interval, rows, alerts
+    received: float  # when the batch was taken
+
+    @classmethod
+    def of(cls, out, received: float) -> "QueuedOutputs":
+        closed = [(r.experiment_id, r.interval_timestamp, rows, r.alerts) for r, rows in out.closed]
+        return cls(out.results, out.alerts, out.deadletters, closed, received)
+
+
+async def _hand_over(queued: QueuedOutputs) -> list[asyncio.Future]:
+    t0 = time.perf_counter()
+    futures = await _send_batched(_OUTPUT_TOPICS[0], queued.results)
+    futures += await _send_batched(_OUTPUT_TOPICS[1], queued.alerts)
+    futures += await _send_batched(_OUTPUT_TOPICS[2], queued.deadletters)
+    metrics.seconds_sending += time.perf_counter() - t0
+    return futures
+
+
+def _acked(queued: QueuedOutputs, seconds: float) -> None:
+    """A batch's outputs are acked: the web views may show them; account the close latency."""
+    sent = time.time()
+    metrics.seconds_awaiting_acks += seconds
+    for experiment, interval, rows, alerts in queued.closed:
+        recent.add(experiment, interval, rows)
+        if alerts:
+            recent_alerts.add(experiment, (a.to_dict() for a in alerts))
+    metrics.close_latency_sum += (sent - queued.received) * len(queued.closed)
+    metrics.close_latency_count += len(queued.closed)
+
+
+_OUTPUT_TOPICS = tuple(settings.topic(k) for k in ("results", "alerts", "deadletter"))
+# Outputs go out in the background, in order (stream_app/outputs.py); save_states flushes them.
+outputs: OutputSender[QueuedOutputs] = OutputSender(_hand_over, _acked)
+
+
 @app.agent(inputs)
 async def process(stream):
     view = _TableView()
-    results_name, alerts_name, dead_name = (settings.topic(k) for k in ("results", "alerts", "deadletter"))
     clock = time.perf_counter
     idle_since = clock()
     # The app, faust and their modules are long-lived: exempt them from garbage collection, so
@@ -294,26 +342,14 @@ async def process(stream):
                 _latest_event[event.message.partition] = event  # save_states writes under these
             out = processor.process([event.message for event in events], view)
             t1 = clock()
-            futures = await _send_batched(results_name, out.results)
-            futures += await _send_batched(alerts_name, out.alerts)
-            futures += await _send_batched(dead_name, out.deadletters)
-            t2 = clock()
-            if futures:
-                await asyncio.gather(*futures)  # acked before a save may write the states that assume them
-        sent = time.time()
-        t3 = clock()
-        metrics.seconds_waiting_for_input += t0 - idle_since
-        metrics.seconds_processing += t1 - t0
-        metrics.seconds_sending += t2 - t1
-        metrics.seconds_awaiting_acks += t3 - t2
-        for result, rows in out.closed:
-            recent.add(result.experiment_id, result.interval_timestamp, rows)
-            if result.alerts:
-                recent_alerts.add(result.experiment_id, (a.to_dict() for a in result.alerts))
-            metrics.close_latency_sum += sent - received
-            metrics.close_latency_count += 1
+            # Handed over and acked in the background (stream_app/outputs.py) while the agent
+            # takes and processes the next messages; waits only while two batches' outputs are
+            # queued. Queued under the lock, so a save never sees states whose outputs are not.
+            await outputs.put(QueuedOutputs.of(out, received))
         for experiment in out.changed:
             open_intervals[experiment] = received
+        metrics.seconds_waiting_for_input += t0 - idle_since
+        metrics.seconds_processing += t1 - t0
         metrics.batches += 1
         idle_since = clock()
 

@@ -32,7 +32,8 @@ ENVIRONMENT = {
     # the last (stream_app/app.py): longer saves fewer states while catching up on a backlog, and
     # leaves more to process again after a crash.
     "SEQSTREAM_COMMIT_INTERVAL": ("commit_interval", float, 2.8),
-    # Longest client-side wait after an empty fetch answered early (stream_app/long_poll.py).
+    # Longest client-side wait after an empty fetch answered early (stream_app/long_poll.py); up
+    # to 50 ms while fetched records still wait for the agent.
     "SEQSTREAM_FETCH_IDLE_WAIT": ("fetch_idle_wait", float, 0.005),
     # Result rows the web views keep in memory for histories, in all (stream_app/recent.py).
     "SEQSTREAM_HISTORY_MB": ("history_mb", int, 128),

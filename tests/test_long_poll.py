@@ -81,3 +81,67 @@ def test_an_idle_consumer_stops_busy_polling_and_still_gets_new_data(broker, mon
     assert waiting <= 1.0 / cap + 5, (spinning, waiting)
     if not os.environ.get("KAFKA_BOOTSTRAP"):  # noida-db answers empty fetches at once
         assert spinning > 5 * waiting, (spinning, waiting)
+
+
+def test_fetches_wait_while_fetched_records_are_not_taken_and_resume_when_they_are(broker, monkeypatch):
+    """While records fetched for one partition wait for the application, an empty fetch for the
+    other is followed by a wait of up to busy_cap, not cap; once the application takes them, data
+    on the other partition arrives as promptly as before."""
+    fetches = []
+    original_send = AIOKafkaClient.send
+
+    async def counting_send(self, node_id, request, **kwargs):
+        if type(request).__name__.startswith("FetchRequest"):
+            fetches.append(node_id)
+        return await original_send(self, node_id, request, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaClient, "send", counting_send)
+    topic = f"longpoll-busy-{uuid.uuid4().hex[:8]}"
+    cap, busy_cap = 0.005, 0.25
+
+    async def fetches_while_busy(installed_busy_cap: float) -> tuple[int, float]:
+        long_poll.install(cap, installed_busy_cap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, fetch_max_wait_ms=500)
+        producer = AIOKafkaProducer(bootstrap_servers=broker)
+        await consumer.start()
+        await producer.start()
+        try:
+            busy_tp, idle_tp = TopicPartition(topic, 0), TopicPartition(topic, 1)
+            consumer.assign([busy_tp, idle_tp])
+            await consumer.seek_to_end(busy_tp, idle_tp)
+            await asyncio.sleep(0.2)
+            await producer.send_and_wait(topic, b"backlog", partition=0)
+            fetcher = consumer._fetcher
+            deadline = asyncio.get_running_loop().time() + 10
+            while busy_tp not in fetcher._records:  # fetched, not taken
+                assert asyncio.get_running_loop().time() < deadline, "the record was never fetched"
+                await asyncio.sleep(0.01)
+            before = len(fetches)
+            await asyncio.sleep(1.0)
+            counted = len(fetches) - before
+            taken = await consumer.getmany(busy_tp, timeout_ms=1000)
+            assert [r.value for r in taken[busy_tp]] == [b"backlog"]
+            await asyncio.sleep(0.3)  # no longer busy: back to the short wait
+            sent_at = asyncio.get_running_loop().time()
+            await producer.send_and_wait(topic, b"new", partition=1)
+            got = await asyncio.wait_for(consumer.getone(idle_tp), timeout=10)
+            assert got.value == b"new"
+            return counted, asyncio.get_running_loop().time() - sent_at
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    async def run():
+        await ensure_topics(broker, {topic: TopicSpec(partitions=2)})
+        try:
+            busy_waiting = await fetches_while_busy(busy_cap)
+            cap_only = await fetches_while_busy(cap)
+        finally:
+            long_poll.install()
+        return busy_waiting, cap_only
+
+    (busy_fetches, busy_delay), (cap_fetches, _) = asyncio.run(run())
+    assert busy_fetches <= 1.0 / busy_cap + 3, (busy_fetches, cap_fetches)
+    assert busy_delay < busy_cap, busy_delay  # once taken, the long wait no longer applies
+    if not os.environ.get("KAFKA_BOOTSTRAP"):  # noida-db answers empty fetches at once
+        assert cap_fetches > 5 * busy_fetches, (busy_fetches, cap_fetches)
