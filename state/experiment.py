@@ -215,12 +215,7 @@ class ExperimentState:
         arms = [known.get(key) for key in keys]
         if None in arms:
             arms = self._register_all(keys)
-        increments = np.zeros_like(self.lifetime)
-        if arms:
-            increments[arms] = np.array(
-                [(o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares) for o in observations]
-            )
-        return _Prepared(self, ts, observations, increments, epoch_boundary)
+        return _Prepared(self, ts, observations, arms, epoch_boundary)
 
     def _start_epoch_if_pending(self) -> bool:
         if not self.epoch_pending:
@@ -350,7 +345,7 @@ class _Prepared(NamedTuple):
     state: ExperimentState
     ts: float
     observations: Sequence[Observation]
-    increments: np.ndarray  # (A, 3) per arm: units, sum, sum of squares
+    arms: list[int]  # the arm of each observation
     epoch_boundary: bool
 
 
@@ -384,11 +379,35 @@ def update_many(items: Sequence[tuple[ExperimentState, float, Sequence[Observati
     return results  # type: ignore[return-value]
 
 
+def _alerting_experiments(block: HypothesisBlock, step: Step, hypotheses: int) -> set[int]:
+    """Experiments of the block (by position) with a hypothesis that reset, changed its
+    rejection or newly became undefined or degenerate: the only ones that can have a hypothesis
+    alert. Found for the whole block at once, so that the usual experiment, with none, costs no
+    per-experiment array operations (ExperimentState._collect_alerts checks again, per hypothesis)."""
+    flagged = step.reset | (block.rejected != step.previous_rejected)
+    if not step.scores.all_valid:
+        flagged |= block.quality_flag & ~step.previous_quality
+    if not flagged.any():
+        return set()
+    return set((np.flatnonzero(flagged) // hypotheses).tolist())
+
+
+def _increments(prepared: Sequence[_Prepared]) -> np.ndarray:
+    """(G, A, 3) per experiment and arm: the interval's units, sum and sum of squares (0 for an
+    arm without an observation), filled for the whole group in one assignment."""
+    groups, arms_per_experiment = len(prepared), len(prepared[0].state.lifetime)
+    increments = np.zeros((groups, arms_per_experiment, 3))
+    rows = [g * arms_per_experiment + arm for g, p in enumerate(prepared) for arm in p.arms]
+    if rows:
+        increments.reshape(-1, 3)[rows] = [(o.unit_count, o.unit_observation_sum, o.unit_observation_sum_of_squares)
+                                           for p in prepared for o in p.observations]
+    return increments
+
+
 def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
     states = [p.state for p in prepared]
     block = HypothesisBlock.of(states)
-    increments = prepared[0].increments[None] if len(prepared) == 1 else np.stack([p.increments for p in prepared])
-    step = block.step(increments)
+    step = block.step(_increments(prepared))
     scores, est, run, cfg = step.scores, step.scores.estimate, block.running, block.config
     groups = len(states)
     lifetime_t = block.per_hypothesis(block.lifetime, block.hyp_treatment_arm)  # (G*H, 3)
@@ -428,13 +447,15 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
         lists = {name: values.reshape(groups, -1).tolist() for name, values in per_hypothesis.items()}
         per_experiment = [{name: values[g] for name, values in lists.items()} for g in range(groups)]
         factors = None if step.factor is None else step.factor.reshape(groups, -1).tolist()
+    alerting = _alerting_experiments(block, step, len(states[0].hyp_metric))
     results = []
     for g, p in enumerate(prepared):
         state, ts = p.state, p.ts
         rows = slice(g * len(state.hyp_metric), (g + 1) * len(state.hyp_metric))
         state._take_block_row(block, g, copy=groups > 1)
         alerts: list[Alert] = []
-        state._collect_alerts(ts, scores, rows, step, alerts)
+        if g in alerting:
+            state._collect_alerts(ts, scores, rows, step, alerts)
         n = len(state.hyp_metric)
         columns = per_experiment[g]
         columns.update({

@@ -127,20 +127,26 @@ class LiveExperiment:
     def expected_arms(self) -> set[tuple[str, str]]:
         """Arms an interval must have to be complete: those seen before (scored or closed since),
         plus those a config declares (its metrics x the variations it weights). Cached, as this
-        runs for every row; closing, scoring and configuring drop the cache."""
+        runs for every row; configuring drops the cache, closing an interval adds its arms, and
+        scoring one changes nothing (it registers exactly the arms its closing added)."""
         if self._expected is None:
             state = self.state
             expected = set(state._arm_by_name)
-            reference = state.config.reference_variation_id
             for _, observations in self.unscored:
-                for o in observations:  # as ExperimentState._register will: a treatment brings its control
-                    expected.add((o.metric, o.variation_id))
-                    expected.add((o.metric, reference))
+                self._expect(expected, observations)
             weights = state.config.weights
             if weights and state.metric_configs:
                 expected |= {(m, v) for m in state.metric_configs for v in weights}
             self._expected = expected
         return self._expected
+
+    def _expect(self, expected: set[tuple[str, str]], observations) -> None:
+        """Add the arms scoring ``observations`` will register, as ExperimentState._register
+        does: each observation's arm, and for a treatment its metric's control arm."""
+        reference = self.state.config.reference_variation_id
+        for o in observations:
+            expected.add((o.metric, o.variation_id))
+            expected.add((o.metric, reference))
 
     @property
     def last_closed(self) -> float | None:
@@ -200,8 +206,10 @@ class LiveExperiment:
         """Close the open interval: its rows wait for scoring; its digests tell later copies of
         them (duplicates) from conflicting rows."""
         ts, pending = self.open_interval, self.pending
-        self.unscored.append((ts, list(pending.values())))
-        self._expected = None
+        observations = list(pending.values())
+        self.unscored.append((ts, observations))
+        if self._expected is not None:
+            self._expect(self._expected, observations)
         self.recent[ts] = ClosedDigests(tuple(pending), b"".join(map(_digest, pending.values())))
         while len(self.recent) > RECENT_INTERVALS:
             del self.recent[min(self.recent)]
@@ -222,10 +230,9 @@ class LiveExperiment:
         return results
 
     def _scored_first(self) -> None:
-        """The first closed interval was scored: it leaves the queue; scoring registered its arms
-        (and their controls), so the expected set is rebuilt from the state."""
+        """The first closed interval was scored: it leaves the queue. Scoring registered its arms
+        and their controls, which its closing had added to the expected arms: they stand."""
         del self.unscored[0]
-        self._expected = None
 
     def is_idle(self, now: float, idle_timeout: float) -> bool:
         """An interval is open and has had no row for ``idle_timeout`` seconds."""

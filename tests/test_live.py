@@ -80,6 +80,38 @@ def test_closed_but_unscored_intervals_count_their_arms_as_expected():
     assert deferred.to_bytes() == scored_each_time.to_bytes()
 
 
+def test_the_cached_expected_arms_always_equal_a_rebuild():
+    """expected_arms is kept up to date as intervals close and are scored, not rebuilt: after
+    every row, score and config of a random run (arms appearing late, configs declaring arms), it
+    equals the set rebuilt from scratch."""
+    import copy
+    import random
+
+    from state.live import score_all
+
+    rng = random.Random(11)
+    live = LiveExperiment.new("e")
+    checked = 0
+    for step in range(600):
+        ts = 60.0 * (step // 7)
+        metric = rng.choice(["m1", "m2", "m3"][: 1 + step // 200])
+        variation = rng.choice(["control", "t1", "t2", "t3"][: 2 + step // 150])
+        try:
+            live.take(obs(ts, variation, metric=metric))
+        except (Duplicate, Rejected):
+            pass
+        if rng.random() < 0.3:
+            score_all([live])
+        if step in (250, 450):
+            score_all([live])
+            live.configure(step, EngineConfig(weights={"control": 1, "t1": 1, "t4": 1}), {"m4": MetricConfig()})
+        rebuilt = copy.deepcopy(live)
+        rebuilt._expected = None
+        assert live.expected_arms() == rebuilt.expected_arms(), step
+        checked += bool(live.unscored)
+    assert checked > 50 and ("m4", "t4") in live.expected_arms()
+
+
 def test_declared_arms_let_the_first_interval_close_on_completeness():
     live = LiveExperiment.new("e")
     live.configure(1, EngineConfig(weights={"control": 1, "t": 1}), {"m": MetricConfig()})
