@@ -17,11 +17,13 @@ that arrives while idle.
 While records fetched earlier still wait to be taken by the application (faust's consumer thread
 has not taken them: the agent is busy), the wait goes on in steps of ``cap`` until they are
 taken, up to ``busy_cap`` (or the broker's allowed wait, if shorter) after the fetch started: the
-fetch it holds back could only add to a backlog. That cut the worker's consumer thread from 1.8
-to 0.5 s of CPU per 300,000 observations published while it ran (bench_stream.py --pack --modes
-live, three alternating runs with a plain 50 ms wait: 22.0k-25.0k obs/s against 17.7k-19.3k),
-and the agent never waits more than ``cap`` for input the wait holds back, because the wait ends
-as soon as the application has taken what was buffered.
+fetch it holds back could only add to a backlog. While the agent worked through a batch, faust's
+consumer thread used to fetch the idle partitions about 200 times a second, 1.8 s of CPU per
+300,000 observations published while the worker ran, holding the interpreter lock against the
+agent; with this it spends 0.5-0.9 s (bench_stream.py --pack --modes live; three alternating runs
+with a plain 50 ms wait: 22.0k-25.0k obs/s against 17.7k-19.3k). The agent never waits more than
+``cap`` for input the wait holds back: the wait ends once the application has taken what was
+buffered.
 """
 
 from __future__ import annotations
