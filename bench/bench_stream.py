@@ -295,7 +295,8 @@ def brief_metrics(m: dict[str, float]) -> str:
 
 def time_split(m: dict[str, float]) -> str:
     """The worker's own account of its time (GET /metrics), per interval closed: the agent's
-    stages, and saving states at offset commits ("writing state")."""
+    waiting and processing, the background sender's hand-over ("sending") and ack wait, which
+    overlap them, and saving states at offset commits ("writing state")."""
     stages = ("waiting_for_input", "processing", "sending", "awaiting_acks", "writing_state")
     closes = m.get("intervals_closed") or 0
     if not closes or "seconds_processing" not in m:

@@ -290,6 +290,7 @@ class QueuedOutputs(NamedTuple):
 
 
 async def _hand_over(queued: QueuedOutputs) -> list[asyncio.Future]:
+    """Give a batch's messages to the producer, as record batches; returns their futures."""
     t0 = time.perf_counter()
     futures = await _send_batched(_OUTPUT_TOPICS[0], queued.results)
     futures += await _send_batched(_OUTPUT_TOPICS[1], queued.alerts)

@@ -47,7 +47,9 @@ def idle_wait(elapsed: float, got_records: bool, max_wait: float, cap: float) ->
 
 
 def busy(fetcher: Fetcher) -> bool:
-    """Records this fetcher fetched still wait to be taken by the application."""
+    """Records this fetcher fetched still wait to be taken by the application (aiokafka keeps
+    them per partition in ``Fetcher._records`` until ``getmany``/``getone`` takes them;
+    tests/test_long_poll.py checks that it still does)."""
     return bool(fetcher._records)
 
 

@@ -21,9 +21,10 @@ class Metrics:
     close_latency_sum: float = 0.0
     close_latency_count: int = 0
     consumer_lag: int = 0
-    # Where the worker's time goes (seconds): the agent waiting for a batch, processing it,
-    # handing its outputs to the producer and awaiting their acks; saving the changed states at offset commits; and the
-    # interpreter's garbage collections.
+    # Where the worker's time goes (seconds): the agent waiting for a batch and processing it;
+    # the background sender handing the outputs to the producer and awaiting their acks (this
+    # overlaps the agent's time, stream_app/outputs.py); saving the changed states at offset
+    # commits, which first waits for the queued outputs' acks; and garbage collections.
     seconds_waiting_for_input: float = 0.0
     seconds_processing: float = 0.0
     seconds_sending: float = 0.0
@@ -52,9 +53,9 @@ class Metrics:
         "consumer_lag": ("gauge", "Messages behind the log end on this worker's partitions"),
         "seconds_waiting_for_input": ("counter", "Seconds the agent waited for a batch"),
         "seconds_processing": ("counter", "Seconds the agent spent processing batches"),
-        "seconds_sending": ("counter", "Seconds handing a batch's outputs to the producer as record batches"),
-        "seconds_awaiting_acks": ("counter", "Seconds from handing a batch's outputs over to the broker's acks"),
-        "seconds_writing_state": ("counter", "Seconds spent saving changed experiment states at offset commits"),
+        "seconds_sending": ("counter", "Seconds the background sender spent handing outputs to the producer"),
+        "seconds_awaiting_acks": ("counter", "Seconds the background sender waited for acks after a hand-over"),
+        "seconds_writing_state": ("counter", "Seconds saving changed states at commits, queued outputs' acks included"),
         "states_saved": ("counter", "Experiment states written to the table (once per commit at most)"),
         "gc_seconds": ("counter", "Seconds spent in the garbage collector"),
         "gc_collections": ("counter", "Garbage collections of the oldest generation"),

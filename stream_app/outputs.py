@@ -7,9 +7,10 @@ and the sender has one request per broker in flight, so a batch's 13,000 result 
 256 KB record batches) went out in about 15 round trips while the worker's processing stood
 still (bench_stream --pack --modes live: 130-160 us of every 700 us per interval closed).
 
-:class:`OutputSender` runs the hand-over in a task of its own. The agent queues each chunk's
-outputs and goes on processing the next chunk, yielding to the event loop between chunks so that
-the hand-over, aiokafka's sender and the acks move on while the broker works on the other core.
+:class:`OutputSender` runs the hand-over in a task of its own. The agent queues each batch's
+outputs and goes on with the next batch; the hand-over, aiokafka's sender and the acks move on
+whenever the agent awaits (its next messages, or room in the queue), and the broker takes what
+was handed over on the other core while the agent processes.
 
 - Order: one task hands the queued items over in the order they were queued, so every partition
   receives them in that order (an experiment's results stay in interval order).

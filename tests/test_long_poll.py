@@ -29,16 +29,22 @@ def test_idle_wait_rule(elapsed, got_records, max_wait, cap, expected):
     assert long_poll.idle_wait(elapsed, got_records, max_wait, cap) == pytest.approx(expected)
 
 
-def test_an_idle_consumer_stops_busy_polling_and_still_gets_new_data(broker, monkeypatch):
-    fetches = []
+@pytest.fixture
+def fetches(monkeypatch) -> list:
+    """The node of every Fetch request any aiokafka client sends while the test runs."""
+    sent = []
     original_send = AIOKafkaClient.send
 
     async def counting_send(self, node_id, request, **kwargs):
         if type(request).__name__.startswith("FetchRequest"):
-            fetches.append(node_id)
+            sent.append(node_id)
         return await original_send(self, node_id, request, **kwargs)
 
     monkeypatch.setattr(AIOKafkaClient, "send", counting_send)
+    return sent
+
+
+def test_an_idle_consumer_stops_busy_polling_and_still_gets_new_data(broker, fetches):
     topic = f"longpoll-{uuid.uuid4().hex[:8]}"
     cap = 0.05
 
@@ -83,19 +89,10 @@ def test_an_idle_consumer_stops_busy_polling_and_still_gets_new_data(broker, mon
         assert spinning > 5 * waiting, (spinning, waiting)
 
 
-def test_fetches_wait_while_fetched_records_are_not_taken_and_resume_when_they_are(broker, monkeypatch):
+def test_fetches_wait_while_fetched_records_are_not_taken_and_resume_when_they_are(broker, fetches):
     """While records fetched for one partition wait for the application, an empty fetch for the
     other is followed by a wait of up to busy_cap, not cap; once the application takes them, data
     on the other partition arrives as promptly as before."""
-    fetches = []
-    original_send = AIOKafkaClient.send
-
-    async def counting_send(self, node_id, request, **kwargs):
-        if type(request).__name__.startswith("FetchRequest"):
-            fetches.append(node_id)
-        return await original_send(self, node_id, request, **kwargs)
-
-    monkeypatch.setattr(AIOKafkaClient, "send", counting_send)
     topic = f"longpoll-busy-{uuid.uuid4().hex[:8]}"
     cap, busy_cap = 0.005, 0.25
 
