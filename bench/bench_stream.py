@@ -243,15 +243,18 @@ def proc_status_kb(pid: int, field: str) -> int | None:
     return None
 
 
-def cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a process in seconds (None if it is gone)."""
-    if pid is None:
-        return None
+def _stat_cpu_s(stat: Path) -> float | None:
+    """utime + stime in seconds from a /proc stat file (None if it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = stat.read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def cpu_s(pid: int | None) -> float | None:
+    """utime + stime of a process in seconds (None if it is gone)."""
+    return None if pid is None else _stat_cpu_s(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_s(pid: int | None) -> dict[int, float]:
@@ -259,14 +262,8 @@ def thread_cpu_s(pid: int | None) -> dict[int, float]:
     thread's id is the process id; faust runs its consumer in another thread."""
     if pid is None:
         return {}
-    out = {}
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
+    spent = {int(task.name): _stat_cpu_s(task / "stat") for task in Path(f"/proc/{pid}/task").glob("*")}
+    return {tid: seconds for tid, seconds in spent.items() if seconds is not None}
 
 
 def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
@@ -426,6 +423,8 @@ class Profiler:
 class ThroughputResult:
     store: str
     live: bool
+    topic: str  # the observations topic the run published to
+    messages: int  # messages published to it
     observations: int
     expected_rows: int
     distinct_rows: int
@@ -599,7 +598,7 @@ async def throughput_run(base: Settings, store: str, messages, args, workdir: Pa
     if store.startswith("rocksdb"):
         datadir_kb = sum(f.stat().st_size for f in Path(settings.datadir).rglob("*") if f.is_file()) // 1024
     return ThroughputResult(
-        store=store, live=live, observations=args.n_obs, expected_rows=expected, distinct_rows=len(seen),
+        store=store, live=live, topic=topic, messages=len(messages), observations=args.n_obs, expected_rows=expected, distinct_rows=len(seen),
         duplicate_rows=duplicates, publish_s=publish_s,
         healthy_s=healthy_at,
         first_row_s=(arrivals[0] - t_start) if arrivals else None,
@@ -917,12 +916,11 @@ async def main_async(args, broker_bootstrap: str | None, workdir: Path) -> list[
                                               f"{run_id}-{store}-{mode}", brokers[0].pid if brokers else None,
                                               live=mode == "live")
                 if k == 0 and mode == args.modes[0] and not args.skip_yardstick:
-                    topic = f"bench-{run_id}-{store}-{mode}.observations"  # throughput_run's prefix
-                    n_msgs = len(pack_by_experiment(messages)) if args.pack else n_obs
-                    count, secs = await plain_consume(settings.bootstrap, topic, n_msgs, decode=False)
+                    topic = result.topic
+                    count, secs = await plain_consume(settings.bootstrap, topic, result.messages, decode=False)
                     emit([f"yardstick  plain aiokafka consumer reading {topic} from the beginning: {count:,} msgs in "
                           f"{secs:.2f} s = {count / secs:,.0f} msg/s"])
-                    count, secs = await plain_consume(settings.bootstrap, topic, n_msgs, decode=True)
+                    count, secs = await plain_consume(settings.bootstrap, topic, result.messages, decode=True)
                     emit([f"yardstick  same + orjson.loads of every value: {count:,} msgs in {secs:.2f} s = "
                           f"{count / secs:,.0f} msg/s"])
                 emit(throughput_lines(result, store, args))

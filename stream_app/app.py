@@ -292,9 +292,9 @@ class QueuedOutputs(NamedTuple):
 async def _hand_over(queued: QueuedOutputs) -> list[asyncio.Future]:
     """Give a batch's messages to the producer, as record batches; returns their futures."""
     t0 = time.perf_counter()
-    futures = await _send_batched(_OUTPUT_TOPICS[0], queued.results)
-    futures += await _send_batched(_OUTPUT_TOPICS[1], queued.alerts)
-    futures += await _send_batched(_OUTPUT_TOPICS[2], queued.deadletters)
+    futures = await _send_batched(RESULTS_TOPIC, queued.results)
+    futures += await _send_batched(ALERTS_TOPIC, queued.alerts)
+    futures += await _send_batched(DEADLETTER_TOPIC, queued.deadletters)
     metrics.seconds_sending += time.perf_counter() - t0
     return futures
 
@@ -311,7 +311,7 @@ def _acked(queued: QueuedOutputs, seconds: float) -> None:
     metrics.close_latency_count += len(queued.closed)
 
 
-_OUTPUT_TOPICS = tuple(settings.topic(k) for k in ("results", "alerts", "deadletter"))
+RESULTS_TOPIC, ALERTS_TOPIC, DEADLETTER_TOPIC = (settings.topic(k) for k in ("results", "alerts", "deadletter"))
 # Outputs go out in the background, in order (stream_app/outputs.py); save_states flushes them.
 outputs: OutputSender[QueuedOutputs] = OutputSender(_hand_over, _acked)
 

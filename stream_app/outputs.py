@@ -34,14 +34,12 @@ Item = TypeVar("Item")
 
 class OutputSender(Generic[Item]):
     def __init__(self, hand_over: Callable[[Item], Awaitable[list[asyncio.Future]]],
-                 on_acked: Callable[[Item, float], None], max_pending: int = 2,
-                 clock: Callable[[], float] = time.perf_counter):
+                 on_acked: Callable[[Item, float], None], max_pending: int = 2):
         """``hand_over(item)`` gives the item's messages to the producer and returns their
         futures; ``on_acked(item, seconds)`` runs once they are all acked, with the seconds
         that took after the hand-over."""
         self._hand_over = hand_over
         self._on_acked = on_acked
-        self._clock = clock
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=max_pending)
         self._task: asyncio.Task | None = None
         self._error: BaseException | None = None
@@ -63,7 +61,7 @@ class OutputSender(Generic[Item]):
             raise RuntimeError(f"sending outputs failed: {self._error!r}") from self._error
 
     async def _run(self) -> None:
-        clock = self._clock
+        clock = time.perf_counter
         while True:
             item = await self._queue.get()
             try:
