@@ -620,7 +620,8 @@ def throughput_lines(r: ThroughputResult, name: str, args) -> list[str]:
            f"= {n_obs / r.publish_s:,.0f} obs/s" + (" while the worker ran" if r.live else ", before the worker started")]
     if r.complete:
         rate = n_obs / r.last_row_s
-        catch_up = f"{r.last_row_s - r.first_row_s:.1f} s = {n_obs / (r.last_row_s - r.first_row_s):,.0f} obs/s"
+        spread = r.last_row_s - r.first_row_s  # 0 when every row came in one poll (a tiny run)
+        catch_up = f"{spread:.1f} s = " + (f"{n_obs / spread:,.0f} obs/s" if spread > 0 else "n/a obs/s")
         if r.live:
             out.append(f"throughput [{name}] {n_obs:,} obs from first publish to the last of {r.expected_rows:,} result "
                        f"rows ({r.duplicate_rows} dup) in {r.last_row_s:.1f} s = {rate:,.0f} obs/s [first row "
