@@ -440,6 +440,15 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
         "control_sample_variance": est.variance_control,
         "segment": block.segment,
     }
+    # Whether each experiment's numbers are all finite, found block-wide: a JSON writer must
+    # replace NaN and infinity (JSON has neither), and the usual experiment, known to have none,
+    # spares it a search of every row (IntervalResult.all_finite).
+    finite = np.isfinite(step.factor) if step.factor is not None else np.ones(len(block.rejected), dtype=bool)
+    for values in per_hypothesis.values():
+        if values.dtype.kind == "f":
+            finite &= np.isfinite(values)
+    # Of the other numbers, the interval and the FDR factors are finite by construction.
+    all_finite = (finite.reshape(groups, -1).all(axis=1) & math.isfinite(cfg.alpha)).tolist()
     if groups == 1:
         per_experiment = [{name: values.tolist() for name, values in per_hypothesis.items()}]
         factors = None if step.factor is None else [step.factor.tolist()]
@@ -473,5 +482,5 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
         srm = state._update_srm(ts, p.observations, alerts)
         state.last_interval = ts
         state.intervals += 1
-        results.append(IntervalResult(state.experiment_id, ts, columns, alerts, srm))
+        results.append(IntervalResult(state.experiment_id, ts, columns, alerts, srm, all_finite[g]))
     return results

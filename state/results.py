@@ -94,13 +94,16 @@ class SrmStatus:
 @dataclass(frozen=True)
 class IntervalResult:
     """One interval's output. ``columns`` maps each section-8 column to one value per
-    hypothesis; ``rows`` builds the row dicts on first use (most of an update's cost otherwise)."""
+    hypothesis; ``rows`` builds the row dicts on first use (most of an update's cost otherwise).
+    ``all_finite`` is True when every number in ``columns`` is known to be finite (no NaN or
+    infinity); False when some is not, or when nobody checked."""
 
     experiment_id: str
     interval_timestamp: float
     columns: Mapping[str, list]
     alerts: list[Alert]
     srm: SrmStatus
+    all_finite: bool = False
 
     @cached_property
     def rows(self) -> list[dict[str, Any]]:

@@ -137,6 +137,27 @@ def encode_row(row: Mapping[str, Any]) -> bytes:
     return exact_size(data)  # a batch holds thousands of rows until they are produced
 
 
+# Compact orjson output never holds a raw newline byte (one in a string is escaped), so one written
+# between rows marks, unambiguously, where each ends.
+_ROW_END = orjson.Fragment(b"\n")
+
+
+def encode_rows(result) -> list[bytes]:
+    """An IntervalResult's rows, each as ``encode_row`` writes it.
+
+    A result known to hold only finite numbers has its rows written in one orjson call and cut
+    at the newlines written between them: about 2 us a row less than a call per row with its
+    search for a non-finite number (bench_stream --pack --modes live writes 200,000 rows), and
+    the pieces come out exact-size. Any other result is written row by row.
+    """
+    rows = result.rows
+    if not result.all_finite or not rows:
+        return [encode_row(row) for row in rows]
+    items = [_ROW_END] * (2 * len(rows) - 1)
+    items[::2] = rows
+    return orjson.dumps(items)[1:-1].split(b",\n,")
+
+
 def encode_alert(alert) -> bytes:
     doc = alert.to_dict()
     doc["details"] = {k: _finite(v) for k, v in doc["details"].items()}

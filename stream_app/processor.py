@@ -25,7 +25,7 @@ from state import InvalidInput, IntervalResult
 from state.live import Duplicate, LiveExperiment, score_all
 
 from .codec import (decode_config, decode_observations, deadletter_message, element_bytes, encode_alert,
-                    encode_row, experiment_key)
+                    encode_rows, experiment_key)
 from .metrics import Metrics
 from .settings import DEFAULT_CACHE_EXPERIMENTS
 
@@ -291,7 +291,7 @@ class BatchProcessor:
     def _emit(self, closed: list[IntervalResult], out: Outputs) -> None:
         for result in closed:
             key = result.experiment_id.encode()
-            rows = [encode_row(row) for row in result.rows]
+            rows = encode_rows(result)
             out.closed.append(EmittedInterval(result, rows))
             out.results.extend((key, row) for row in rows)
             out.alerts.extend((key, encode_alert(alert)) for alert in result.alerts)

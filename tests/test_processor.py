@@ -7,12 +7,16 @@ reason and its source, and the valid messages' results are those of state.evalua
 
 from __future__ import annotations
 
+import math
+
 import orjson
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state import evaluate
+from stream_app.codec import encode_row
 from stream_app.processor import BatchProcessor, InMessage
 from tests.stream_support import covid_stream_rows, request_for
 
@@ -252,6 +256,29 @@ def test_config_then_tick_closes_an_idle_interval():
     assert processor.idle_status(store, ["fz"])[0] == ["fz"]
     out = processor.process([InMessage("tick", part, 0, b"fz", b"{}")], store)
     assert len(out.results) == 2  # message_1 and message_2 at the first interval
+
+
+@pytest.mark.parametrize("batch_size", [1, 10_000])  # experiments scored alone, and together
+def test_rows_cut_from_one_document_equal_rows_written_one_by_one(batch_size):
+    """The processor writes a result known to be all finite in one orjson call and cuts it into
+    rows at newlines it writes between them (codec.encode_rows). Every row must be what
+    encode_row writes, the flag must be right (a burn-in interval's bounds are infinite, and
+    a wrong flag would send them as null), and names holding a newline or "},{" cut nothing."""
+    odd = 'odd\n,{"x": 1},\n,'
+    rows = good_rows("plain", intervals=8) + [dict(r, metric=r["metric"] + '"\n},{') for r in good_rows(odd, intervals=8)]
+    messages = []
+    for offset, row in enumerate(rows):
+        key = row["experiment_id"].encode()
+        messages.append(InMessage("obs", partition_of(key), offset, key, orjson.dumps(row)))
+    processor = BatchProcessor(TOPICS, PARTITIONS)
+    closed = [c for j in range(0, len(messages), batch_size) for c in processor.process(messages[j:j + batch_size], {}).closed]
+    assert {c.result.experiment_id for c in closed} == {"plain", odd}
+    for result, sent in closed:
+        numbers = [v for column in result.columns.values() for v in column if isinstance(v, float)]
+        assert result.all_finite == all(math.isfinite(v) for v in numbers)
+        assert sent == [encode_row(row) for row in result.rows]
+        assert [orjson.loads(row)["metric"] for row in sent] == result.columns["metric"]
+    assert {c.result.all_finite for c in closed} == {True, False}  # both ways of writing were taken
 
 
 def test_batch_boundaries_do_not_change_any_output():
