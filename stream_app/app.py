@@ -33,7 +33,7 @@ from faust.streams import _current_event
 from faust.tables import TableManager
 
 from . import long_poll, zstd_level
-from .delivery import SeqstreamTransport, install_stream_yield
+from .delivery import RawSchema, SeqstreamTransport, install_stream_yield
 from .io import send_keyed
 from .metrics import Metrics
 from .outputs import OutputSender
@@ -130,11 +130,7 @@ app = SeqstreamApp(
 
 INPUT_KINDS = ("observations", "experiments", "ticks")
 INPUT_TOPICS = {settings.topic(kind): kind for kind in INPUT_KINDS}
-inputs = app.topic(
-    *INPUT_TOPICS,
-    key_serializer="raw",
-    value_serializer="raw",
-)
+inputs = app.topic(*INPUT_TOPICS, schema=RawSchema())
 ticks_topic = app.topic(settings.topic("ticks"), key_serializer="raw", value_serializer="raw")
 
 # experiment_id -> LiveExperiment bytes. use_partitioner: a batch mixes partitions, so the

@@ -198,6 +198,32 @@ def test_the_worker_app_uses_the_eager_consumer_and_counts_into_its_metrics():
     assert transport.counts is worker_app.metrics
 
 
+@pytest.mark.parametrize("key, value", [(b"exp-1", b'{"a": 1}'), (None, b"v"), (b"k", None), (b"", b"")])
+def test_the_input_topics_raw_schema_makes_the_event_faust_s_raw_schema_makes(key, value):
+    """The agent's topics decode with RawSchema, which skips faust's codec registry: its events
+    must carry what faust's own raw decoding gives (keys and values untouched, tombstones and
+    key-less messages included), in the app's Event class, for the same message."""
+    import faust
+    from faust.types import Message
+
+    from stream_app import app as worker_app
+    from stream_app.delivery import RawSchema
+
+    app = worker_app.app
+    assert isinstance(worker_app.inputs.schema, RawSchema)
+    message = Message("seqstream.observations", 2, 7, 1.0, 0, [("h", b"1")], key, value, None)
+    faust_own = faust.Schema(key_serializer="raw", value_serializer="raw").compile(app)
+    ours = worker_app.inputs.schema.compile(app)
+
+    async def decode_both():
+        return await faust_own(message), await ours(message)
+
+    expected, event = asyncio.run(decode_both())
+    assert type(event) is type(expected) is app.conf.Event
+    assert (event.key, event.value, event.headers, event.message, event.app) == \
+        (expected.key, expected.value, expected.headers, message, app)
+
+
 def _consumer_with(before_commit):
     """A SeqstreamConsumer shell: just what force_commit reads (no broker, no faust app)."""
     consumer = object.__new__(SeqstreamConsumer)
