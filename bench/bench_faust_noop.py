@@ -6,7 +6,11 @@ experiment-interval, as bench_stream.py does) to the embedded broker, then runs 
 ``stream.take_events(SEQSTREAM_BATCH_SIZE, within=SEQSTREAM_BATCH_WITHIN)`` delivers, as
 seqstream's agent takes it. Its rate bounds what any faust agent with this delivery can reach here.
 
+With ``--decode`` it only times, in this process and without a broker, faust's own raw decoding
+of a message into an event against the worker's (stream_app.delivery.RawSchema).
+
 Run: python bench/bench_faust_noop.py [--pack] [--eager] [--experiments 1000] [--intervals 4]
+     python bench/bench_faust_noop.py --decode
 """
 
 from __future__ import annotations
@@ -66,6 +70,29 @@ def agent_main() -> None:
     app.main()
 
 
+async def time_decoding(messages: int = 100_000, rounds: int = 3) -> None:
+    """Microseconds per message through each decode function (best of ``rounds``)."""
+    import faust
+    from faust.types import Message
+
+    from stream_app.app import app
+    from stream_app.delivery import RawSchema
+
+    batch = [Message("seqstream.observations", 0, i, 1.0, 0, None, b"exp-00001", b'{"unit_count": 1}', None)
+             for i in range(messages)]
+    decoders = {"faust Schema(key_serializer='raw', value_serializer='raw')":
+                faust.Schema(key_serializer="raw", value_serializer="raw").compile(app),
+                "RawSchema": RawSchema().compile(app)}
+    for name, decode in decoders.items():
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for message in batch:
+                await decode(message, propagate=True)
+            best = min(best, time.perf_counter() - t0)
+        print(f"decode {name}: {best / messages * 1e6:.2f} us per message (best of {rounds} x {messages:,})")
+
+
 async def main() -> None:
     import numpy as np
 
@@ -81,7 +108,12 @@ async def main() -> None:
     parser.add_argument("--intervals", type=int, default=4)
     parser.add_argument("--eager", action="store_true",
                         help="with seqstream's consumer (stream_app/delivery.py) instead of faust's own")
+    parser.add_argument("--decode", action="store_true",
+                        help="only time faust's raw decoding against stream_app.delivery.RawSchema (no broker)")
     args = parser.parse_args()
+    if args.decode:
+        await time_decoding()
+        return
     with tempfile.TemporaryDirectory(prefix="faust-noop-") as tmp, EmbeddedBroker(data_dir=f"{tmp}/broker") as broker:
         settings = dataclasses.replace(Settings.from_env(), bootstrap=broker.bootstrap, app_id="noop",
                                        topic_prefix="noop.", datadir=f"{tmp}/data", web_port=free_port())
