@@ -40,20 +40,24 @@ def agent_main() -> None:
     settings = Settings.from_env()
     total = int(os.environ["NOOP_TOTAL"])
     App = faust.App
-    if os.environ.get("NOOP_EAGER"):
-        from stream_app.delivery import SeqstreamTransport
+    schema = faust.Schema(key_serializer="raw", value_serializer="raw")
+    if os.environ.get("NOOP_EAGER"):  # the worker's delivery (stream_app/delivery.py), all of it
+        from stream_app.delivery import RawSchema, SeqstreamTransport, install_stream_yield
         from stream_app.metrics import Metrics
 
-        class App(faust.App):  # seqstream's consumer (stream_app/delivery.py)
+        class App(faust.App):  # seqstream's consumer
             def _new_transport(self):
                 return SeqstreamTransport(self.conf.broker_consumer, self, counts=Metrics())
+
+        install_stream_yield()
+        schema = RawSchema()
 
     app = App(settings.app_id + "-noop", broker=f"kafka://{settings.bootstrap}", store="memory://",
                     topic_partitions=settings.partitions, topic_allow_declare=False,
                     processing_guarantee="at_least_once", consumer_auto_offset_reset="earliest",
                     web_port=settings.web_port, broker_session_timeout=settings.session_timeout,
                     broker_heartbeat_interval=settings.heartbeat_interval)
-    inputs = app.topic(settings.topic("observations"), key_serializer="raw", value_serializer="raw")
+    inputs = app.topic(settings.topic("observations"), schema=schema)
     seen = {"n": 0, "t0": 0.0}
 
     @app.agent(inputs)
@@ -107,7 +111,8 @@ async def main() -> None:
     parser.add_argument("--experiments", type=int, default=1000)
     parser.add_argument("--intervals", type=int, default=4)
     parser.add_argument("--eager", action="store_true",
-                        help="with seqstream's consumer (stream_app/delivery.py) instead of faust's own")
+                        help="with the worker's delivery (stream_app/delivery.py: its consumer, stream "
+                             "yield and raw schema) instead of faust's own")
     parser.add_argument("--decode", action="store_true",
                         help="only time faust's raw decoding against stream_app.delivery.RawSchema (no broker)")
     args = parser.parse_args()
@@ -136,7 +141,7 @@ async def main() -> None:
         return
     count, elapsed = int(found.group(1)), float(found.group(2))
     per_message = len(METRICS) * 3 if args.pack else 1
-    print(f"faust no-op agent{' with seqstream eager delivery' if args.eager else ''} (take_events({settings.batch_size}, within={settings.batch_within:g})), "
+    print(f"faust no-op agent{' with the worker delivery' if args.eager else ''} (take_events({settings.batch_size}, within={settings.batch_within:g})), "
           f"{'one message per experiment-interval' if args.pack else 'one message per observation'}: "
           f"{count:,} messages in {elapsed:.2f} s (first to last delivery) = {count / elapsed:,.0f} msg/s "
           f"= {count * per_message / elapsed:,.0f} obs/s")
