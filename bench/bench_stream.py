@@ -610,6 +610,11 @@ async def throughput_run(base: Settings, store: str, messages, args, workdir: Pa
         profile=profiler.summary(args.profile_top) if profiler else [])
 
 
+def verdict(rate: float) -> str:
+    """The issue's target, judged on a live run's publish-to-results rate."""
+    return f"target >= 20,000 (publish to results): {'MET' if rate >= 20000 else 'NOT MET'}"
+
+
 def throughput_lines(r: ThroughputResult, name: str, args) -> list[str]:
     """The live run's rate (first publish -> last result row, the worker already running) is the
     issue's figure, publish to results; a backlog run's (worker start -> last row) adds the
@@ -626,8 +631,7 @@ def throughput_lines(r: ThroughputResult, name: str, args) -> list[str]:
             out.append(f"throughput [{name}] {n_obs:,} obs from first publish to the last of {r.expected_rows:,} result "
                        f"rows ({r.duplicate_rows} dup) in {r.last_row_s:.1f} s = {rate:,.0f} obs/s [first row "
                        f"{r.first_row_s:.1f} s; first -> last row {catch_up}; worker started and consuming beforehand, "
-                       f"healthy {r.healthy_s:.1f} s after its start] target >= 20,000 (publish to results): "
-                       f"{'MET' if rate >= 20000 else 'NOT MET'}")
+                       f"healthy {r.healthy_s:.1f} s after its start] {verdict(rate)}")
         else:
             out.append(f"throughput [{name}] {n_obs:,} obs processed in {r.last_row_s:.1f} s (worker start -> last of "
                        f"{r.expected_rows:,} rows, {r.duplicate_rows} dup, start-up included) = {rate:,.0f} obs/s; "
@@ -640,7 +644,7 @@ def throughput_lines(r: ThroughputResult, name: str, args) -> list[str]:
                    f"(worker observations_in slope) {r.steady_obs_per_s or float('nan'):,.0f} obs/s "
                    f"[healthy {r.healthy_s or float('nan'):.1f} s, first row "
                    f"{r.first_row_s if r.first_row_s is not None else float('nan'):.1f} s]"
-                   + (f" target >= 20,000 (publish to results): {'MET' if rate >= 20000 else 'NOT MET'}" if r.live else ""))
+                   + (f" {verdict(rate)}" if r.live else ""))
     for crash in r.crashes:
         out.append(f"CRASH      [{name}] worker log: {crash}")
     if r.worker_metrics:

@@ -55,10 +55,10 @@ def busy(fetcher: Fetcher) -> bool:
 
 def install(cap: float = DEFAULT_CAP_SECONDS, busy_cap: float = BUSY_CAP_SECONDS) -> None:
     """Idempotent: later calls only change the caps."""
-    if _installed_cap:
-        _installed_cap[:] = [cap, busy_cap]
-        return
+    installed = bool(_installed_cap)
     _installed_cap[:] = [cap, busy_cap]
+    if installed:
+        return
     original = Fetcher._proc_fetch_request
 
     async def _proc_fetch_request(self, assignment, node_id, request):
