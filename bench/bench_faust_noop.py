@@ -7,7 +7,7 @@ experiment-interval, as bench_stream.py does) to the embedded broker, then runs 
 seqstream's agent takes it. Its rate bounds what any faust agent with this delivery can reach here.
 
 With ``--decode`` it only times, in this process and without a broker, faust's own raw decoding
-of a message into an event against the worker's (stream_app.delivery.RawSchema).
+of a message into an event against the worker's (stream_app.kafka.delivery.RawSchema).
 
 Run: python bench/bench_faust_noop.py [--pack] [--eager] [--experiments 1000] [--intervals 4]
      python bench/bench_faust_noop.py --decode
@@ -41,8 +41,8 @@ def agent_main() -> None:
     total = int(os.environ["NOOP_TOTAL"])
     App = faust.App
     schema = faust.Schema(key_serializer="raw", value_serializer="raw")
-    if os.environ.get("NOOP_EAGER"):  # the worker's delivery (stream_app/delivery.py), all of it
-        from stream_app.delivery import RawSchema, SeqstreamTransport, install_stream_yield
+    if os.environ.get("NOOP_EAGER"):  # the worker's delivery (stream_app/kafka/delivery.py), all of it
+        from stream_app.kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
         from stream_app.metrics import Metrics
 
         class App(faust.App):  # seqstream's consumer
@@ -80,7 +80,7 @@ async def time_decoding(messages: int = 100_000, rounds: int = 3) -> None:
     from faust.types import Message
 
     from stream_app.app import app
-    from stream_app.delivery import RawSchema
+    from stream_app.kafka.delivery import RawSchema
 
     batch = [Message("seqstream.observations", 0, i, 1.0, 0, None, b"exp-00001", b'{"unit_count": 1}', None)
              for i in range(messages)]
@@ -101,20 +101,20 @@ async def main() -> None:
     import numpy as np
 
     from bench_stream import METRICS, generate_interval, pack_by_experiment, publish_all, variations_of
-    from stream_app.embedded_broker import EmbeddedBroker, free_port
-    from stream_app.kafka_admin import TopicSpec, ensure_topics
+    from stream_app.kafka.embedded_broker import EmbeddedBroker, free_port
+    from stream_app.kafka.admin import TopicSpec, ensure_topics
     from stream_app.settings import Settings
-    from stream_app.topics import create_topics_async
+    from stream_app.kafka.topics import create_topics_async
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pack", action="store_true", help="one message per experiment-interval")
     parser.add_argument("--experiments", type=int, default=1000)
     parser.add_argument("--intervals", type=int, default=4)
     parser.add_argument("--eager", action="store_true",
-                        help="with the worker's delivery (stream_app/delivery.py: its consumer, stream "
+                        help="with the worker's delivery (stream_app/kafka/delivery.py: its consumer, stream "
                              "yield and raw schema) instead of faust's own")
     parser.add_argument("--decode", action="store_true",
-                        help="only time faust's raw decoding against stream_app.delivery.RawSchema (no broker)")
+                        help="only time faust's raw decoding against stream_app.kafka.delivery.RawSchema (no broker)")
     args = parser.parse_args()
     if args.decode:
         await time_decoding()

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_stream import METRICS, generate_interval, pack_by_experiment, publish_all, variations_of  # noqa: E402
 
-from stream_app.embedded_broker import EmbeddedBroker  # noqa: E402
-from stream_app.io import send_keyed  # noqa: E402
-from stream_app.kafka_admin import TopicSpec, ensure_topics  # noqa: E402
+from stream_app.kafka.embedded_broker import EmbeddedBroker  # noqa: E402
+from stream_app.kafka.clients import send_keyed  # noqa: E402
+from stream_app.kafka.admin import TopicSpec, ensure_topics  # noqa: E402
 
 ROW = b'{"row":"' + b"r" * 1140 + b'"}'  # a results row's size
 STATE = b'{"state":"' + b"s" * 4900 + b'"}'  # a changelog value's size

@@ -19,7 +19,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from state.simulate import ExperimentSpec, MetricSpec, simulate  # noqa: E402
-from stream_app.processor import BatchProcessor, InMessage, partition_for  # noqa: E402
+from stream_app.kafka.partitions import partition_for  # noqa: E402
+from stream_app.processor import BatchProcessor, InMessage  # noqa: E402
 
 
 def messages(experiments: int, intervals: int, pack: bool = False) -> list[InMessage]:

@@ -1,10 +1,10 @@
 """End-to-end stream speed (issue 3): prints figures, asserts nothing but sanity.
 
 On the embedded broker (noida-db, a fresh one per phase), with real worker child processes
-(stream_app.worker_process), each with its own app id, topic prefix, web port and data dir:
+(stream_app.kafka.worker_process), each with its own app id, topic prefix, web port and data dir:
 
 1. Throughput: INTERVALS one-minute intervals of EXPERIMENTS experiments x 5 metrics x 3
-   variations (keyed by experiment_id, orjson values as stream_app/io.py writes them, batched
+   variations (keyed by experiment_id, orjson values as stream_app/kafka/clients.py writes them, batched
    aiokafka), one worker per store (memory://, rocksdb://), in two modes (--modes):
    - live, the issue's "publish to results": the worker is started and consuming first (it has
      dead-lettered a warm-up message), then everything is published while it runs; the rate runs
@@ -31,6 +31,9 @@ Broker note: noida-db answers an empty Fetch at once (it ignores fetch.max.wait.
 aiokafka consumer left assigned busy-polls a core. The readers here keep their partitions
 paused and poll end offsets instead (a 10-50 ms resolution, stated with the figures).
 
+The scenarios are here; the measuring helpers are in bench/measure.py and the synthetic workload in
+bench/workload.py.
+
 Run: python bench/bench_stream.py            (about 6 minutes; --help for the sizes)
      python bench/bench_stream.py --profile  (adds py-spy of the workers and cProfile of the
                                               processing code; raw stacks in /tmp/bench_helper)
@@ -45,20 +48,15 @@ import cProfile
 import dataclasses
 import functools
 import gc
-import itertools
 import math
 import os
 import pstats
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -66,356 +64,24 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from state.live import LiveExperiment  # noqa: E402
 from stream_app.codec import decode_observations  # noqa: E402
-from stream_app.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
-from stream_app.io import send_keyed  # noqa: E402
-from stream_app.processor import BatchProcessor, InMessage, partition_for  # noqa: E402
+from stream_app.kafka.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
+from stream_app.kafka.partitions import partition_for  # noqa: E402
+from stream_app.processor import BatchProcessor, InMessage  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
-from stream_app.topics import changelog_topic, create_topics  # noqa: E402
-from stream_app.worker_process import WorkerProcess  # noqa: E402
+from stream_app.kafka.topics import changelog_topic, create_topics  # noqa: E402
+from stream_app.kafka.worker_process import WorkerProcess  # noqa: E402
 
-METRICS = ("conversion", "revenue", "signups", "session_minutes", "retained")
-BINARY = {"conversion": 0.10, "signups": 0.03, "retained": 0.40}
-NORMAL = {"revenue": (5.0, 12.0), "session_minutes": (8.0, 6.0)}
-START_TS = 1_700_000_000
-INTERVAL_S = 60
-
-
-def log(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def variations_of(n: int) -> tuple[str, ...]:
-    return ("control",) + tuple(f"treatment_{i}" for i in range(1, n))
-
-
-# ------------------------------------------------------------------------------ data generation
-def generate_interval(rng: np.random.Generator, experiments: list[str], metrics: tuple[str, ...],
-                      variations: tuple[str, ...], interval: int, units: float) -> list[tuple[bytes, bytes]]:
-    """(key, value) messages for one interval of every experiment, experiment by experiment.
-
-    Vectorised draws as state.simulate makes them (binomial sums for 0/1 metrics; normal sums and
-    the chi-square decomposition of the sum of squares otherwise), encoded as stream_app/io.py does."""
-    e, v = len(experiments), len(variations)
-    n = rng.poisson(units / v, size=(e, v)).astype(np.float64) + 2.0
-    sums, squares = {}, {}
-    for m in metrics:
-        if m in BINARY:
-            s = rng.binomial(n.astype(np.int64), BINARY[m]).astype(np.float64)
-            sums[m], squares[m] = s.tolist(), s.tolist()
-        else:
-            mu, sd = NORMAL.get(m, (5.0, 10.0))
-            s = rng.normal(n * mu, sd * np.sqrt(n))
-            sums[m], squares[m] = s.tolist(), (s * s / n + sd * sd * rng.chisquare(n - 1)).tolist()
-    ts = START_TS + interval * INTERVAL_S
-    counts = n.astype(np.int64).tolist()
-    out = []
-    for i, experiment in enumerate(experiments):
-        key = experiment.encode()
-        for m in metrics:
-            for k, variation in enumerate(variations):
-                out.append((key, orjson.dumps({
-                    "experiment_id": experiment, "metric": m, "variation_id": variation,
-                    "interval_timestamp": ts, "unit_count": counts[i][k],
-                    "unit_observation_sum": sums[m][i][k],
-                    "unit_observation_sum_of_squares": squares[m][i][k]})))
-    return out
-
-
-def pack_by_experiment(messages: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """One array message per run of one experiment's rows (an experiment-interval, as
-    generate_interval orders them): the envelope stream_app.codec.decode_observations accepts."""
-    packed: list[tuple[bytes, bytes]] = []
-    for key, group in itertools.groupby(messages, key=lambda kv: kv[0]):
-        packed.append((key, b"[" + b",".join(value for _, value in group) + b"]"))
-    return packed
-
-
-# ------------------------------------------------------------------------------------ kafka bits
-async def publish_all(bootstrap: str, topic: str, partitions: int, messages: list[tuple[bytes, bytes]],
-                      compression_type: str | None) -> float:
-    """Publish fast: record batches per partition (stream_app.io.send_keyed: murmur2 of the key,
-    the partition the worker expects), no per-message await, compressed as `seqstream publish`
-    compresses (SEQSTREAM_COMPRESSION). Seconds until all are acked."""
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
-                            max_request_size=8 * 1024 * 1024, acks=1, compression_type=compression_type)
-    await prod.start()
-    t0 = time.perf_counter()
-    try:
-        futures = await send_keyed(prod, topic, partitions, messages)
-        await asyncio.gather(*futures)
-        return time.perf_counter() - t0
-    finally:
-        await prod.stop()
-
-
-async def assigned_consumer(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    await consumer.start()
-    await consumer.topics()
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    if not parts:
-        await consumer.stop()
-        raise RuntimeError(f"topic {topic} has no partitions")
-    consumer.assign(parts)
-    await consumer.seek_to_beginning(*parts)
-    return consumer, parts
-
-
-class Reader:
-    """Reads a topic from the beginning without busy-polling the broker: partitions stay paused,
-    the end offsets are polled every ``idle`` s, and only partitions with new data are fetched."""
-
-    def __init__(self, consumer: AIOKafkaConsumer, parts: list[TopicPartition], idle: float):
-        self.consumer, self.parts, self.idle = consumer, parts, idle
-        consumer.pause(*parts)
-
-    @classmethod
-    async def open(cls, bootstrap: str, topic: str, idle: float) -> "Reader":
-        return cls(*await assigned_consumer(bootstrap, topic), idle)
-
-    async def poll(self) -> list:
-        c = self.consumer
-        ends = await c.end_offsets(self.parts)
-        behind = [tp for tp in self.parts if ends[tp] > await c.position(tp)]
-        if not behind:
-            await asyncio.sleep(self.idle)
-            return []
-        c.resume(*behind)
-        try:
-            batch = await c.getmany(*behind, timeout_ms=1000, max_records=50000)
-        finally:
-            c.pause(*behind)
-        return [r for records in batch.values() for r in records]
-
-    async def close(self) -> None:
-        await self.consumer.stop()
-
-
-async def plain_consume(bootstrap: str, topic: str, total: int, decode: bool) -> tuple[int, float]:
-    """Yardstick: read the topic from the beginning, nothing else (optionally orjson.loads)."""
-    consumer, _ = await assigned_consumer(bootstrap, topic)
-    try:
-        count = 0
-        t0 = time.perf_counter()
-        while count < total and time.perf_counter() - t0 < 120:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=50000)
-            for records in batch.values():
-                count += len(records)
-                if decode:
-                    for r in records:
-                        orjson.loads(r.value)
-        return count, time.perf_counter() - t0
-    finally:
-        await consumer.stop()
-
-
-async def latest_per_key(bootstrap: str, topic: str) -> dict[bytes, bytes]:
-    reader = await Reader.open(bootstrap, topic, idle=0.05)
-    latest: dict[bytes, bytes] = {}
-    try:
-        total = sum((await reader.consumer.end_offsets(reader.parts)).values())
-        count, t0 = 0, time.perf_counter()
-        while count < total and time.perf_counter() - t0 < 60:
-            for r in await reader.poll():
-                count += 1
-                if r.value is None:
-                    latest.pop(r.key, None)
-                else:
-                    latest[r.key] = r.value
-        return latest
-    finally:
-        await reader.close()
-
-
-# --------------------------------------------------------------------------------- worker bits
-def proc_status_kb(pid: int, field: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _stat_cpu_s(stat: Path) -> float | None:
-    """utime + stime in seconds from a /proc stat file (None if it is gone)."""
-    try:
-        fields = stat.read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a process in seconds (None if it is gone)."""
-    return None if pid is None else _stat_cpu_s(Path(f"/proc/{pid}/stat"))
-
-
-def thread_cpu_s(pid: int | None) -> dict[int, float]:
-    """utime + stime of each thread of a process, by thread id ({} if it is gone). The main
-    thread's id is the process id; faust runs its consumer in another thread."""
-    if pid is None:
-        return {}
-    spent = {int(task.name): _stat_cpu_s(task / "stat") for task in Path(f"/proc/{pid}/task").glob("*")}
-    return {tid: seconds for tid, seconds in spent.items() if seconds is not None}
-
-
-def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
-    """GET /metrics, names without the seqstream_ prefix and _total suffix ({} if unreachable)."""
-    try:
-        with urllib.request.urlopen(worker.url + "/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^(?:seqstream_)?(\w+?)(?:_total)?\s+([-0-9.e+]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def brief_metrics(m: dict[str, float]) -> str:
-    keys = ("observations_in", "rows_out", "intervals_closed", "batches", "deadletters", "duplicates", "redelivered",
-            "deliveries_at_once", "deliveries_waited", "states_saved")
-    text = ", ".join(f"{k}={m[k]:,.0f}" for k in keys if k in m)
-    if m.get("batches"):
-        text += f" ({m.get('observations_in', 0) / m['batches']:.0f} obs per batch)"
-    return text
-
-
-def time_split(m: dict[str, float]) -> str:
-    """The worker's own account of its time (GET /metrics), per interval closed: the agent's
-    waiting and processing, the background sender's hand-over ("sending") and ack wait, which
-    overlap them, and saving states at offset commits ("writing state")."""
-    stages = ("waiting_for_input", "processing", "sending", "awaiting_acks", "writing_state")
-    closes = m.get("intervals_closed") or 0
-    if not closes or "seconds_processing" not in m:
-        return "(not reported)"
-    parts = [f"{stage.replace('_', ' ')} {1e6 * m['seconds_' + stage] / closes:,.0f}" for stage in stages]
-    return (", ".join(parts) + f" us per interval closed; garbage collection {m.get('gc_seconds', 0):.1f} s "
-            f"({m.get('gc_collections', 0):.0f} full)")
-
-
-def crash_lines(worker: WorkerProcess) -> list[str]:
-    try:
-        text = worker.log_path.read_text(errors="replace")
-    except OSError:
-        return []
-    lines = text.splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if "Crashed reason=" in line:
-            tail = next((lines[j].strip() for j in range(i + 1, min(len(lines), i + 40))
-                         if re.match(r"^\w*(Error|Exception)\b", lines[j].strip())), "")
-            where = [lines[j].strip() for j in range(i + 1, min(len(lines), i + 40)) if "/work/main/" in lines[j]]
-            out.append(f"{line.split('] ', 3)[-1].strip()} {tail} at {where[-1] if where else '?'}")
-    return list(dict.fromkeys(out))
-
-
-class MetricsSampler:
-    """Polls the worker's /metrics every ``period`` s (in a thread): (perf_counter, metrics)."""
-
-    def __init__(self, worker: WorkerProcess, period: float = 2.0):
-        self.worker, self.period = worker, period
-        self.samples: list[tuple[float, dict]] = []
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self):
-        loop = asyncio.get_running_loop()
-        while True:
-            m = await loop.run_in_executor(None, worker_metrics, self.worker)
-            if m:
-                self.samples.append((time.perf_counter(), m))
-            await asyncio.sleep(self.period)
-
-    def obs_in(self) -> list[tuple[float, float]]:
-        return [(t, m.get("observations_in", 0.0)) for t, m in self.samples]
-
-    async def stop(self):
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-
-
-class Profiler:
-    """py-spy record --format raw --threads --idle against a worker; a per-thread summary."""
-
-    IDLE = re.compile(r"^(EpollSelector\.)?(select|poll|epoll_wait)\b|^(Condition\.)?wait \(threading|^_worker \(concurrent")
-
-    def __init__(self, pid: int, out: Path, rate: int, gil: bool = False):
-        self.out, self.proc = out, None
-        exe = shutil.which("py-spy")
-        if exe is None:
-            log("py-spy not found (pip install py-spy): no worker profile")
-            return
-        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-                                      "--nonblocking", "--idle", "--threads", *(["--gil"] if gil else []), "-o", str(out)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def summary(self, top: int) -> list[str]:
-        if self.proc is None or not self.out.exists():
-            return ["(no profile)"]
-        per_thread: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-        names: dict[str, str] = {}
-        busy_self, busy_incl = collections.Counter(), collections.Counter()
-        total_busy = 0
-        for line in self.out.read_text(errors="replace").splitlines():
-            stack, _, n = line.rpartition(" ")
-            if not n.isdigit():
-                continue
-            n = int(n)
-            frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
-            m = re.match(r"thread \((\w+)\)(?::\s*(.*))?$", frames[0])
-            if m:
-                frames = frames[1:]
-                tid = m.group(1)
-                if m.group(2):
-                    names[tid] = m.group(2)
-            else:
-                tid = "?"
-            if not frames:
-                continue
-            leaf = frames[-1]
-            idle = bool(self.IDLE.search(leaf))
-            per_thread[tid][0] += n
-            per_thread[tid][1] += n if idle else 0
-            if not idle:
-                total_busy += n
-                busy_self[leaf] += n
-                for f in set(frames):
-                    busy_incl[f] += n
-        if not per_thread:
-            return ["(empty profile)"]
-        lines = ["threads (samples, share idle in select/wait): " + "; ".join(
-            f"{names.get(t, t)} {s:,} ({100 * i / s:.0f}% idle)"
-            for t, (s, i) in sorted(per_thread.items(), key=lambda kv: -kv[1][0]))]
-        if total_busy:
-            lines.append(f"busy samples {total_busy:,}; top self time (share of busy samples):")
-            lines += [f"  {100 * c / total_busy:5.1f}%  {f}" for f, c in busy_self.most_common(top)]
-            keep = re.compile(r"\((state|stream_app)/|\(faust/(streams|agents|transport/consumer|transport/conductor)")
-            lines.append("top inclusive (seqstream code and faust's stream path):")
-            lines += [f"  {100 * c / total_busy:5.1f}%  {f}" for f, c in busy_incl.most_common()
-                      if keep.search(f) and not f.startswith(("<module>", "main ", "cmd_worker "))][:top]
-        return lines
+from measure import (  # noqa: E402
+    log, Reader, plain_consume, latest_per_key, proc_status_kb, cpu_s, thread_cpu_s, worker_metrics,
+    brief_metrics, time_split, crash_lines, MetricsSampler, Profiler, steady_rate, warm_up, ms,
+)
+from workload import (  # noqa: E402
+    METRICS, START_TS, INTERVAL_S, variations_of, generate_interval, pack_by_experiment, publish_all,
+)
 
 
 # ---------------------------------------------------------------------------------- throughput
@@ -445,34 +111,6 @@ class ThroughputResult:
     cpu: dict
     worker_metrics: dict
     profile: list[str]
-
-
-def steady_rate(points: list[tuple[float, float]]) -> float | None:
-    """Slope of observations_in over the middle of the samples where it was growing."""
-    growing = [(t, v) for t, v in points if v > 0]
-    if len(growing) < 3:
-        return None
-    a, b = growing[len(growing) // 5], growing[-1 - len(growing) // 5]
-    return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] and b[1] > a[1] else None
-
-
-async def warm_up(worker: WorkerProcess, bootstrap: str, topic: str, timeout: float = 60.0) -> None:
-    """Wait until the worker consumes: publish one message it must dead-letter (not JSON, so no
-    state and no results) and wait for its deadletters counter. ``topic`` is the experiments
-    topic, so the observations topic holds exactly the benchmark's messages (the yardstick reads
-    it)."""
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await prod.start()
-    try:
-        await prod.send_and_wait(topic, key=b"bench-warm-up", value=b"not json: the bench's warm-up message")
-    finally:
-        await prod.stop()
-    deadline = time.perf_counter() + timeout
-    loop = asyncio.get_running_loop()
-    while (await loop.run_in_executor(None, worker_metrics, worker)).get("deadletters", 0) < 1:
-        if time.perf_counter() > deadline or worker.process.poll() is not None:
-            raise RuntimeError(f"worker did not consume the warm-up message:\n{worker.log_tail()}")
-        await asyncio.sleep(0.05)
 
 
 async def throughput_run(base: Settings, store: str, messages, args, workdir: Path, tag: str,
@@ -715,7 +353,7 @@ def engine_ceiling(messages, partitions: int, batch_size: int, per_interval: int
             ("interval close + scoring (ExperimentState.update)", "state/experiment.py:update"),
             ("result encoding (codec.encode_row)", "stream_app/codec.py:encode_row"),
             ("partition check (aiokafka murmur2 per message)", "aiokafka/partitioner.py:__call__"),
-            ("partition check (processor.partition_for)", "stream_app/processor.py:partition_for"),
+            ("partition check (kafka.partitions.partition_for)", "stream_app/kafka/partitions.py:partition_for"),
         ]
         lines.append(f"cProfile of BatchProcessor.process, {len(inputs) - split:,} obs ({total:.2f} s profiled); "
                      "cumulative share:")
@@ -846,10 +484,6 @@ async def latency_run(base: Settings, args, workdir: Path, tag: str, n_experimen
             "rss_kb": rss, "worker_metrics": m2, "crashes": crash_lines(worker),
             "shape": f"{n_experiments} exp x {len(metrics)} metrics x {len(variations)} variations per "
                      f"{args.latency_period:g} s"}
-
-
-def ms(v: float) -> str:
-    return "not received" if math.isinf(v) else f"{v:,.0f} ms"
 
 
 def latency_lines(lat: dict, args) -> list[str]:

@@ -25,22 +25,21 @@ import asyncio
 import gc
 import logging
 import time
-import weakref
 from typing import NamedTuple
 
 import faust
-from faust.streams import _current_event
-from faust.tables import TableManager
 
-from . import long_poll, zstd_level
-from .delivery import RawSchema, SeqstreamTransport, install_stream_yield
-from .io import send_keyed
+from . import web
+from .kafka import long_poll, zstd_level
+from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
+from .kafka.faust_io import BatchedSender, consumer_lag
+from .kafka.tables import PromptTableManager, write_under_event
 from .metrics import Metrics
 from .outputs import OutputSender
 from .processor import BatchProcessor
 from .recent import RecentAlerts, RecentResults
 from .settings import Settings
-from .topics import TABLE_NAME, create_topics_async
+from .kafka.topics import TABLE_NAME, create_topics_async
 
 settings = Settings.from_env()
 long_poll.install(settings.fetch_idle_wait)
@@ -57,20 +56,6 @@ class SeqstreamWorker(faust.Worker):
         the worker at warn, three alternating pairs: about 15% less worker CPU without it)."""
         self.spinner = None
         super().on_setup_root_logger(logger, level)
-
-
-class PromptTableManager(TableManager):
-    """faust's table manager without its start-up pause. faust's ``TableManager.on_start`` sleeps
-    a second before it starts the tables' changelog channels and recovery, to let tables that an
-    app defines late register first; the worker subscribes and joins its group only after that.
-    This app's one table is defined when the module is imported, before any service starts, so
-    the pause only delays every start and every restart after a crash (bench_stream: first
-    result row 1 s sooner)."""
-
-    async def on_start(self) -> None:
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
 
 
 class RoutineBackpressure(logging.Filter):
@@ -91,7 +76,7 @@ class SeqstreamApp(faust.App):
     def _new_transport(self):
         """faust's aiokafka transport, with a consumer that delivers a message without four tasks
         when nothing blocks it and saves the changed states before it commits offsets
-        (stream_app/delivery.py)."""
+        (stream_app/kafka/delivery.py)."""
         return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics, before_commit=save_states)
 
     async def on_first_start(self) -> None:
@@ -123,7 +108,7 @@ app = SeqstreamApp(
     Worker=SeqstreamWorker,
     TableManager=PromptTableManager,
     producer_max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
-    producer_max_batch_size=262_144,  # results go out as record batches (_send_batched)
+    producer_max_batch_size=262_144,  # results go out as record batches (kafka.faust_io.BatchedSender)
     producer_compression_type=settings.compression_type,
     consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
 )
@@ -193,19 +178,7 @@ def has_experiment(experiment_id: str) -> bool:
     return processor.holds(experiment_id, _TableView())
 
 
-_partition_counts: dict[str, int] = {}
-
-
-async def _send_batched(topic: str, messages) -> list[asyncio.Future]:
-    """Send (key, value) pairs as record batches (io.send_keyed) through faust's producer, which
-    faust flushes before it commits offsets; returns the batches' futures."""
-    if not messages:
-        return []
-    producer = app.producer._ensure_producer()
-    partitions = _partition_counts.get(topic)
-    if partitions is None:
-        partitions = _partition_counts[topic] = len(await producer.partitions_for(topic))
-    return await send_keyed(producer, topic, partitions, messages)
+batched = BatchedSender(app)
 
 
 async def _forget_live_on_rebalance(app, partitions, **kwargs) -> None:
@@ -234,7 +207,7 @@ _latest_event: dict[int, object] = {}  # partition -> the latest input event on 
 
 async def save_states() -> None:
     """Write every experiment state changed since the last save; faust runs this before each
-    offset commit (stream_app.delivery.SeqstreamConsumer), so the offsets it then commits are
+    offset commit (stream_app.kafka.delivery.SeqstreamConsumer), so the offsets it then commits are
     never ahead of the saved states. States of partitions this worker no longer holds are
     dropped: their new owner starts from the last saved state and the committed offsets. If a
     save raises, faust commits nothing and treats it as it treats a failed send: the worker
@@ -250,19 +223,9 @@ async def save_states() -> None:
 
 
 def _write_states(states: dict[str, tuple[bytes, int]]) -> None:
-    """Write each experiment's state under an event of its own partition.
-
-    faust's rocksdb store files a key under the *current event's* partition even with
-    use_partitioner (faust.stores.rocksdb.Store._set); a batch mixes partitions, so without this a
-    state would land in another partition's local database and be read back stale after a
-    restart. The changelog partition comes from the key either way.
-    """
+    """Write each experiment's state under an event of its own partition (kafka.tables)."""
     for experiment, (blob, partition) in states.items():
-        token = _current_event.set(weakref.ref(_latest_event[partition]))
-        try:
-            live_table[experiment.encode()] = blob
-        finally:
-            _current_event.reset(token)
+        write_under_event(live_table, experiment.encode(), blob, _latest_event[partition])
 
 
 YOUNG_COLLECTION_ALLOCATIONS = 200_000  # the worker's gc threshold 0 (see process)
@@ -288,9 +251,9 @@ class QueuedOutputs(NamedTuple):
 async def _hand_over(queued: QueuedOutputs) -> list[asyncio.Future]:
     """Give a batch's messages to the producer, as record batches; returns their futures."""
     t0 = time.perf_counter()
-    futures = await _send_batched(RESULTS_TOPIC, queued.results)
-    futures += await _send_batched(ALERTS_TOPIC, queued.alerts)
-    futures += await _send_batched(DEADLETTER_TOPIC, queued.deadletters)
+    futures = await batched.send(RESULTS_TOPIC, queued.results)
+    futures += await batched.send(ALERTS_TOPIC, queued.alerts)
+    futures += await batched.send(DEADLETTER_TOPIC, queued.deadletters)
     metrics.seconds_sending += time.perf_counter() - t0
     return futures
 
@@ -354,15 +317,7 @@ async def process(stream):
 @app.timer(interval=5.0)
 async def measure_lag():
     """Messages behind the log end on this worker's input partitions (GET /metrics)."""
-    consumer = app.consumer
-    lag = 0
-    for tp in consumer.assignment():
-        if tp.topic in INPUT_TOPICS:
-            highwater = consumer.highwater(tp)
-            read = consumer._read_offset.get(tp)  # faust's last delivered offset per partition
-            if highwater is not None:
-                lag += max(0, highwater - (read + 1 if read is not None else 0))
-    metrics.consumer_lag = lag
+    metrics.consumer_lag = consumer_lag(app.consumer, INPUT_TOPICS)
 
 
 @app.timer(interval=max(0.5, settings.idle_timeout / 4))
@@ -387,5 +342,28 @@ async def close_idle_intervals():
     open_intervals.update(waiting)
 
 
-from . import views  # noqa: E402,F401  (registers the web views on app)
-from . import dashboard  # noqa: E402,F401  (registers the dashboard page)
+class WorkerReadModel:
+    """What the web views read of this worker (stream_app.web.context.WorkerReadModel)."""
+
+    settings = settings
+    metrics = metrics
+    recent = recent
+    recent_alerts = recent_alerts
+    table_name = TABLE_NAME
+
+    current_experiment = staticmethod(current_experiment)
+    has_experiment = staticmethod(has_experiment)
+    local_experiments = staticmethod(local_experiments)
+
+    @staticmethod
+    def assigned_partitions() -> list[int]:
+        """Partitions of the observations topic this worker consumes now (empty while rebalancing)."""
+        observations = settings.topic("observations")
+        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == observations)
+
+    @staticmethod
+    async def publish_config(experiment_id: str, message: bytes) -> None:
+        await app.producer.send(settings.topic("experiments"), experiment_id.encode(), message, None, None, None)
+
+
+web.register(app, WorkerReadModel())

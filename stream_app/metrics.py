@@ -34,7 +34,7 @@ class Metrics:
     gc_seconds: float = 0.0
     gc_collections: int = 0
     # Messages faust's drain loop delivered (input, and changelogs during recovery;
-    # stream_app/delivery.py): at once, or after waiting (for flow control in a rebalance, the
+    # stream_app/kafka/delivery.py): at once, or after waiting (for flow control in a rebalance, the
     # producer buffer to ebb, or room in a full stream queue).
     deliveries_at_once: int = 0
     deliveries_waited: int = 0

@@ -15,32 +15,23 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable, Container, Mapping, MutableMapping, NamedTuple
 
 import orjson
-from aiokafka.partitioner import DefaultPartitioner
 
 from state import InvalidInput, IntervalResult
 from state.live import Duplicate, LiveExperiment, score_all
 
 from .codec import (decode_config, decode_observations, deadletter_message, element_bytes, encode_alert,
                     encode_rows, experiment_key)
+from .kafka.partitions import partition_for
 from .metrics import Metrics
 from .settings import DEFAULT_CACHE_EXPERIMENTS
 
 log = logging.getLogger("seqstream.processor")
-_partitioner = DefaultPartitioner()
 # Live experiments kept decoded between batches (SEQSTREAM_CACHE_EXPERIMENTS); beyond this many,
 # the least recently used are dropped and read back from the table when they return.
 CACHE_SIZE = DEFAULT_CACHE_EXPERIMENTS
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition the default (murmur2) partitioner gives this key: where its state lives."""
-    every = list(range(partitions))
-    return _partitioner(key, every, every)
 
 
 @dataclass(frozen=True, slots=True)

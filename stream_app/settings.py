@@ -32,7 +32,7 @@ ENVIRONMENT = {
     # the last (stream_app/app.py): longer saves fewer states while catching up on a backlog, and
     # leaves more to process again after a crash.
     "SEQSTREAM_COMMIT_INTERVAL": ("commit_interval", float, 2.8),
-    # Longest client-side wait after an empty fetch answered early (stream_app/long_poll.py); up
+    # Longest client-side wait after an empty fetch answered early (stream_app/kafka/long_poll.py); up
     # to 50 ms while fetched records still wait for the agent.
     "SEQSTREAM_FETCH_IDLE_WAIT": ("fetch_idle_wait", float, 0.005),
     # Result rows the web views keep in memory for histories, in all (stream_app/recent.py).
@@ -40,7 +40,7 @@ ENVIRONMENT = {
     # Experiments kept decoded between batches (stream_app/processor.py), about 20 KB each.
     "SEQSTREAM_CACHE_EXPERIMENTS": ("cache_experiments", int, DEFAULT_CACHE_EXPERIMENTS),
     # Codec of the record batches the worker and `seqstream publish` produce: none, gzip, snappy,
-    # lz4 or zstd (at level 1, stream_app/zstd_level.py). Input is read whatever its codec
+    # lz4 or zstd (at level 1, stream_app/kafka/zstd_level.py). Input is read whatever its codec
     # (cramjam, a dependency, has all but gzip). zstd: result rows repeat their 33 keys, so the
     # broker stores and serves about an eighth of the bytes (on the embedded broker, half its CPU).
     "SEQSTREAM_COMPRESSION": ("compression", str, "zstd"),

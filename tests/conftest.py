@@ -65,7 +65,7 @@ def broker():
     if bootstrap:
         yield bootstrap
         return
-    from stream_app.embedded_broker import EmbeddedBroker
+    from stream_app.kafka.embedded_broker import EmbeddedBroker
 
     with EmbeddedBroker() as embedded:
         yield embedded.bootstrap

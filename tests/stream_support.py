@@ -17,10 +17,10 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
 from stream_app.codec import config_message, decode_row
-from stream_app.embedded_broker import free_port
+from stream_app.kafka.embedded_broker import free_port
 from stream_app.settings import Settings
-from stream_app.topics import create_topics
-from stream_app.worker_process import WorkerProcess
+from stream_app.kafka.topics import create_topics
+from stream_app.kafka.worker_process import WorkerProcess
 from tests.conftest import covid_request
 
 _ids = itertools.count()

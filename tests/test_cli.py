@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from stream_app.cli import main
+from stream_app.console.cli import main
 
 
 @pytest.mark.parametrize("argv", [
@@ -84,7 +84,7 @@ def test_compression_setting_is_checked_and_every_codec_is_installed():
 
 
 def test_zstd_batches_are_written_at_level_1():
-    """aiokafka has no setting for the zstd level; stream_app.zstd_level makes its record batch
+    """aiokafka has no setting for the zstd level; stream_app.kafka.zstd_level makes its record batch
     builder (the class producers use) compress at level 1, and the records read back unchanged."""
     import cramjam
     import orjson
@@ -92,7 +92,7 @@ def test_zstd_batches_are_written_at_level_1():
     from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
     from aiokafka.record.memory_records import MemoryRecords
 
-    from stream_app import zstd_level
+    from stream_app.kafka import zstd_level
 
     values = [orjson.dumps({"alpha": 0.05, "lift_estimate": i / 7, "metric": f"m{i % 5}"}) for i in range(3000)]
 

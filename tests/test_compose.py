@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream_app.cli import build_parser, cmd_worker
+from stream_app.console.cli import build_parser, cmd_worker
 from stream_app.settings import ENVIRONMENT, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -302,7 +302,7 @@ def check_topics(p: Project) -> None:
     topics = p.services["topics"]
     code = python_snippet(topics)
     check_snippet(code, "topics")
-    assert ("stream_app.topics", "create_topics") in imported_names(code), "topics must use stream_app.topics.create_topics"
+    assert ("stream_app.kafka.topics", "create_topics") in imported_names(code), "topics must use stream_app.kafka.topics.create_topics"
     calls = {node.func.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     assert "create_topics" in calls, "the topics step imports create_topics but never calls it"
     assert "Settings.from_env" in code, "the topics step must read its settings from the environment"
@@ -341,7 +341,8 @@ def check_dockerfile(p: Project) -> None:
     installs = " ".join(args for args in by_kind.get("RUN", []) if "pip install" in args)
     assert "pip install" in installs, "the Dockerfile never pip-installs the project"
     copied = " ".join(by_kind.get("COPY", []))
-    for package in p.pyproject["tool"]["setuptools"]["packages"] + ["pyproject.toml"]:
+    top_level = sorted({name.split(".")[0] for name in p.pyproject["tool"]["setuptools"]["packages"]})
+    for package in top_level + ["pyproject.toml"]:
         assert re.search(rf"(^|\s){re.escape(package)}(\s|/|$)", copied), f"the Dockerfile does not COPY {package}"
     stores = {Settings.from_env(app_env(p.services[name])).store for name in APP_SERVICES}
     if any(store.startswith("rocksdb") for store in stores):
@@ -406,8 +407,8 @@ MUTATIONS = [
     ("check_worker", "compose", "      topics:\n        condition: service_completed_successfully\n    restart: unless-stopped",
      "      topics:\n        condition: service_started\n    restart: unless-stopped"),
     ("check_topics", "compose", "create_topics(settings)", "print(settings)"),
-    ("check_topics", "compose", "from stream_app.topics import create_topics, topic_specs",
-     "from stream_app.topics import create_topic, topic_specs"),
+    ("check_topics", "compose", "from stream_app.kafka.topics import create_topics, topic_specs",
+     "from stream_app.kafka.topics import create_topic, topic_specs"),
     ("check_topics", "compose", "        condition: service_healthy\n", "        condition: service_started\n"),
     ("check_topics", "compose", "        settings = Settings.from_env()\n        create_topics",
      "        settings = Settings(*[None] * 17)\n        create_topics"),
@@ -415,8 +416,8 @@ MUTATIONS = [
     ("check_publisher", "compose", 'os.environ.get("DEMO_INTERVALS", "20")', '"20"'),
     ("check_publisher", "compose", '      worker:\n        condition: service_started\n    restart: "no"',
      '      worker:\n        condition: service_started\n    restart: always'),
-    ("check_publisher", "compose", "from stream_app.io import producer, send_config, send_observations",
-     "from stream_app.io import producer, send_config, send_observation"),
+    ("check_publisher", "compose", "from stream_app.kafka.clients import producer, send_config, send_observations",
+     "from stream_app.kafka.clients import producer, send_config, send_observation"),
     ("check_publisher", "compose", "from state.simulate import demo_experiments, simulate",
      "from state.simulations import demo_experiments, simulate"),
     ("check_publisher", "compose", "        asyncio.run(publish())", "        asyncio.run(publish()"),
@@ -428,8 +429,8 @@ MUTATIONS = [
     ("check_dockerfile", "dockerfile", "COPY state /src/state\n", ""),
     ("check_dockerfile", "dockerfile", "pip install /src ", "pip install '/src[local]' "),
     ("check_dockerfile", "dockerfile", 'RUN pip install /src "rocksdict>=0.3.29"', 'RUN echo /src "rocksdict>=0.3.29"'),
-    ("check_dockerfile", "pyproject", 'seqstream = "stream_app.cli:main"', 'seqstream-cli = "stream_app.cli:main"'),
-    ("check_dockerfile", "pyproject", 'seqstream = "stream_app.cli:main"', 'seqstream = "stream_app.cli:run"'),
+    ("check_dockerfile", "pyproject", 'seqstream = "stream_app.console.cli:main"', 'seqstream-cli = "stream_app.console.cli:main"'),
+    ("check_dockerfile", "pyproject", 'seqstream = "stream_app.console.cli:main"', 'seqstream = "stream_app.console.cli:run"'),
 ]
 
 
@@ -450,7 +451,7 @@ def test_container_imports_need_no_embedded_broker():
     """The image has no [local] extra: what the services import must not need noida_db."""
     project = load_project()
     modules = {m for name in ("topics", "publisher") for m, _ in imported_names(python_snippet(project.services[name]))}
-    modules |= {"stream_app.cli", "stream_app.app"}
+    modules |= {"stream_app.console.cli", "stream_app.app"}
     code = ("import sys\n"
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
@@ -516,8 +517,8 @@ def demo_shape(intervals: int) -> tuple[int, int, int]:
 
 @pytest.mark.timeout(60)
 def test_topics_step_creates_the_app_topics(broker):
-    from stream_app.kafka_admin import topic_partitions
-    from stream_app.topics import topic_specs
+    from stream_app.kafka.admin import topic_partitions
+    from stream_app.kafka.topics import topic_specs
 
     services = load_project().services
     env = service_env(services["topics"], broker, unique("topicsrun"))
@@ -563,9 +564,9 @@ def test_publisher_publishes_the_demo_traffic(broker):
 @pytest.mark.timeout(90)
 def test_stack_end_to_end(broker, tmp_path):
     """topics step, a worker with the compose worker environment, publisher: every result row arrives."""
-    from stream_app.embedded_broker import free_port
-    from stream_app.io import follow
-    from stream_app.worker_process import WorkerProcess
+    from stream_app.kafka.embedded_broker import free_port
+    from stream_app.kafka.clients import follow
+    from stream_app.kafka.worker_process import WorkerProcess
 
     services = load_project().services
     intervals = 3

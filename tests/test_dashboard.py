@@ -25,7 +25,7 @@ import pytest
 
 from state import evaluate
 from state.simulate import ExperimentSpec, MetricSpec, simulate
-from stream_app.embedded_broker import free_port
+from stream_app.kafka.embedded_broker import free_port
 from tests.stream_support import (collect, config_messages, isolated_settings, observation_messages, produce, request_for,
                                   result_key, start_worker, until_keys)
 

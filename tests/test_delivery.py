@@ -1,4 +1,4 @@
-"""stream_app.delivery: faust's per-message delivery, run eagerly when nothing blocks it.
+"""stream_app.kafka.delivery: faust's per-message delivery, run eagerly when nothing blocks it.
 
 The stream tests (tests/test_stream.py: kill -9, duplicates, two workers rebalancing) run every
 worker through this consumer; these tests pin the coroutine mechanics and the race with flow
@@ -17,7 +17,7 @@ import mode
 import pytest
 from faust.transport import consumer as faust_consumer
 
-from stream_app.delivery import DELIVERED, EagerDelivery, SeqstreamConsumer, eager, yield_every
+from stream_app.kafka.delivery import DELIVERED, EagerDelivery, SeqstreamConsumer, eager, yield_every
 from stream_app.metrics import Metrics
 
 
@@ -191,7 +191,7 @@ def test_a_waiting_delivery_that_completes_wins_the_race():
 
 def test_the_worker_app_uses_the_eager_consumer_and_counts_into_its_metrics():
     from stream_app import app as worker_app
-    from stream_app.delivery import SeqstreamConsumer
+    from stream_app.kafka.delivery import SeqstreamConsumer
 
     transport = worker_app.app.transport
     assert transport.Consumer is SeqstreamConsumer
@@ -207,7 +207,7 @@ def test_the_input_topics_raw_schema_makes_the_event_faust_s_raw_schema_makes(ke
     from faust.types import Message
 
     from stream_app import app as worker_app
-    from stream_app.delivery import RawSchema
+    from stream_app.kafka.delivery import RawSchema
 
     app = worker_app.app
     assert isinstance(worker_app.inputs.schema, RawSchema)
@@ -261,11 +261,11 @@ def test_states_are_saved_before_faust_picks_the_offsets_to_commit(monkeypatch):
 
 def test_the_stream_iterator_yields_to_the_loop_once_per_n_messages():
     """faust's compiled StreamIterator.next awaits sleep(0) before every message; the worker makes
-    it yield once per YIELD_EVERY (stream_app.delivery.install_stream_yield)."""
+    it yield once per YIELD_EVERY (stream_app.kafka.delivery.install_stream_yield)."""
     from faust._cython import streams as compiled_streams
 
     from stream_app import app  # noqa: F401  (the worker module installs it)
-    from stream_app.delivery import YIELD_EVERY
+    from stream_app.kafka.delivery import YIELD_EVERY
 
     assert compiled_streams.sleep.__name__ == "sleep_every_n"
     slept = []

@@ -16,8 +16,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from stream_app.embedded_broker import BrokerStartError, EmbeddedBroker
-from stream_app.kafka_admin import (
+from stream_app.kafka.embedded_broker import BrokerStartError, EmbeddedBroker
+from stream_app.kafka.admin import (
     TopicSetupError,
     TopicSpec,
     ensure_topics,

@@ -1,4 +1,4 @@
-"""The client-side long poll (stream_app/long_poll.py): the pure wait rule, and on the real broker
+"""The client-side long poll (stream_app/kafka/long_poll.py): the pure wait rule, and on the real broker
 that an idle assigned consumer stops busy-polling while data still arrives."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 
-from stream_app import long_poll
-from stream_app.kafka_admin import TopicSpec, ensure_topics
+from stream_app.kafka import long_poll
+from stream_app.kafka.admin import TopicSpec, ensure_topics
 
 
 @pytest.mark.parametrize(

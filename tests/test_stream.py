@@ -20,13 +20,14 @@ from hypothesis import strategies as st
 
 from state import evaluate
 from state.live import LiveExperiment
-from stream_app.embedded_broker import free_port
-from stream_app.kafka_admin import evict_group_members
+from stream_app.kafka.embedded_broker import free_port
+from stream_app.kafka.admin import evict_group_members
 from state.simulate import ExperimentSpec, MetricSpec, simulate
 from tests.conftest import COVID_METRICS, covid_request
-from stream_app import io
+from stream_app.console.files import by_interval
+from stream_app.kafka import clients as io
 from stream_app.codec import config_message
-from stream_app.topics import changelog_topic
+from stream_app.kafka.topics import changelog_topic
 from tests.stream_support import (batch_codecs, collect, committed_offsets, config_messages, distinct_results,
                                   held_experiments, isolated_settings, latest_values, observation_messages,
                                   covid_stream_rows, produce, request_for, result_key, start_worker, until_keys,
@@ -68,13 +69,13 @@ def test_covid_through_the_stream_equals_evaluate_row_for_row(broker, tmp_path):
 
 
 async def _publish_as_seqstream_publish(settings, experiment_id: str, rows: list[dict]) -> None:
-    """The config, then the rows interval by interval, through stream_app.io's producer."""
+    """The config, then the rows interval by interval, through stream_app.kafka.clients's producer."""
     producer = io.producer(settings)
     await producer.start()
     try:
         message = config_message(experiment_id, 1, COVID_CONFIG, COVID_METRIC_OPTIONS)
         await io.send_config(producer, settings, experiment_id, message)
-        for interval in io.by_interval(rows):
+        for interval in by_interval(rows):
             await io.send_observations(producer, settings, interval)
     finally:
         await producer.stop()
@@ -97,9 +98,9 @@ def test_record_batches_are_compressed_as_seqstream_compression_says(broker, tmp
 
 def test_plain_faust_worker_creates_its_topics_with_their_partitions(broker, tmp_path):
     """`faust -A stream_app.app worker` works on a fresh prefix: no topic auto-created with 1 partition."""
-    from stream_app.kafka_admin import topic_partitions
-    from stream_app.topics import topic_specs
-    from stream_app.worker_process import WorkerProcess
+    from stream_app.kafka.admin import topic_partitions
+    from stream_app.kafka.topics import topic_specs
+    from stream_app.kafka.worker_process import WorkerProcess
 
     settings = isolated_settings(broker, tmp_path, create=False, partitions=3)
     argv = ["faust", "-A", "stream_app.app", "worker", "-l", "warn", "--web-port", str(settings.web_port)]
@@ -131,7 +132,7 @@ def test_kill_9_at_several_points_changes_nothing(broker, tmp_path):
             if i < len(chunks) - 1:
                 worker.kill()
                 # Real Kafka drops a dead member after session.timeout.ms; noida-db 0.2.3 never
-                # does, so the test does what the broker should (stream_app.kafka_admin).
+                # does, so the test does what the broker should (stream_app.kafka.admin).
                 asyncio.run(evict_group_members(broker, settings.app_id))
                 worker = start_worker(settings, tmp_path, f"worker-{i + 1}")
         results = collect(settings, "results", until_keys(len(expected)), timeout=90)
@@ -419,7 +420,7 @@ def test_an_open_interval_that_moves_in_by_a_rebalance_closes_after_the_idle_tim
     w1, already running, gets w2's partitions by the rebalance and must close those intervals by
     the idle timeout although no row for them ever reaches it (its index of open intervals is
     rebuilt after every rebalance, not only at start)."""
-    from stream_app.processor import partition_for
+    from stream_app.kafka.partitions import partition_for
 
     settings = isolated_settings(broker, tmp_path, partitions=4, idle_timeout=8.0,
                                 log_level="info")  # INFO: the hand-over story on failure
@@ -471,7 +472,7 @@ def test_a_batch_touching_many_experiments_logs_no_producer_buffer_warnings(brok
     assert len({result_key(r) for r in results}) == 2 * len(experiments)  # interval 0 and the complete 60
     log = worker.log_path.read_text(errors="replace")
     assert "producer buffer full" not in log, worker.log_tail()
-    # Every input message went through stream_app.delivery's counted paths exactly once (the path
+    # Every input message went through stream_app.kafka.delivery's counted paths exactly once (the path
     # that waits is covered in tests/test_delivery.py; here nothing had to wait).
     counts = {name: int(float(value)) for name, value in
               (line.split() for line in text.splitlines() if line.startswith("seqstream_deliveries_"))}

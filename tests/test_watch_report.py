@@ -19,9 +19,10 @@ from rich.console import Console
 
 from state import Alert, evaluate
 from stream_app.codec import decode_row
-from stream_app.report import build_report
-from stream_app.report import main as report_main
-from stream_app.watch import WatchState, fmt_significance, render
+from stream_app.console.report import build_report
+from stream_app.console.report import main as report_main
+from stream_app.console.watch import WatchState, render
+from stream_app.formatting import fmt_significance
 from tests.conftest import COVID_METRICS, covid_request, covid_rows
 
 MINUTES, CALLS = "Total customer support minutes per visitor", "Customer support calls per visitor"
@@ -155,7 +156,7 @@ def test_main_needs_kafka_bootstrap(module, monkeypatch, capsys):
 
     monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
     args = argparse.Namespace(experiment=["x"] if module == "watch" else "x", html="x.html", refresh=1.0, once=True)
-    assert importlib.import_module(f"stream_app.{module}").main(args) == 2
+    assert importlib.import_module(f"stream_app.console.{module}").main(args) == 2
     assert "KAFKA_BOOTSTRAP" in capsys.readouterr().err
 
 

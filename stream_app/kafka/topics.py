@@ -6,8 +6,8 @@ experiment_id) land on the same partition number everywhere, and one worker owns
 
 from __future__ import annotations
 
-from .kafka_admin import TopicSpec, ensure_topics, ensure_topics_sync
-from .settings import Settings
+from .admin import TopicSpec, ensure_topics, ensure_topics_sync
+from ..settings import Settings
 
 TABLE_NAME = "live"  # faust's changelog for it: "{app_id}-live-changelog"
 

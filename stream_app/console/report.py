@@ -23,9 +23,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from aiokafka.errors import KafkaError
 
-from .settings import broker_settings
-from .watch import (IMPROVEMENT, REGRESSION, MissingTopic, _finite, consume, direction, fmt_count, fmt_effect, fmt_interval, fmt_p,
-                    fmt_significance, fmt_time, has_estimate, is_relative, latest_configs, lower_is_better, metric_options)
+from ..settings import broker_settings
+from ..formatting import (IMPROVEMENT, REGRESSION, finite, direction, fmt_count, fmt_effect, fmt_interval, fmt_p,
+                          fmt_significance, fmt_time, has_estimate, is_relative, lower_is_better, metric_options)
+from .watch import MissingTopic, consume, latest_configs
 
 CSS = """
 body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1f2328;margin:24px auto;max-width:1180px;padding:0 16px}
@@ -72,7 +73,7 @@ def _series(rows: Iterable[Mapping[str, Any]], experiment_id: str) -> dict[tuple
     for row in rows:
         if not isinstance(row, Mapping) or row.get("experiment_id") != experiment_id:
             continue
-        ts = _finite(row.get("interval_timestamp"))
+        ts = finite(row.get("interval_timestamp"))
         metric, variation = row.get("metric"), row.get("variation_id")
         if ts is None or not isinstance(metric, str) or not isinstance(variation, str):
             continue
@@ -81,14 +82,14 @@ def _series(rows: Iterable[Mapping[str, Any]], experiment_id: str) -> dict[tuple
 
 
 def _value(value: Any) -> str:
-    number = _finite(value)
+    number = finite(value)
     if number is None:
         return "n/a"
     return f"{number:,.0f}" if number.is_integer() else f"{number:,.2f}"
 
 
 def _average(total: Any, units: Any, binary: bool) -> str:
-    total, units = _finite(total), _finite(units)
+    total, units = finite(total), finite(units)
     if total is None or not units:
         return "n/a"
     average = total / units
@@ -136,7 +137,7 @@ def lift_chart(points: Sequence[Mapping[str, Any]], relative: bool, verdict: str
                f'<text x="10" y="30" fill="#59636e">no estimate yet (burn-in: too few units)</text></svg>'
 
     def bound(value: Any, default: float) -> float:
-        number = _finite(value)
+        number = finite(value)
         if number is not None:
             return number * scale
         raw = value if isinstance(value, float) else math.nan
@@ -221,7 +222,7 @@ def _metric_section(metric: str, series: dict[str, list[dict]], config: Mapping[
     relative = is_relative(newest)
     binary = options.get("is_binary") is True
     looks = len({r["interval_timestamp"] for points in series.values() for r in points})
-    alpha = _finite(newest.get("alpha"))
+    alpha = finite(newest.get("alpha"))
     meta = [("lower" if lower_better else "higher") + " is better",
             ("relative" if relative else "absolute") + " effect", f"{looks} interval(s)",
             f"latest {fmt_time(newest['interval_timestamp'])}"]

@@ -22,11 +22,17 @@ from faust.web import Request, Response, View
 from state import InvalidInput, evaluate
 from state.live import LiveExperiment
 
-from .app import (app, current_experiment, has_experiment, live_table, local_experiments, metrics, recent, recent_alerts,
-                  settings)
-from .codec import checked_config_message, encode_row
+from ..codec import checked_config_message, encode_row
+from .context import WorkerView, owner_routed
 
-MAX_BODY = 16 * settings.max_message_bytes
+PAGES: list[tuple[str, type[View]]] = []  # (path, view), registered on the app by stream_app.web.register
+
+
+def page(path: str):
+    def add(view: type[View]) -> type[View]:
+        PAGES.append((path, view))
+        return view
+    return add
 
 
 def _json(view: View, payload, status: int = 200) -> Response:
@@ -44,8 +50,10 @@ class RequestError(Exception):
         self.status = status
 
 
-async def _body(request: Request):
-    """The JSON body; RequestError for one too large (checked before reading it all) or malformed."""
+async def _body(view: WorkerView, request: Request):
+    """The JSON body; RequestError for one too large (checked before reading it all) or malformed.
+    Bodies are limited to SEQSTREAM_MAX_MESSAGE_BYTES x 16."""
+    MAX_BODY = 16 * view.worker.settings.max_message_bytes
     length = request.content_length
     if length is not None and length > MAX_BODY:
         raise RequestError(413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
@@ -65,10 +73,10 @@ class NotFound(Exception):
     pass
 
 
-def live_experiment(experiment_id: str) -> LiveExperiment:
+def live_experiment(view: WorkerView, experiment_id: str) -> LiveExperiment:
     """The owner's latest state of an experiment, changes not yet saved included (the views are
     table-routed to the owner). The worker's own object: read it, never change it."""
-    current = current_experiment(experiment_id)
+    current = view.worker.current_experiment(experiment_id)
     if current is None:
         raise NotFound(f"no experiment {experiment_id!r}")
     return current
@@ -83,30 +91,25 @@ def _rows_json(rows) -> bytes:
     return _json_array(encode_row(r) for r in rows)
 
 
-def _assigned_partitions() -> list[int]:
-    """Partitions of the observations topic this worker consumes now (empty while rebalancing)."""
-    observations = settings.topic("observations")
-    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == observations)
-
-
-@app.page("/health")
-class Health(View):
+@page("/health")
+class Health(WorkerView):
     async def get(self, request: Request) -> Response:
-        return _json(self, {"status": "ok", "app_id": settings.app_id, "partitions": _assigned_partitions(),
-                            "experiments_local": len(recent)})
+        worker = self.worker
+        return _json(self, {"status": "ok", "app_id": worker.settings.app_id, "partitions": worker.assigned_partitions(),
+                            "experiments_local": len(worker.recent)})
 
 
-@app.page("/metrics")
-class PrometheusMetrics(View):
+@page("/metrics")
+class PrometheusMetrics(WorkerView):
     async def get(self, request: Request) -> Response:
-        return self.text(metrics.prometheus(), content_type="text/plain; version=0.0.4")
+        return self.text(self.worker.metrics.prometheus(), content_type="text/plain; version=0.0.4")
 
 
-@app.page("/stats-engine/v0/batch")
-class Batch(View):
+@page("/stats-engine/v0/batch")
+class Batch(WorkerView):
     async def post(self, request: Request) -> Response:
         try:
-            response = evaluate(await _body(request))
+            response = evaluate(await _body(self, request))
         except RequestError as exc:
             return _error(self, exc.status, str(exc))
         except InvalidInput as exc:
@@ -114,44 +117,44 @@ class Batch(View):
         return _json(self, _json_array(_rows_json(rows) for rows in response))
 
 
-@app.page("/experiments")
-class Experiments(View):
+@page("/experiments")
+class Experiments(WorkerView):
     async def get(self, request: Request) -> Response:
-        return _json(self, {"experiments": local_experiments()})
+        return _json(self, {"experiments": self.worker.local_experiments()})
 
 
-@app.page("/experiments/{experiment_id}/results")
-class Results(View):
-    @app.table_route(table=live_table, match_info="experiment_id")
+@page("/experiments/{experiment_id}/results")
+class Results(WorkerView):
+    @owner_routed(match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
         try:
-            summary = live_experiment(experiment_id).summary()
+            summary = live_experiment(self, experiment_id).summary()
         except NotFound as exc:
             return _error(self, 404, str(exc))
-        rows = _json_array(recent.latest(experiment_id))
+        rows = _json_array(self.worker.recent.latest(experiment_id))
         return _json(self, b'{"summary":' + orjson.dumps(summary) + b',"rows":' + rows + b"}")
 
 
-@app.page("/experiments/{experiment_id}/alerts")
-class Alerts(View):
-    @app.table_route(table=live_table, match_info="experiment_id")
+@page("/experiments/{experiment_id}/alerts")
+class Alerts(WorkerView):
+    @owner_routed(match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
-        if not has_experiment(experiment_id):
+        if not self.worker.has_experiment(experiment_id):
             return _error(self, 404, f"no experiment {experiment_id!r}")
-        return _json(self, {"experiment_id": experiment_id, "alerts": recent_alerts.get(experiment_id)})
+        return _json(self, {"experiment_id": experiment_id, "alerts": self.worker.recent_alerts.get(experiment_id)})
 
 
-@app.page("/experiments/{experiment_id}/config")
-class Config(View):
+@page("/experiments/{experiment_id}/config")
+class Config(WorkerView):
     async def put(self, request: Request, experiment_id: str) -> Response:
-        token = settings.api_token
+        token = self.worker.settings.api_token
         if not token:
             return _error(self, 403, "config writes are disabled: set SEQSTREAM_API_TOKEN on the worker")
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return _error(self, 401, "missing or wrong bearer token")
         try:
-            body = await _body(request)
+            body = await _body(self, request)
         except RequestError as exc:
             return _error(self, exc.status, str(exc))
         if not isinstance(body, dict):
@@ -160,5 +163,5 @@ class Config(View):
             value = checked_config_message(experiment_id, body.get("version"), body)
         except InvalidInput as exc:
             return _error(self, 400, str(exc))
-        await app.producer.send(settings.topic("experiments"), experiment_id.encode(), value, None, None, None)
+        await self.worker.publish_config(experiment_id, value)
         return _json(self, {"status": "published", "experiment_id": experiment_id}, 202)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from stream_app.kafka_admin import run_sync
+from .admin import run_sync
 
 __all__ = ["EmbeddedBroker", "BrokerStartError", "noida_executable", "free_port"]
 

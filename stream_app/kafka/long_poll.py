@@ -1,4 +1,7 @@
-"""Client-side long poll for brokers that answer an empty Fetch at once.
+"""Private aiokafka internals: ``Fetcher._proc_fetch_request`` and ``Fetcher._records`` (checked
+against aiokafka 0.14.0; tests/test_internals.py fails when they are gone).
+
+Client-side long poll for brokers that answer an empty Fetch at once.
 
 Kafka holds a Fetch that finds no data for up to ``fetch.max.wait.ms`` (faust asks for 1.5 s), so
 a consumer whose partitions are all caught up sends a couple of requests a second. noida-db, the

@@ -1,4 +1,8 @@
-"""faust's per-message delivery without four tasks per message.
+"""Private faust and mode internals: ``Consumer._drain_messages``' ``wait_first`` race and
+``faust._cython.streams.sleep`` (checked against faust-streaming 0.15.3 and mode-streaming 0.7.1;
+tests/test_internals.py fails when they are gone).
+
+faust's per-message delivery without four tasks per message.
 
 faust's drain loop (``faust.transport.consumer.Consumer._drain_messages``) hands every fetched
 message to the conductor with::

@@ -7,16 +7,14 @@ returns a rich renderable. ``main(args)`` only does the Kafka reading and the sc
 
 Colours: a significant effect is green when it is an improvement and red when it is a regression,
 where "improvement" respects the metric's ``lower_is_better`` from the experiment's config.
-The formatting helpers here are shared with ``seqstream report``.
+Numbers are written by stream_app.formatting, as on every surface.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import sys
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -26,12 +24,13 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .settings import Settings, broker_settings
+from ..formatting import (IMPROVEMENT, REGRESSION, direction, finite, fmt_count, fmt_effect, fmt_interval, fmt_p, fmt_time,
+                          has_estimate, is_relative, lower_is_better)
+from ..settings import Settings, broker_settings
 
 WATCH_KINDS = ("experiments", "results", "alerts")
 ALERT_LIMIT = 10
 
-IMPROVEMENT, REGRESSION = "improvement", "regression"
 STYLES = {IMPROVEMENT: "bold green", REGRESSION: "bold red"}
 ALERT_STYLES = {
     "srm": "bold white on red",
@@ -39,93 +38,6 @@ ALERT_STYLES = {
     "stats_reset": "cyan",
     "data_quality": "yellow",
 }
-
-
-# ------------------------------------------------------------------------------------ formatting
-def _number(value: Any) -> float | None:
-    """A float for numbers (bools excluded), None otherwise; non-finite floats pass through."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def _finite(value: Any) -> float | None:
-    number = _number(value)
-    return number if number is not None and math.isfinite(number) else None
-
-
-def is_relative(row: Mapping[str, Any]) -> bool:
-    return row.get("effect", "relative") != "absolute"
-
-
-def fmt_effect(value: Any, relative: bool = True) -> str:
-    """Lift as a signed percentage (relative effects) or a signed number (absolute ones)."""
-    number = _number(value)
-    if number is None or math.isnan(number):
-        return "n/a"
-    if math.isinf(number):
-        return "+inf" if number > 0 else "-inf"
-    return f"{number * 100:+.2f}%" if relative else f"{number:+.4g}"
-
-
-def fmt_interval(lower: Any, upper: Any, relative: bool = True) -> str:
-    lo, hi = _number(lower), _number(upper)
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return "n/a"
-    return f"[{fmt_effect(lo, relative)}, {fmt_effect(hi, relative)}]"
-
-
-def fmt_p(value: Any) -> str:
-    p = _number(value)
-    if p is None or math.isnan(p):
-        return "n/a"
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def fmt_significance(p_value: Any) -> str:
-    """Statistical significance 1 - p as a percentage, Optimizely style (">99.00%" above 99%)."""
-    p = _number(p_value)
-    if p is None or math.isnan(p):
-        return "n/a"
-    significance = min(max(1.0 - p, 0.0), 1.0)
-    return ">99.00%" if significance > 0.99 else f"{significance * 100:.2f}%"
-
-
-def fmt_time(timestamp: Any, with_date: bool = True) -> str:
-    ts = _finite(timestamp)
-    if ts is None:
-        return "?"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC" if with_date else "%H:%M:%S", time.gmtime(ts))
-
-
-def fmt_count(value: Any) -> str:
-    number = _finite(value)
-    return "n/a" if number is None else f"{number:,.0f}"
-
-
-def metric_options(config: Mapping[str, Any] | None, metric: str) -> Mapping[str, Any]:
-    metrics = (config or {}).get("metrics") or {}
-    options = metrics.get(metric) if isinstance(metrics, Mapping) else None
-    return options if isinstance(options, Mapping) else {}
-
-
-def lower_is_better(config: Mapping[str, Any] | None, metric: str) -> bool:
-    return metric_options(config, metric).get("lower_is_better") is True
-
-
-def has_estimate(row: Mapping[str, Any]) -> bool:
-    """False during burn-in (or while the lift is undefined): the engine then reports a
-    placeholder lift of 0 with the interval (-inf, inf)."""
-    lo, hi = _number(row.get("corrected_conf_interval_lower")), _number(row.get("corrected_conf_interval_upper"))
-    return not (lo == -math.inf and hi == math.inf) and _finite(row.get("lift_estimate")) is not None
-
-
-def direction(row: Mapping[str, Any], lower_better: bool) -> str | None:
-    """IMPROVEMENT or REGRESSION for a significant (rejected) row, None otherwise."""
-    lift = _finite(row.get("lift_estimate"))
-    if row.get("rejected") is not True or lift is None or lift == 0:
-        return None
-    return IMPROVEMENT if (lift > 0) != lower_better else REGRESSION
 
 
 def newer_config(current: Mapping[str, Any] | None, message: Any) -> bool:
@@ -180,7 +92,7 @@ class WatchState:
         experiment = message["experiment_id"]
         if kind == "results":
             metric, variation = message.get("metric"), message.get("variation_id")
-            ts = _finite(message.get("interval_timestamp"))
+            ts = finite(message.get("interval_timestamp"))
             if not isinstance(metric, str) or not isinstance(variation, str) or ts is None:
                 return False
             key = (experiment, metric, variation)
@@ -332,7 +244,7 @@ async def consume(settings: Settings, kinds: Sequence[str], apply: Callable[[str
     """Feed every message of the topics, from the beginning, to ``apply(kind, message)``; with
     ``idle``, stop once no message has arrived for that many seconds. Returns the count. Topics
     that do not exist are skipped; raises MissingTopic if ``require``'s does not."""
-    from .io import follow
+    from ..kafka.clients import follow
 
     kinds = await existing_kinds(settings, kinds)
     if require not in kinds:

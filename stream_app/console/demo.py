@@ -18,12 +18,13 @@ from pathlib import Path
 
 from state.simulate import demo_experiments, simulate
 
-from .codec import config_message, encode_row
-from .embedded_broker import EmbeddedBroker, free_port
-from .io import by_interval, follow, producer, read_csv_observations, send_config, send_observations
-from .settings import Settings
-from .topics import create_topics_async
-from .worker_process import WorkerProcess
+from ..codec import config_message, encode_row
+from ..kafka.clients import follow, producer, send_config, send_observations
+from ..kafka.embedded_broker import EmbeddedBroker, free_port
+from ..kafka.topics import create_topics_async
+from ..kafka.worker_process import WorkerProcess
+from ..settings import Settings
+from .files import by_interval, read_csv_observations
 
 
 def _pct(value) -> str:

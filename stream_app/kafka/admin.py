@@ -1,4 +1,7 @@
-"""Kafka topic administration: create topics up front with explicit partition counts.
+"""Private aiokafka internals: ``AIOKafkaAdminClient._send_request`` for LeaveGroup (checked
+against aiokafka 0.14.0; tests/test_internals.py fails when it is gone).
+
+Kafka topic administration: create topics up front with explicit partition counts.
 
 Why this exists: a broker with topic auto-creation (real Kafka's default, and noida-db) creates an
 unknown topic with ONE partition on the first metadata request for its name. faust then fails with

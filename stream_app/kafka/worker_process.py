@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from .embedded_broker import die_with_parent
-from .settings import Settings
+from ..settings import Settings
 
 
 WORKER_ARGV = (sys.executable, "-m", "stream_app", "worker")

@@ -6,14 +6,14 @@ import argparse
 import asyncio
 import sys
 
-from .settings import broker_settings
+from ..settings import broker_settings
 
 
 def cmd_worker(args) -> int:
     settings = broker_settings("worker")
     if settings is None:
         return 2
-    from .app import app  # creates the topics before consuming (SeqstreamApp.on_first_start)
+    from ..app import app  # creates the topics before consuming (SeqstreamApp.on_first_start)
 
     sys.argv = ["seqstream", "worker", "-l", settings.log_level, "--web-port", str(settings.web_port),
                 "--web-bind", settings.web_host]
@@ -35,7 +35,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .io import by_interval, producer, read_csv_observations, read_jsonl_observations, send_observations
+    from ..kafka.clients import producer, send_observations
+    from .files import by_interval, read_csv_observations, read_jsonl_observations
 
     settings = broker_settings("publish")
     if settings is None:
@@ -76,8 +77,8 @@ def cmd_publish(args) -> int:
 def cmd_tail(args) -> int:
     import orjson
 
-    from .codec import encode_row
-    from .io import follow
+    from ..codec import encode_row
+    from ..kafka.clients import follow
 
     settings = broker_settings("tail")
     if settings is None:
@@ -140,8 +141,8 @@ def cmd_experiment(args) -> int:
 
     from state import InvalidInput
 
-    from .codec import checked_config_message
-    from .io import follow, producer, send_config
+    from ..codec import checked_config_message
+    from ..kafka.clients import follow, producer, send_config
     from .watch import newer_config
 
     settings = broker_settings("experiment")

@@ -1,0 +1,1 @@
+"""The terminal surface: the seqstream command, the demo, watch, report (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Everything that talks to or adapts Kafka clients and brokers (see ARCHITECTURE.md)."""

@@ -1,0 +1,64 @@
+"""The private faust, mode and aiokafka attributes stream_app/kafka relies on still exist.
+
+Each module of stream_app/kafka that reaches into one names it in its first docstring line, with
+the versions it was checked against, and pyproject.toml pins those versions. An upgrade that drops
+or renames one fails here with the attribute's name, instead of as a wrong result or a crash in
+the stream."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import version
+
+import pytest
+
+# (module, dotted attribute, the stream_app module that relies on it)
+PRIVATE = [
+    ("faust.transport.consumer", "Consumer._drain_messages", "kafka/delivery.py"),
+    ("faust.transport.consumer", "Consumer.force_commit", "kafka/delivery.py"),
+    ("mode.services", "Service.wait_first", "kafka/delivery.py"),
+    ("mode.services", "WaitResults", "kafka/delivery.py"),
+    ("faust._cython.streams", "sleep", "kafka/delivery.py"),
+    ("faust.transport.drivers.aiokafka", "Transport.Consumer", "kafka/delivery.py"),
+    ("aiokafka.consumer.fetcher", "Fetcher._proc_fetch_request", "kafka/long_poll.py"),
+    ("aiokafka.record.default_records", "zstd_encode", "kafka/zstd_level.py"),
+    ("aiokafka.record._crecords.default_records", "zstd_encode", "kafka/zstd_level.py"),
+    ("aiokafka.admin", "AIOKafkaAdminClient._send_request", "kafka/admin.py"),
+    ("faust.tables", "TableManager._update_channels", "kafka/tables.py"),
+    ("faust.streams", "_current_event", "kafka/tables.py"),
+    ("faust.transport.drivers.aiokafka", "Producer._ensure_producer", "kafka/faust_io.py"),
+]
+
+
+@pytest.mark.parametrize("module, attribute, user", PRIVATE, ids=[f"{m}.{a}" for m, a, _ in PRIVATE])
+def test_private_attribute_exists(module, attribute, user):
+    obj = importlib.import_module(module)
+    for part in attribute.split("."):
+        assert hasattr(obj, part), (
+            f"{module}.{attribute} is gone (faust-streaming {version('faust-streaming')}, aiokafka "
+            f"{version('aiokafka')}, mode-streaming {version('mode-streaming')}): stream_app/{user} relies on it; "
+            f"check that module against this version or pin the one in pyproject.toml")
+        obj = getattr(obj, part)
+
+
+def test_instance_attributes_the_worker_reads():
+    """Attributes set in __init__ (not visible on the class): the fetcher's record buffer and
+    faust's per-partition read offsets."""
+    import inspect
+
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.consumer import Consumer
+
+    assert "self._records" in inspect.getsource(Fetcher.__init__), "aiokafka Fetcher._records is gone (kafka/long_poll.py)"
+    assert "self._read_offset" in inspect.getsource(Consumer.__init__), "faust Consumer._read_offset is gone (kafka/faust_io.py)"
+
+
+def test_pinned_versions_are_the_installed_ones():
+    """pyproject.toml pins what stream_app/kafka was checked against; a different install is untested."""
+    import tomllib
+    from pathlib import Path
+
+    deps = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = dict(d.split("==") for d in deps if "==" in d)
+    for name in ("faust-streaming", "aiokafka", "mode-streaming"):
+        assert pins.get(name) == version(name), f"{name}: pinned {pins.get(name)}, installed {version(name)}"
