@@ -13,6 +13,7 @@ import dataclasses
 import random
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -20,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from state import evaluate
 from state.simulate import ExperimentSpec, MetricSpec, simulate
-from stream_app.kafka.admin import evict_group_members
+from stream_app.kafka.admin import evict_group_members, group_members
 from stream_app.kafka.embedded_broker import free_port
 from stream_app.kafka.worker_process import WorkerProcess
 from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings, produce,
@@ -41,6 +42,8 @@ class ChaosReport:
     unexpected: list  # keys the stream emitted that evaluate has not
     deadletters: list
     seconds: float
+    workers: dict  # each worker's partitions and counters at the end (what to look at when it fails)
+    first_mismatches: list  # per experiment, its first mismatched row: expected and got
 
     def dump(self, path: Path) -> None:
         path.write_bytes(orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2))
@@ -103,6 +106,11 @@ class Publisher(threading.Thread):
             await producer.stop()
 
 
+async def _evict_process(broker: str, group: str, pid: int) -> None:
+    members = await group_members(broker, group)
+    await evict_group_members(broker, group, [m for m in members if f"-{pid}-" in m])
+
+
 def _start(settings, tmp_path: Path, name: str, generation: int) -> WorkerProcess:
     return WorkerProcess(settings, tmp_path / f"{name}-{generation}.log").start()
 
@@ -143,11 +151,13 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
         for moment in moments:
             time.sleep(max(0.0, t0 + moment - time.monotonic()))
             victim = rng.choice(names)
+            pid = workers[victim].process.pid
             workers[victim].kill()
             killed += 1
-            # noida-db never drops a dead member (real Kafka does after session.timeout.ms):
-            # evict the group's members; the live one rejoins (stream_app.kafka.admin).
-            asyncio.run(evict_group_members(broker, settings.app_id))
+            # noida-db never drops a dead member (real Kafka does after session.timeout.ms): evict
+            # the killed one, whose member id starts with its client id (stream_app.app), as the
+            # broker would; the survivor then rebalances as it would on real Kafka.
+            asyncio.run(_evict_process(broker, settings.app_id, pid))
             time.sleep(rng.uniform(0.0, 1.5))  # the survivor takes over, then the victim is back
             generation[victim] += 1
             workers[victim] = _start(worker_settings[victim], tmp_path, victim, generation[victim])
@@ -156,6 +166,7 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
         want = set(expected)
         rows = collect(settings, "results", lambda out: want <= {result_key(r) for r in out}, timeout=settle_timeout)
         deadletters = collect(settings, "deadletter", timeout=1)
+        status = {name: _status(w) for name, w in workers.items()}
     finally:
         for w in workers.values():
             w.stop()
@@ -168,9 +179,24 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
         if previous != text:
             duplicates_differ.append(result_key(row))
     missing = sorted(set(expected) - set(got))
+    first_mismatch = {}
+    for key in sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k]):
+        first_mismatch.setdefault(key[0], {"key": key, "expected": expected[key], "got": got[key]})
     mismatched = sorted({k for k in expected.keys() & got.keys() if expected[k] != got[k]} | set(duplicates_differ))
     return ChaosReport(killed, publisher.sent if publisher else 0, len(expected), len(rows), missing, mismatched,
-                       sorted(set(got) - set(expected)), deadletters, time.monotonic() - t_start)
+                       sorted(set(got) - set(expected)), deadletters, time.monotonic() - t_start, status,
+                       list(first_mismatch.values()))
+
+
+def _status(worker: WorkerProcess) -> dict:
+    try:
+        health = orjson.loads(urllib.request.urlopen(worker.url + "/health", timeout=5).read())
+        counters = {line.split()[0]: line.split()[1] for line in
+                    urllib.request.urlopen(worker.url + "/metrics", timeout=5).read().decode().splitlines()
+                    if line and not line.startswith("#")}
+    except OSError as exc:
+        return {"alive": worker.process.poll() is None, "error": repr(exc)}
+    return {"alive": worker.process.poll() is None, "partitions": health.get("partitions"), **counters}
 
 
 def worker_logs(tmp_path: Path, lines: int = 30) -> str:
