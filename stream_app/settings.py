@@ -45,6 +45,15 @@ ENVIRONMENT = {
     # broker stores and serves about an eighth of the bytes (on the embedded broker, half its CPU).
     "SEQSTREAM_COMPRESSION": ("compression", str, "zstd"),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
+    # --- stream correctness (issue 17): event time, lateness and bounds (docs/lateness.md) ---
+    # An interval that is not complete is emitted once more than this many later intervals of its
+    # experiment are open (absorbs rows displaced by up to two intervals, a producer lagging 1.5).
+    "SEQSTREAM_WATERMARK_DELAY": ("watermark_delay", int, 2),
+    # Rows for any of an experiment's last this-many emitted intervals are still applied (folded
+    # into its next emission, flagged there); older ones are dead-lettered as too late.
+    "SEQSTREAM_ALLOWED_LATENESS": ("allowed_lateness", int, 12),
+    # Seconds an interval_timestamp may lie after the wall clock; later is dead-lettered.
+    "SEQSTREAM_MAX_FUTURE_SKEW": ("max_future_skew", float, 86_400.0),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
 
@@ -73,6 +82,9 @@ class Settings:
     cache_experiments: int
     compression: str
     api_token: str | None
+    watermark_delay: int
+    allowed_lateness: int
+    max_future_skew: float
     log_level: str
 
     @classmethod

@@ -478,3 +478,75 @@ def test_a_batch_touching_many_experiments_logs_no_producer_buffer_warnings(brok
               (line.split() for line in text.splitlines() if line.startswith("seqstream_deliveries_"))}
     assert counts["seqstream_deliveries_at_once_total"] > 0, counts
     assert sum(counts.values()) == len(messages), counts
+
+
+def _settings_with_topic_limit(broker, tmp_path, kind: str, max_bytes: int, **overrides):
+    """Isolated settings whose topic ``kind`` (or the changelog) refuses records over max_bytes."""
+    import dataclasses as dc
+
+    from stream_app.kafka.admin import ensure_topics_sync
+    from stream_app.kafka.topics import topic_specs
+
+    settings = isolated_settings(broker, tmp_path, create=False, **overrides)
+    specs = topic_specs(settings)
+    name = changelog_topic(settings) if kind == "changelog" else settings.topic(kind)
+    specs[name] = dc.replace(specs[name], config={**specs[name].config, "max.message.bytes": str(max_bytes)})
+    ensure_topics_sync(settings.bootstrap, specs)
+    return settings
+
+
+def test_a_dead_letter_over_the_brokers_limit_is_cut_and_the_worker_goes_on(broker, tmp_path):
+    """A 300 KB malformed message, outputs uncompressed, a dead-letter topic that refuses records
+    over 100 KB: its dead letter carries a prefix, the size and the hash (no refusal, so no crash
+    loop), and the experiment's good rows after it are all counted."""
+    import hashlib
+
+    settings = _settings_with_topic_limit(broker, tmp_path, "deadletter", 100_000, compression="none")
+    bad = b'{"experiment_id": "big", "metric": ' + b"9" * 300_000
+    rows = covid_stream_rows("big")
+    produce(settings, config_messages("big", 1, COVID_CONFIG, COVID_METRIC_OPTIONS)
+            + [("observations", b"big", bad)] + observation_messages(rows))
+    expected = expected_covid("big")
+    worker = start_worker(settings, tmp_path)
+    try:
+        results = collect(settings, "results", until_keys(len(expected)), timeout=90)
+        dead = collect(settings, "deadletter", lambda out: len(out) >= 1, timeout=30)
+        alive = worker.process.poll() is None
+    finally:
+        worker.stop()
+    assert alive, worker.log_tail()
+    assert distinct_results(results) == expected
+    (letter,) = dead
+    assert letter["value_truncated"] and letter["value_bytes"] == len(bad)
+    assert letter["value_sha256"] == hashlib.sha256(bad).hexdigest() and bad.startswith(letter["value"].encode())
+    assert "Traceback" not in worker.log_tail(2000)
+
+
+def test_a_state_write_the_changelog_refuses_commits_no_offset_past_it(broker, tmp_path):
+    """The changelog refuses records over 20 KB; one experiment's state grows past that (300
+    metrics). Its write fails: the worker says so, commits no offset from then on, and keeps
+    serving; a restart resumes from the committed offsets, before the refused state's input."""
+    settings = _settings_with_topic_limit(broker, tmp_path, "changelog", 20_000, commit_interval=0.3, compression="none")
+    small = [("observations", b"small", orjson.dumps(r)) for r in covid_stream_rows("small")[:24]]
+    metadata = produce(settings, small)
+    worker = start_worker(settings, tmp_path)
+    try:
+        wait_for_counter(worker, "states_saved", 1)  # the small experiment's state was written
+        committed_before = committed_offsets(settings)
+        big = [{"experiment_id": "wide", "metric": f"m{i}", "variation_id": v, "interval_timestamp": ts,
+                "unit_count": 100, "unit_observation_sum": 50.0, "unit_observation_sum_of_squares": 40.0}
+               for ts in (0.0, 60.0) for i in range(300) for v in ("control", "t")]
+        wide = produce(settings, [("observations", b"wide", orjson.dumps(big[j:j + 100])) for j in range(0, len(big), 100)])
+        wait_for_counter(worker, "state_write_failures", 2, timeout=60)  # refused, and refused again at the retry
+        produce(settings, small[:1])  # more input: still nothing may be committed past the refused state
+        time.sleep(1.5)
+        committed_after = committed_offsets(settings)
+        alive = worker.process.poll() is None
+        log = worker.log_tail(400)
+    finally:
+        worker.kill()
+    assert alive, log
+    assert "offsets NOT committed" in log and "wide" in log
+    wide_partition, first_wide = wide[0].partition, min(m.offset for m in wide)
+    assert committed_after[wide_partition] <= first_wide, (committed_before, committed_after, first_wide)
+    assert committed_before[metadata[0].partition] > 0  # commits did happen before the refusal
