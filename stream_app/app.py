@@ -24,17 +24,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
-import socket
 import time
 from typing import NamedTuple
 
 import faust
 
+from state.live import Lateness
+
 from . import web
 from .kafka import long_poll, zstd_level
 from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
-from .kafka.faust_io import BatchedSender, consumer_lag
+from .kafka.faust_io import BatchedSender, consumer_lag, group_member_id
 from .kafka.tables import PromptTableManager, StateWriteFailed, write_acked
 from .metrics import Metrics
 from .outputs import OutputSender
@@ -100,9 +100,6 @@ app = SeqstreamApp(
     topic_replication_factor=settings.replication,
     topic_allow_declare=False,  # created with explicit partitions in on_first_start (topics.py)
     processing_guarantee="at_least_once",
-    # Which process a group member is (its member id starts with this): operators can tell the
-    # instances apart, and a crash test evicts just the one it killed (tests/chaos.py).
-    broker_client_id=f"seqstream-{socket.gethostname()}-{os.getpid()}",
     broker_commit_interval=settings.commit_interval,
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout,
@@ -145,6 +142,7 @@ processor = BatchProcessor(
     idle_timeout=settings.idle_timeout,
     metrics=metrics,
     cache_size=settings.cache_experiments,
+    lateness=Lateness(settings.watermark_delay, settings.allowed_lateness, settings.max_future_skew),
 )
 
 # What this worker has seen lately, for the web views (the owner of an experiment answers).
@@ -198,7 +196,10 @@ batched = BatchedSender(app)
 # current consumer generation and no revocation happened since: anything else is dropped
 # unprocessed and its offset never acknowledged (so never committed); the consumer, whose
 # positions a rebalance resets to the committed offsets, fetches it again.
-_fenced = False  # between a revocation and the next assignment: every event is from before it
+# Between the end of a revocation (unsaved states dropped) and the next assignment: every event
+# is from before it, and no offset is committed (save_states refuses), since acks of events
+# whose effects were just dropped may be recorded meanwhile.
+_fenced = False
 
 
 async def _on_revoked(app, revoked, **kwargs) -> None:
@@ -267,6 +268,8 @@ async def save_states() -> bool:
     agree. States of partitions this worker no longer holds are dropped: their new owner starts
     from the last saved state and the committed offsets."""
     async with _batch_in_flight:
+        if _fenced:  # revoked, states dropped, not assigned yet: no ack of now may be committed
+            return False
         t0 = time.perf_counter()
         await outputs.flush()
         held = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
@@ -425,6 +428,10 @@ class WorkerReadModel:
         """Partitions of the observations topic this worker consumes now (empty while rebalancing)."""
         observations = settings.topic("observations")
         return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == observations)
+
+    @staticmethod
+    def group_member_id() -> str | None:
+        return group_member_id(app.consumer)
 
     @staticmethod
     async def publish_config(experiment_id: str, message: bytes) -> None:

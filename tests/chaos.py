@@ -106,9 +106,43 @@ class Publisher(threading.Thread):
             await producer.stop()
 
 
-async def _evict_process(broker: str, group: str, pid: int) -> None:
-    members = await group_members(broker, group)
-    await evict_group_members(broker, group, [m for m in members if f"-{pid}-" in m])
+def _member_id(worker: WorkerProcess) -> str | None:
+    try:
+        return orjson.loads(urllib.request.urlopen(worker.url + "/health", timeout=5).read()).get("member_id")
+    except OSError:
+        return None
+
+
+class SessionExpiry(threading.Thread):
+    """What real Kafka does and noida-db does not: drop a group member that nobody heartbeats for
+    ``session_timeout`` seconds. noida-db keeps a killed worker's member, and the old id of a
+    member that rejoined under a new one, forever, and then waits for them in every rebalance.
+    Here a member that no running worker claims (GET /health's member_id) for that long is
+    evicted; a live worker's member is never touched."""
+
+    def __init__(self, broker: str, group: str, workers: dict, session_timeout: float):
+        super().__init__(daemon=True)
+        self.broker, self.group, self.workers, self.timeout = broker, group, workers, session_timeout
+        self.stopped = threading.Event()
+        self.evicted = 0
+
+    def run(self) -> None:
+        unclaimed_since: dict[str, float] = {}
+        while not self.stopped.wait(0.5):
+            try:
+                members = set(asyncio.run(group_members(self.broker, self.group)))
+                claimed = {_member_id(w) for w in list(self.workers.values()) if w.process.poll() is None}
+                now = time.monotonic()
+                for member in members - claimed:
+                    unclaimed_since.setdefault(member, now)
+                expired = [m for m in members - claimed if now - unclaimed_since[m] >= self.timeout]
+                for member in set(unclaimed_since) - (members - claimed):
+                    del unclaimed_since[member]
+                if expired:
+                    asyncio.run(evict_group_members(self.broker, self.group, expired))
+                    self.evicted += len(expired)
+            except Exception:  # noqa: BLE001 - the broker busy or a worker restarting: look again
+                continue
 
 
 def _start(settings, tmp_path: Path, name: str, generation: int) -> WorkerProcess:
@@ -135,11 +169,13 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
                        for name in names}
     generation = {name: 0 for name in names}
     workers = {name: _start(worker_settings[name], tmp_path, name, 0) for name in names}
-    publisher = None
+    publisher = expiry = None
     killed = 0
     try:
         for w in workers.values():
             w.wait_healthy(60)
+        expiry = SessionExpiry(broker, settings.app_id, workers, settings.session_timeout)
+        expiry.start()
         produce(settings, [m for e in data for m in config_messages(e, 1, CONFIG, METRIC_OPTIONS)])
         wait_until_held(list(workers.values()), set(data), timeout=60)
         packed = {e for i, e in enumerate(data) if i % 2}
@@ -151,13 +187,8 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
         for moment in moments:
             time.sleep(max(0.0, t0 + moment - time.monotonic()))
             victim = rng.choice(names)
-            pid = workers[victim].process.pid
-            workers[victim].kill()
+            workers[victim].kill()  # its member expires after the session timeout (SessionExpiry)
             killed += 1
-            # noida-db never drops a dead member (real Kafka does after session.timeout.ms): evict
-            # the killed one, whose member id starts with its client id (stream_app.app), as the
-            # broker would; the survivor then rebalances as it would on real Kafka.
-            asyncio.run(_evict_process(broker, settings.app_id, pid))
             time.sleep(rng.uniform(0.0, 1.5))  # the survivor takes over, then the victim is back
             generation[victim] += 1
             workers[victim] = _start(worker_settings[victim], tmp_path, victim, generation[victim])
@@ -168,6 +199,8 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
         deadletters = collect(settings, "deadletter", timeout=1)
         status = {name: _status(w) for name, w in workers.items()}
     finally:
+        if expiry is not None:
+            expiry.stopped.set()
         for w in workers.values():
             w.stop()
     got: dict[tuple, str] = {}

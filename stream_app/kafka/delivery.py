@@ -211,12 +211,15 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         (``_read_offset``) after faust cleared it; the drain loop then drops every message below
         it as already read when the partition is fetched again from its committed offset (a
         gap; robinhood/faust#115). Acks recorded between the revocation and now are of events
-        fetched before it, which the worker drops unprocessed (stream_app.app), and must not
-        let a commit pass them."""
+        fetched before it, whose effects the worker dropped with its unsaved states
+        (stream_app.app), and must not let a commit pass them."""
         for tp in assigned:
             self._read_offset.pop(tp, None)
-            self._acked.pop(tp, None)
-            self._acked_index.pop(tp, None)
+        # Every ack recorded so far is of an event of the previous generation, on any partition,
+        # assigned again or not: a commit must not carry one (the group accepts a commit for a
+        # partition now owned by another member, which would overwrite the new owner's offset).
+        self._acked.clear()
+        self._acked_index.clear()
         await super().on_partitions_assigned(assigned, generation_id)
 
 

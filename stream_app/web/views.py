@@ -96,7 +96,7 @@ class Health(WorkerView):
     async def get(self, request: Request) -> Response:
         worker = self.worker
         return _json(self, {"status": "ok", "app_id": worker.settings.app_id, "partitions": worker.assigned_partitions(),
-                            "experiments_local": len(worker.recent)})
+                            "member_id": worker.group_member_id(), "experiments_local": len(worker.recent)})
 
 
 @page("/metrics")
