@@ -32,6 +32,7 @@ import faust
 from state.live import Lateness
 
 from . import web
+from .web import install_security_headers
 from .kafka import long_poll, zstd_level
 from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
 from .kafka.faust_io import BatchedSender, consumer_lag, group_member_id
@@ -82,6 +83,11 @@ class SeqstreamApp(faust.App):
         (stream_app/kafka/delivery.py)."""
         return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics, before_commit=save_states)
 
+    def on_webserver_init(self, web) -> None:
+        """Every response, the dashboard's and the API's, with the security headers."""
+        super().on_webserver_init(web)
+        install_security_headers(web)
+
     async def on_first_start(self) -> None:
         """Create every topic with its partition count before the consumer subscribes: a broker
         that auto-creates topics would otherwise make them with one partition. This makes
@@ -108,6 +114,9 @@ app = SeqstreamApp(
     web_bind=settings.web_host,
     web_port=settings.web_port,
     web_in_thread=False,
+    # faust's raw table view (/table/...) would serve any experiment's serialised state to anyone
+    # who can reach the port; the API's views say what a user may see.
+    web_tables_enabled=False,
     Worker=SeqstreamWorker,
     TableManager=PromptTableManager,
     producer_max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
@@ -143,6 +152,7 @@ processor = BatchProcessor(
     metrics=metrics,
     cache_size=settings.cache_experiments,
     lateness=Lateness(settings.watermark_delay, settings.allowed_lateness, settings.max_future_skew),
+    max_arms=settings.max_arms,
 )
 
 # What this worker has seen lately, for the web views (the owner of an experiment answers).

@@ -68,12 +68,13 @@ class BatchProcessor:
 
     def __init__(self, topic_kinds: Mapping[str, str], partitions: int, *, max_message_bytes: int = 65536,
                  idle_timeout: float = 30.0, clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
-                 cache_size: int = CACHE_SIZE, lateness: Lateness = DEFAULT_LATENESS):
+                 cache_size: int = CACHE_SIZE, lateness: Lateness = DEFAULT_LATENESS, max_arms: int = 1000):
         self.topic_kinds = dict(topic_kinds)
         self.partitions = partitions
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         self.lateness = lateness  # when intervals are emitted, how late a row may be (state.live)
+        self.max_arms = max_arms  # (metric, variation) arms per experiment: its state stays bounded
         self.clock = clock
         self.metrics = metrics or Metrics()
         # This worker is the only writer of the experiments on its partitions, so between
@@ -158,6 +159,10 @@ class BatchProcessor:
                     experiment = None  # its state lives on another partition: never touch it from here
                     raise InvalidInput(f"key {msg.key!r} belongs on partition {expected}, not {msg.partition}: "
                                        "produce with the default (murmur2) partitioner, keyed by experiment_id")
+                if kind == "ticks" and experiment not in live and not self.holds(experiment, store):
+                    self.metrics.ticks_ignored += 1  # ticks only punctuate experiments held here
+                    experiment = None
+                    continue
                 state = load(experiment)
                 if state.already_processed(source, msg.offset):
                     self.metrics.redelivered += 1
@@ -249,6 +254,10 @@ class BatchProcessor:
                 if isinstance(obs, InvalidInput):
                     raise obs
                 self.metrics.observations_in += 1
+                if state.arm_count() >= self.max_arms and not state.knows_arm(obs.metric, obs.variation_id):
+                    raise InvalidInput(f"experiment {state.experiment_id!r} already has {state.arm_count()} "
+                                       f"(metric, variation) arms, the limit (SEQSTREAM_MAX_ARMS={self.max_arms}): "
+                                       f"({obs.metric!r}, {obs.variation_id!r}) not added")
                 state.take(obs, now, self.lateness, wall)
             except Duplicate:
                 self.metrics.duplicates += 1

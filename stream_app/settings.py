@@ -54,6 +54,9 @@ ENVIRONMENT = {
     "SEQSTREAM_ALLOWED_LATENESS": ("allowed_lateness", int, 12),
     # Seconds an interval_timestamp may lie after the wall clock; later is dead-lettered.
     "SEQSTREAM_MAX_FUTURE_SKEW": ("max_future_skew", float, 86_400.0),
+    # (metric, variation) arms per experiment; a row of one more is dead-lettered (bounds a state,
+    # about 200 bytes an arm, below the changelog's message limit).
+    "SEQSTREAM_MAX_ARMS": ("max_arms", int, 1000),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
 }
 
@@ -85,6 +88,7 @@ class Settings:
     watermark_delay: int
     allowed_lateness: int
     max_future_skew: float
+    max_arms: int
     log_level: str
 
     @classmethod

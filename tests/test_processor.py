@@ -418,3 +418,15 @@ def test_a_dead_letter_keeps_a_prefix_of_a_large_original_with_its_size_and_hash
     assert dead["value_truncated"] and dead["value_bytes"] == len(value)
     assert dead["value_sha256"] == hashlib.sha256(value).hexdigest() and value.startswith(dead["value"].encode())
     assert "exceeds" in dead["reason"]
+
+
+def test_ticks_for_experiments_not_held_create_nothing_and_arms_past_the_limit_are_dead_lettered():
+    part = partition_of(b"fz")
+    processor = BatchProcessor(TOPICS, PARTITIONS, max_arms=3)
+    out = processor.process([InMessage("tick", part, 0, b"fz", b"{}")], {})
+    assert out.changed == set() and processor.take_states() == {} and processor.metrics.ticks_ignored == 1
+    rows = [dict(good_rows()[0], variation_id=f"v{i}") for i in range(5)]
+    out = processor.process([InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)], {})
+    dead = [orjson.loads(v) for _, v in out.deadletters]
+    assert [d["offset"] for d in dead] == [3, 4] and all("SEQSTREAM_MAX_ARMS=3" in d["reason"] for d in dead)
+    assert processor.current("fz", {}).arm_count() == 3

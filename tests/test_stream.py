@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import urllib.error
 import urllib.request
 
 import orjson
@@ -550,3 +551,102 @@ def test_a_state_write_the_changelog_refuses_commits_no_offset_past_it(broker, t
     wide_partition, first_wide = wide[0].partition, min(m.offset for m in wide)
     assert committed_after[wide_partition] <= first_wide, (committed_before, committed_after, first_wide)
     assert committed_before[metadata[0].partition] > 0  # commits did happen before the refusal
+
+
+def test_a_fresh_worker_answers_404_for_an_unknown_experiment_sends_security_headers_and_no_table_view(broker, tmp_path):
+    settings = isolated_settings(broker, tmp_path)
+    worker = start_worker(settings, tmp_path)
+    try:
+        answers = {}
+        for path in ("/experiments/nope/results", "/experiments/nope/alerts", "/table/live/", "/dashboard", "/health"):
+            try:
+                with urllib.request.urlopen(worker.url + path, timeout=10) as response:
+                    answers[path] = (response.status, dict(response.headers))
+            except urllib.error.HTTPError as exc:
+                answers[path] = (exc.code, dict(exc.headers))
+    finally:
+        worker.stop()
+    assert answers["/experiments/nope/results"][0] == 404 and answers["/experiments/nope/alerts"][0] == 404
+    assert answers["/table/live/"][0] == 404  # faust's raw table view is not served
+    for status, headers in answers.values():
+        assert headers.get("X-Content-Type-Options") == "nosniff" and headers.get("X-Frame-Options") == "DENY"
+        assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", "")
+
+
+def test_a_100000_row_batch_request_does_not_hold_back_stream_results(broker, tmp_path):
+    """Results of an experiment published every 0.1 s keep coming within 1 s of their input while
+    the worker scores a 100,000-row batch request (it runs off the event loop)."""
+    import threading
+
+    from aiokafka import AIOKafkaConsumer
+
+    settings = isolated_settings(broker, tmp_path, partitions=1)
+    options = {"conv": {"is_binary": True}, "revenue": {}}
+    produce(settings, config_messages("steady", 1, {"reference_variation_id": "control",
+                                                    "weights": {"control": 1, "treatment": 1}}, options))
+    data = _experiments(1, intervals=400)["exp-0"]
+    by_ts: dict[float, list] = {}
+    for row in data:
+        by_ts.setdefault(row["interval_timestamp"], []).append(dict(row, experiment_id="steady"))
+    published: dict[float, float] = {}
+    arrived: dict[float, float] = {}
+    stop = threading.Event()
+
+    def publish():
+        async def run():
+            producer = io.producer(settings)
+            await producer.start()
+            try:
+                for ts, rows in sorted(by_ts.items()):
+                    if stop.is_set():
+                        return
+                    published[ts] = time.monotonic()
+                    await (await producer.send(settings.topic("observations"), key=b"steady", value=orjson.dumps(rows)))
+                    await asyncio.sleep(0.1)
+            finally:
+                await producer.stop()
+        asyncio.run(run())
+
+    def consume():
+        async def run():
+            consumer = AIOKafkaConsumer(settings.topic("results"), bootstrap_servers=settings.bootstrap,
+                                        auto_offset_reset="earliest", enable_auto_commit=False)
+            await consumer.start()
+            try:
+                while not stop.is_set():
+                    for records in (await consumer.getmany(timeout_ms=100)).values():
+                        for record in records:
+                            arrived.setdefault(orjson.loads(record.value)["interval_timestamp"], time.monotonic())
+            finally:
+                await consumer.stop()
+        asyncio.run(run())
+
+    request = {"experiment_id": "big", "config": {"reference_variation_id": "control"}, "metrics": [
+        {"config": {"name": f"m{j}"}, "data": [
+            {"interval_timestamp": 1.6e9 + 60 * i, "variation_id": v, "unit_count": 100,
+             "unit_observation_sum": 50.0 + i % 7, "unit_observation_sum_of_squares": 40.0 + i % 5}
+            for i in range(5000) for v in ("control", "t")]} for j in range(10)]}
+    worker = start_worker(settings, tmp_path)
+    threads = [threading.Thread(target=publish), threading.Thread(target=consume)]
+    try:
+        wait_until_held([worker], {"steady"})
+        for t in threads:
+            t.start()
+        time.sleep(3.0)
+        started = time.monotonic()
+        body = urllib.request.urlopen(urllib.request.Request(worker.url + "/stats-engine/v0/batch",
+                                                             data=orjson.dumps(request), method="POST"), timeout=300).read()
+        finished = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        worker.stop()
+    response = orjson.loads(body)
+    assert [len(rows) for rows in response] == [5000] * 10  # one row per interval and metric (one treatment)
+    assert response[0][-1]["treatment_unit_cumcount"] == 5000 * 100 and response[9][-1]["metric"] == "m9"
+    during = [ts for ts, at in published.items() if started <= at and at + 1.0 <= finished]
+    assert len(during) >= 5, (finished - started, len(published))  # the request took long enough to tell
+    late = {ts: arrived.get(ts, math.inf) - published[ts] for ts in during if arrived.get(ts, math.inf) - published[ts] > 1.0}
+    assert not late, f"{len(late)} of {len(during)} intervals took over 1 s while the request ran ({finished - started:.1f} s)"
