@@ -410,14 +410,24 @@ async def close_idle_intervals():
         _open_index_built = True
     now = time.time()
     candidates = [e for e, seen in open_intervals.items() if now - seen >= settings.idle_timeout]
-    due, waiting = processor.idle_status(_TableView(), candidates)
-    for experiment in due:
-        await ticks_topic.send(key=experiment.encode(), value=b"{}")
-    for experiment in candidates:
-        open_intervals.pop(experiment, None)
-    # Open but not idle yet: an experiment indexed from the table (after a start or a rebalance)
-    # gets no batch to refresh its entry, so it must keep one with its real last activity.
-    open_intervals.update(waiting)
+    # In slices, yielding between them: after a start with 50,000 experiments in the table every
+    # one is a candidate, and decoding them all at once held the event loop (and with it the
+    # stream and the heartbeats) for tens of seconds.
+    for start in range(0, len(candidates), IDLE_CHECK_SLICE):
+        chunk = candidates[start:start + IDLE_CHECK_SLICE]
+        due, waiting = processor.idle_status(_TableView(), chunk)
+        for experiment in due:
+            await ticks_topic.send(key=experiment.encode(), value=b"{}")
+        for experiment in chunk:
+            open_intervals.pop(experiment, None)
+        # Open but not idle yet: an experiment indexed from the table (after a start or a
+        # rebalance) gets no batch to refresh its entry, so it must keep one with its real last
+        # activity.
+        open_intervals.update(waiting)
+        await asyncio.sleep(0)
+
+
+IDLE_CHECK_SLICE = 500  # experiments whose idle state is decoded between two yields to the loop
 
 
 class WorkerReadModel:

@@ -9,7 +9,7 @@
 - ``PUT /experiments/{id}/config``: publish a config version (bearer token SEQSTREAM_API_TOKEN).
 - ``GET /health``, ``GET /metrics`` (Prometheus text).
 Errors are JSON ``{"error": message}`` with a 4xx/5xx status; request bodies are limited to
-SEQSTREAM_MAX_MESSAGE_BYTES x 16.
+SEQSTREAM_MAX_MESSAGE_BYTES x 16, batch requests to 32 MB (BATCH_BODY_BYTES).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class PrometheusMetrics(WorkerView):
         return self.text(self.worker.metrics.prometheus(), content_type="text/plain; version=0.0.4")
 
 
-BATCH_BODY_BYTES = 64 * 1_048_576  # a batch request of 100,000 rows is about 15 MB
+BATCH_BODY_BYTES = 32 * 1_048_576  # a batch request of 100,000 rows is about 15 MB
 
 
 def _evaluate_encoded(body: bytes) -> bytes:
