@@ -33,7 +33,12 @@ pytestmark = pytest.mark.timeout(240)
 
 EFFECT = "checkout-redesign"  # real effect: +25% conversion for treatment_a, nothing else
 SPLIT = "banner-split"  # traffic served 55/45 against 50/50: a sample ratio mismatch alert
+BURN = "slow-start"  # min_units far above its traffic: burn-in from first to last interval
+GUARD = "fast-images"  # +35% conversion, but its guardrail page_load_ms (lower is better) up 20%: harm
+FILLERS = [f"team-{i:02d}" for i in range(56)]  # with the four above and below: a 60-experiment program
 INTERVALS = 12
+BURN_MIN_UNITS = 1_000_000
+BAD_OBSERVATIONS = 3  # dead-lettered, keyed by GUARD
 
 SPECS = (
     ExperimentSpec(
@@ -49,13 +54,39 @@ SPECS = (
 )
 
 
-def _configs():
+EXTRA_SPECS = (
+    ExperimentSpec(BURN, metrics=(MetricSpec("signup", 0.2, is_binary=True),), units_per_interval=400, intervals=4),
+    ExperimentSpec(
+        GUARD,
+        metrics=(MetricSpec("conversion", 0.10, is_binary=True, lifts={"treatment": 0.35}),
+                 MetricSpec("page_load_ms", 800.0, sd=150.0, lifts={"treatment": 0.20})),
+        units_per_interval=5000, intervals=6),
+    *(ExperimentSpec(name, metrics=(MetricSpec("clicks", 0.3, is_binary=True),), units_per_interval=300, intervals=2)
+      for name in FILLERS),
+)
+OPTIONS = {BURN: {"min_units": BURN_MIN_UNITS}}
+METRIC_OPTIONS = {GUARD: {"page_load_ms": {"in_fdr_family": False, "lower_is_better": True}}}
+
+
+def _configs(specs=SPECS):
     out = {}
-    for spec in SPECS:
+    for spec in specs:
         weights = dict(zip(spec.variations, spec.weights or (1.0,) * len(spec.variations)))
-        out[spec.experiment_id] = ({"reference_variation_id": "control", "weights": weights},
-                                   {m.name: {"is_binary": m.is_binary} for m in spec.metrics})
+        out[spec.experiment_id] = ({"reference_variation_id": "control", "weights": weights,
+                                    **OPTIONS.get(spec.experiment_id, {})},
+                                   {m.name: {"is_binary": m.is_binary, **METRIC_OPTIONS.get(spec.experiment_id, {}).get(m.name, {})}
+                                    for m in spec.metrics})
     return out
+
+
+def _keys(spec: ExperimentSpec) -> int:
+    return len(spec.metrics) * (len(spec.variations) - 1) * spec.intervals
+
+
+def _bad_observations() -> list:
+    bad = {"experiment_id": GUARD, "metric": "conversion", "variation_id": "control", "interval_timestamp": 1_700_000_000.0,
+           "unit_count": "many", "unit_observation_sum": 1, "unit_observation_sum_of_squares": 1}
+    return [("observations", GUARD.encode(), orjson.dumps(dict(bad, unit_count=f"many-{i}"))) for i in range(BAD_OBSERVATIONS)]
 
 
 def _final_expected(rows: list[dict], experiment: str, config: dict, metric_options: dict) -> dict:
@@ -81,23 +112,24 @@ def _get(url: str):
 def dashboard(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboard")
     settings = isolated_settings(broker, tmp)
-    configs = _configs()
+    configs = _configs(SPECS + EXTRA_SPECS)
     data = {spec.experiment_id: [r for group in simulate(spec, seed) for r in group]
-            for seed, spec in enumerate(SPECS, start=11)}
-    expected = {e: _final_expected(rows, e, *configs[e]) for e, rows in data.items()}
-    n_keys = sum(len(final) for final in expected.values()) * INTERVALS
+            for seed, spec in enumerate(SPECS + EXTRA_SPECS, start=11)}
+    expected = {e: _final_expected(data[e], e, *configs[e]) for e in (EFFECT, SPLIT)}
+    n_keys = sum(_keys(spec) for spec in SPECS + EXTRA_SPECS)
     messages = [m for e, (options, metric_options) in configs.items() for m in config_messages(e, 1, options, metric_options)]
     by_interval = sorted((r for rows in data.values() for r in rows), key=lambda r: r["interval_timestamp"])
-    produce(settings, messages + observation_messages(by_interval))
+    produce(settings, messages + observation_messages(by_interval) + _bad_observations())
     worker = start_worker(settings, tmp)
     try:
         results = collect(settings, "results", until_keys(n_keys), timeout=90)
         assert len({result_key(r) for r in results}) == n_keys, worker.log_tail()
-        # the web views' in-memory history is filled just after the results are acknowledged
+        # the web views' history is filled just after the results are acknowledged
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            sizes = [len(_get(f"{worker.url}/experiments/{e}/history")[1].get("intervals", [])) for e in data]
-            if sizes == [INTERVALS] * len(data):
+            sizes = [len(_get(f"{worker.url}/experiments/{s.experiment_id}/history")[1].get("intervals", []))
+                     for s in SPECS + EXTRA_SPECS[:2]]
+            if sizes == [s.intervals for s in SPECS + EXTRA_SPECS[:2]]:
                 break
             time.sleep(0.2)
         yield worker, expected, tmp, settings
@@ -358,3 +390,128 @@ def test_dashboard_updates_in_place_as_intervals_close(dashboard, broker):
     assert late["lines"] == [INTERVALS]
     assert late["rows"] == [["conversion", "treatment", "significant improvement"]]
     assert "significance_reached" in late["alerts"]
+
+
+# ------------------------------------------------------------- the API an analyst's program runs on
+def test_experiments_returns_a_server_side_summary_for_each_of_60_experiments_most_urgent_first(dashboard):
+    worker, expected, _, _ = dashboard
+    status, body = _get(f"{worker.url}/experiments")
+    assert status == 200
+    ids = {EFFECT, SPLIT, BURN, GUARD, *FILLERS}
+    assert len(ids) == 60 and ids <= set(body["experiments"]) and body["experiments"] == sorted(body["experiments"])
+    summaries = {s["experiment_id"]: s for s in body["summaries"]}
+    assert ids <= set(summaries) and len(body["summaries"]) == len(body["experiments"])
+    urgencies = [s["urgency"] for s in body["summaries"]]
+    assert urgencies == sorted(urgencies), "most urgent first"
+    assert body["summaries"][0]["experiment_id"] == SPLIT and summaries[SPLIT]["status"] == "srm"
+    assert summaries[SPLIT]["srm"] is True and all(not summaries[e]["srm"] for e in ids - {SPLIT})
+    guard = summaries[GUARD]
+    assert guard["status"] == "harm" and guard["guardrail_harms"] == 1 and guard["wins"] == 1
+    assert guard["dead_letters"] == BAD_OBSERVATIONS and guard["late"] == 0
+    assert all("unit_count" in reason for reason in guard["dead_letter_reasons"])
+    wins = sum(1 for row in expected[EFFECT].values() if row["rejected"] and row["lift_estimate"] > 0)
+    effect = summaries[EFFECT]
+    assert (effect["status"], effect["wins"], effect["regressions"]) == ("winner", wins, 0)
+    assert effect["intervals_closed"] == INTERVALS and effect["last_interval_text"].endswith("UTC")
+    burn = summaries[BURN]
+    assert burn["status"] == "burn_in" and burn["burn_in"] is True
+    progress = burn["burn_in_progress"]
+    assert progress["min_units"] == BURN_MIN_UNITS and 0 < progress["units"] < BURN_MIN_UNITS and progress["percent"] == 0
+    for name in FILLERS:
+        assert summaries[name]["status"] in ("running", "burn_in", "winner") and summaries[name]["dead_letters"] == 0
+
+
+def test_results_have_a_baseline_per_metric_in_config_order_a_guardrail_section_and_dead_letters(dashboard):
+    worker, _, _, _ = dashboard
+    status, body = _get(f"{worker.url}/experiments/{GUARD}/results")
+    assert status == 200
+    table = body["table"]
+    assert [t["metric"] for t in table] == ["conversion", "page_load_ms"]  # config order, not alphabetical by luck
+    conversion, load = table
+    assert conversion["guardrail"] is False and load["guardrail"] is True and load["lower_is_better"] is True
+    rows = {(r["metric"], r["variation_id"]): r for r in body["rows"]}
+    raw = rows[("conversion", "treatment")]
+    assert conversion["baseline"]["variation_id"] == "control"
+    assert conversion["baseline"]["units"] == f"{raw['control_unit_cumcount']:,.0f}"
+    assert conversion["baseline"]["value"] == f"{100 * raw['control_observation_cumsum'] / raw['control_unit_cumcount']:.2f}%"
+    (shown,) = conversion["rows"]
+    assert shown["state"] == "improvement" and shown["lift"] == f"{raw['lift_estimate'] * 100:+.2f}%"
+    assert shown["value"] == f"{100 * raw['treatment_observation_cumsum'] / raw['treatment_unit_cumcount']:.2f}%"
+    assert shown["p"] in ("<0.0001", f"{raw['corrected_p_value']:.4f}") and shown["verdict"].startswith("Better than control")
+    (harm,) = load["rows"]
+    assert harm["state"] == "harm" and harm["verdict"].startswith("Harm")
+    assert body["dead_letters"]["count"] == BAD_OBSERVATIONS and len(body["dead_letters"]["reasons"]) == BAD_OBSERVATIONS
+    assert body["health"]["status"] == "harm" and body["srm_warning"] is None
+
+    status, body = _get(f"{worker.url}/experiments/{SPLIT}/results")
+    assert body["health"]["srm"] is True and "Sample ratio mismatch" in body["srm_warning"]
+    assert all(r["srm"] and "sample ratio mismatch" in r["verdict"] for t in body["table"] for r in t["rows"])
+
+    status, body = _get(f"{worker.url}/experiments/{BURN}/results")
+    (row,) = body["table"][0]["rows"]
+    assert row["state"] == "burn_in" and row["lift"] == "burn-in" and row["ci"] == "burn-in" and "0.00%" not in row.values()
+    assert row["burn_in"]["min_units"] == BURN_MIN_UNITS and f"of {BURN_MIN_UNITS:,}" in row["verdict"]
+
+
+def test_csv_and_json_exports_hold_exactly_the_rows_of_the_history(dashboard):
+    import csv
+    import io
+
+    worker, _, _, _ = dashboard
+    _, history = _get(f"{worker.url}/experiments/{EFFECT}/history")
+    rows = [r for interval in history["intervals"] for r in interval["rows"]]
+    assert len(rows) == INTERVALS * 4
+    with urllib.request.urlopen(f"{worker.url}/experiments/{EFFECT}/export?format=json", timeout=10) as response:
+        assert "attachment" in response.headers["Content-Disposition"]
+        assert orjson.loads(response.read()) == rows
+    with urllib.request.urlopen(f"{worker.url}/experiments/{EFFECT}/export?format=csv", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/csv")
+        assert f'filename="{EFFECT}-results.csv"' in response.headers["Content-Disposition"]
+        exported = list(csv.DictReader(io.StringIO(response.read().decode())))
+    assert len(exported) == len(rows)
+    for got, row in zip(exported, rows):
+        assert set(got) == set(row)
+        for column, value in row.items():
+            if isinstance(value, bool):
+                assert got[column] == str(value).lower(), column
+            elif isinstance(value, (int, float)):
+                assert float(got[column]) == value, column  # every digit survives (repr of the float)
+            else:
+                assert got[column] == value, column
+    assert _get(f"{worker.url}/experiments/{EFFECT}/export?format=xml")[0] == 400
+    assert _get(f"{worker.url}/experiments/nobody/export")[0] == 404
+
+
+def _views(worker, experiment: str) -> dict:
+    """What the views show of an experiment: its intervals, alerts and dead letters."""
+    _, history = _get(f"{worker.url}/experiments/{experiment}/history")
+    _, alerts = _get(f"{worker.url}/experiments/{experiment}/alerts")
+    _, results = _get(f"{worker.url}/experiments/{experiment}/results")
+    return {"intervals": [(i["interval_timestamp"], sorted((r["metric"], r["variation_id"]) for r in i["rows"]))
+                          for i in history.get("intervals", [])],
+            "last": sorted(orjson.dumps(r) for r in results.get("rows", [])),
+            "alerts": alerts.get("alerts"), "dead_letters": results.get("dead_letters")}
+
+
+def test_after_a_worker_restart_history_alerts_and_dead_letters_are_back(dashboard):
+    """Last in the module: the views of every experiment are rebuilt from the output topics by the
+    worker that takes the partitions over, here a new worker after the first one stopped."""
+    worker, _, tmp, settings = dashboard
+    before = {e: _views(worker, e) for e in (EFFECT, SPLIT, GUARD)}
+    assert len(before[EFFECT]["intervals"]) == INTERVALS and any(a["kind"] == "srm" for a in before[SPLIT]["alerts"])
+    assert before[GUARD]["dead_letters"]["count"] == BAD_OBSERVATIONS
+    worker.stop()
+    again = start_worker(settings, tmp, name="worker-restarted")
+    try:
+        deadline = time.monotonic() + 60
+        after = None
+        while time.monotonic() < deadline:
+            after = {e: _views(again, e) for e in before}
+            if after == before:
+                break
+            time.sleep(0.5)
+        assert after == before, again.log_tail()
+        _, listed = _get(f"{again.url}/experiments")
+        assert listed["rebuilding"] is False and listed["summaries"][0]["experiment_id"] == SPLIT
+    finally:
+        again.stop()
