@@ -35,7 +35,8 @@ EFFECT = "checkout-redesign"  # real effect: +25% conversion for treatment_a, no
 SPLIT = "banner-split"  # traffic served 55/45 against 50/50: a sample ratio mismatch alert
 BURN = "slow-start"  # min_units far above its traffic: burn-in from first to last interval
 GUARD = "fast-images"  # +35% conversion, but its guardrail page_load_ms (lower is better) up 20%: harm
-FILLERS = [f"team-{i:02d}" for i in range(56)]  # with the four above and below: a 60-experiment program
+RESET = "hero-flip"  # +30% then -30% from interval 6 on: a stats reset, then a significant regression
+FILLERS = [f"team-{i:02d}" for i in range(55)]  # with the five above: a 60-experiment program
 INTERVALS = 12
 BURN_MIN_UNITS = 1_000_000
 BAD_OBSERVATIONS = 3  # dead-lettered, keyed by GUARD
@@ -61,6 +62,9 @@ EXTRA_SPECS = (
         metrics=(MetricSpec("conversion", 0.10, is_binary=True, lifts={"treatment": 0.35}),
                  MetricSpec("page_load_ms", 800.0, sd=150.0, lifts={"treatment": 0.20})),
         units_per_interval=5000, intervals=6),
+    ExperimentSpec(RESET, metrics=(MetricSpec("conversion", 0.10, is_binary=True, lifts={"treatment": 0.3},
+                                              lift_changes=((6, {"treatment": -0.3}),)),),
+                   units_per_interval=6000, intervals=14),
     *(ExperimentSpec(name, metrics=(MetricSpec("clicks", 0.3, is_binary=True),), units_per_interval=300, intervals=2)
       for name in FILLERS),
 )
@@ -128,8 +132,8 @@ def dashboard(broker, tmp_path_factory):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             sizes = [len(_get(f"{worker.url}/experiments/{s.experiment_id}/history")[1].get("intervals", []))
-                     for s in SPECS + EXTRA_SPECS[:2]]
-            if sizes == [s.intervals for s in SPECS + EXTRA_SPECS[:2]]:
+                     for s in SPECS + EXTRA_SPECS[:3]]
+            if sizes == [s.intervals for s in SPECS + EXTRA_SPECS[:3]]:
                 break
             time.sleep(0.2)
         yield worker, expected, tmp, settings
@@ -253,10 +257,11 @@ def test_dashboard_in_headless_chromium_shows_the_significant_results(dashboard)
             assert classes == ["significant", direction], (key, classes)
         else:
             assert classes == ["not-significant"], (key, classes)
-        shown = re.search(r'class="r num lift">([^<]*)<', cells).group(1)
+        shown = re.search(r'class="r num lift"[^>]*>([^<]*)<', cells).group(1)
         assert float(shown.replace("−", "-").rstrip("%")) / 100 == pytest.approx(row["lift_estimate"], abs=6e-4), shown
     classes, cells = rows[("conversion", "treatment_a")]
-    assert classes == ["significant", "improvement"] and "Yes · improvement" in cells
+    assert classes == ["significant", "improvement"] and '<span class="badge good">improvement</span>' in cells
+    assert "Better than control" in cells
     assert rows[("conversion", "treatment_b")][0] == ["not-significant"]
 
     charts = [a for a, _ in _elements(dom, "figure") if "chart" in a.get("class", "").split()]
@@ -275,21 +280,68 @@ def test_dashboard_in_headless_chromium_shows_the_significant_results(dashboard)
     assert status and status.group(1) == "status live", status
 
 
-def test_dashboard_selects_the_first_experiment_by_default_and_shows_its_srm_alert(dashboard):
+def test_dashboard_opens_on_the_most_urgent_experiment_an_srm_with_its_full_width_banner(dashboard):
     worker, _, tmp, _ = dashboard
     dom = _dump_dom(worker, tmp)
     assert [a["data-experiment"] for a, _ in _elements(dom, "li") if "selected" in a.get("class", "").split()] == [SPLIT]
+    banner = re.search(r'<div id="srm-banner" role="alert"><b>Sample ratio mismatch</b>([^<]*)</div>', dom)
+    assert banner and "biased" in banner.group(1), dom[:3000]
     assert any(a.get("id") == "srm-status" and "mismatch" in dom[end:end + 20] for a, end in _elements(dom, "span"))
     assert any(a.get("data-kind") == "srm" for a, _ in _elements(dom, "li"))
+    rows = [(a, _row_html(dom, end)) for a, end in _elements(dom, "tr") if "data-metric" in a]
+    assert rows and all("srm" in a["class"].split() and "unreliable: sample ratio mismatch" in cells for a, cells in rows)
+    listed = [a for a, _ in _elements(dom, "li") if "data-status" in a]
+    assert len(listed) >= 60 and listed[0]["data-status"] == "srm"
+    # every experiment of the list has its server-side status, most urgent first
+    order = ["srm", "harm", "regression", "dead_letters", "winner", "burn_in", "running", "waiting"]
+    assert [order.index(a["data-status"]) for a in listed] == sorted(order.index(a["data-status"]) for a in listed)
+    assert not re.search(r'id="srm-banner"', _dump_dom(worker, tmp, f"?experiment={EFFECT}"))
 
 
-def test_dashboard_screenshot(dashboard):
+def test_a_burn_in_experiment_shows_burn_in_with_its_progress_never_a_zero_lift(dashboard):
     worker, _, tmp, _ = dashboard
-    shot = tmp / "dashboard.png"
-    _run_chromium(tmp, "--virtual-time-budget=5000", "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,900",
-                  f"{worker.url}/dashboard?experiment={EFFECT}")
-    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert shot.stat().st_size > 10_000, f"screenshot of {shot.stat().st_size} bytes looks blank"
+    dom = _dump_dom(worker, tmp, f"?experiment={BURN}")
+    rows = [(a, _row_html(dom, end)) for a, end in _elements(dom, "tr") if "data-metric" in a]
+    assert [a["data-state"] for a, _ in rows] == ["burn_in"]
+    cells = rows[0][1]
+    assert re.search(r'class="r num lift"[^>]*>burn-in<', cells) and re.search(r'class="num ci"[^>]*>burn-in<', cells)
+    assert "0.00%" not in cells and f"of {BURN_MIN_UNITS:,} units per arm" in cells
+    progress = re.search(r'<span id="burn-in-progress">(.*?)</dd>', dom)
+    assert progress and f"of {BURN_MIN_UNITS:,} units per arm" in progress.group(1)
+    (chart,) = [a for a, _ in _elements(dom, "figure") if "chart" in a.get("class", "").split()]
+    assert chart["data-burn-in"] == "4" and "burn-in: no estimate yet" in dom
+    assert not [a for a, _ in _elements(dom, "path") if a.get("class") == "lift-line"], "no line through placeholders"
+
+
+def test_guardrails_have_their_own_section_with_harm_and_dead_letters_show(dashboard):
+    worker, _, tmp, _ = dashboard
+    dom = _dump_dom(worker, tmp, f"?experiment={GUARD}")
+    goals = dom[dom.index('<table id="results"'):dom.index('<section id="guardrails-card"')]
+    guardrails = dom[dom.index('<table id="guardrails"'):dom.index('<section id="charts-card"')]
+    assert 'data-metric="conversion"' in goals and 'data-metric="page_load_ms"' not in goals
+    assert re.search(r'<tr class="significant regression harm" data-metric="page_load_ms"[^>]*data-state="harm"', guardrails)
+    assert 'data-baseline="page_load_ms"' in guardrails
+    dead = re.search(r'<div id="dead-banner">(.*?)</div>', dom, re.S)
+    assert dead and f"{BAD_OBSERVATIONS} input message(s) dead-lettered" in dead.group(1) and "unit_count" in dead.group(1)
+    assert 'id="harm-banner"' in dom
+
+
+def test_stats_resets_are_marked_on_the_chart_and_each_point_has_its_own_state(dashboard):
+    worker, _, tmp, _ = dashboard
+    dom = _dump_dom(worker, tmp, f"?experiment={RESET}")
+    assert 'class="mark-reset"' in dom
+    points = re.findall(r'<circle class="pt ([a-z_]+)"', dom)
+    assert "improvement" in points and "regression" in points, points  # before and after the flip
+
+
+def test_dashboard_screenshots_at_1400_and_390_px(dashboard):
+    worker, _, tmp, _ = dashboard
+    for width, height, experiment in ((1400, 1500, GUARD), (390, 2400, GUARD), (1400, 1100, SPLIT)):
+        shot = tmp / f"dashboard-{experiment}-{width}.png"
+        _run_chromium(tmp, "--virtual-time-budget=5000", "--hide-scrollbars", f"--screenshot={shot}",
+                      f"--window-size={width},{height}", f"{worker.url}/dashboard?experiment={experiment}")
+        assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shot.stat().st_size > 10_000, f"screenshot of {shot.stat().st_size} bytes looks blank"
 
 
 # ------------------------------------------------------------ live updates, over the DevTools protocol
@@ -299,16 +351,20 @@ class _DevTools:
     def __init__(self, ws):
         self.ws, self.next_id = ws, 0
 
-    async def evaluate(self, expression: str):
+    async def call(self, method: str, **params):
         self.next_id += 1
-        await self.ws.send_json({"id": self.next_id, "method": "Runtime.evaluate",
-                                 "params": {"expression": expression, "returnByValue": True}})
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
         async for message in self.ws:
             reply = orjson.loads(message.data)
             if reply.get("id") == self.next_id:
-                assert "exceptionDetails" not in reply["result"], reply
-                return reply["result"]["result"].get("value")
+                assert "error" not in reply, reply
+                return reply["result"]
         raise AssertionError("DevTools connection closed")
+
+    async def evaluate(self, expression: str):
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
 
 
 async def _page(port: int, timeout: float = 30.0) -> str:
@@ -392,12 +448,61 @@ def test_dashboard_updates_in_place_as_intervals_close(dashboard, broker):
     assert "significance_reached" in late["alerts"]
 
 
+WIDTH_JS = """(() => {
+  const title = document.getElementById('experiment-title');
+  if (!title || title.dataset.experiment !== %r || !document.querySelector('#charts figure')) return null;
+  return JSON.stringify({viewport: window.innerWidth, document: document.documentElement.scrollWidth,
+                         body: document.body.scrollWidth,
+                         widest: Math.max(...[...document.querySelectorAll('body *')].map(e => e.getBoundingClientRect().right)),
+                         sidebar: getComputedStyle(document.getElementById('sidebar')).display,
+                         columns: getComputedStyle(document.querySelector('#results td.lift')).display});
+})()"""
+
+
+def _measure(worker, tmp: Path, width: int, experiment: str) -> dict:
+    port = free_port()
+    chromium = subprocess.Popen(
+        _chromium_argv(tmp / f"chromium-width-{width}", f"--remote-debugging-port={port}", f"--window-size={width},900",
+                       f"{worker.url}/dashboard?experiment={experiment}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    async def drive():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(await _page(port), max_msg_size=0) as ws:
+                devtools = _DevTools(ws)
+                # a phone's viewport (headless windows are at least 500 px wide, so it is emulated)
+                await devtools.call("Emulation.setDeviceMetricsOverride", width=width, height=844,
+                                    deviceScaleFactor=1, mobile=width < 700)
+                return orjson.loads(await _wait_for(devtools, WIDTH_JS % experiment))
+
+    try:
+        return asyncio.run(drive())
+    finally:
+        os.killpg(chromium.pid, signal.SIGTERM)
+        try:
+            chromium.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(chromium.pid, signal.SIGKILL)
+            chromium.wait()
+
+
+def test_at_390_px_the_page_is_no_wider_than_the_viewport(dashboard):
+    """Measured in the browser: the document's scroll width and the right edge of every element."""
+    worker, _, tmp, _ = dashboard
+    narrow = _measure(worker, tmp, 390, GUARD)
+    assert narrow["viewport"] == 390, narrow
+    assert narrow["document"] <= 390 and narrow["body"] <= 390 and narrow["widest"] <= 390.5, narrow
+    assert narrow["sidebar"] == "none" and narrow["columns"] == "flex", narrow  # collapsed list, rows as cards
+    wide = _measure(worker, tmp, 1400, GUARD)
+    assert wide["document"] <= 1400 and wide["sidebar"] == "flex" and wide["columns"] == "table-cell", wide
+
+
 # ------------------------------------------------------------- the API an analyst's program runs on
 def test_experiments_returns_a_server_side_summary_for_each_of_60_experiments_most_urgent_first(dashboard):
     worker, expected, _, _ = dashboard
     status, body = _get(f"{worker.url}/experiments")
     assert status == 200
-    ids = {EFFECT, SPLIT, BURN, GUARD, *FILLERS}
+    ids = {EFFECT, SPLIT, BURN, GUARD, RESET, *FILLERS}
     assert len(ids) == 60 and ids <= set(body["experiments"]) and body["experiments"] == sorted(body["experiments"])
     summaries = {s["experiment_id"]: s for s in body["summaries"]}
     assert ids <= set(summaries) and len(body["summaries"]) == len(body["experiments"])
@@ -417,6 +522,8 @@ def test_experiments_returns_a_server_side_summary_for_each_of_60_experiments_mo
     assert burn["status"] == "burn_in" and burn["burn_in"] is True
     progress = burn["burn_in_progress"]
     assert progress["min_units"] == BURN_MIN_UNITS and 0 < progress["units"] < BURN_MIN_UNITS and progress["percent"] == 0
+    reset = summaries[RESET]
+    assert reset["stats_resets"] >= 1 and reset["status"] == "regression" and reset["regressions"] == 1
     for name in FILLERS:
         assert summaries[name]["status"] in ("running", "burn_in", "winner") and summaries[name]["dead_letters"] == 0
 
@@ -497,7 +604,7 @@ def test_after_a_worker_restart_history_alerts_and_dead_letters_are_back(dashboa
     """Last in the module: the views of every experiment are rebuilt from the output topics by the
     worker that takes the partitions over, here a new worker after the first one stopped."""
     worker, _, tmp, settings = dashboard
-    before = {e: _views(worker, e) for e in (EFFECT, SPLIT, GUARD)}
+    before = {e: _views(worker, e) for e in (EFFECT, SPLIT, GUARD, RESET)}
     assert len(before[EFFECT]["intervals"]) == INTERVALS and any(a["kind"] == "srm" for a in before[SPLIT]["alerts"])
     assert before[GUARD]["dead_letters"]["count"] == BAD_OBSERVATIONS
     worker.stop()
