@@ -220,19 +220,19 @@ def _key_of(message: dict):
 
 def _table_line(kind: str, m: dict) -> str:
     """One readable, aligned line per message for ``tail --table`` (rich markup for colour)."""
-    import math
     import time
 
     from rich.markup import escape
 
     if kind == "results":
-        def pct(v):
-            return "n/a" if not isinstance(v, float) or math.isnan(v) or math.isinf(v) else f"{v * 100:+.2f}%"
+        from ..formatting import fmt_effect, fmt_interval, fmt_p  # as every surface writes them
+
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["interval_timestamp"]))
         verdict = "[bold green]significant[/]" if m["rejected"] else "[dim]not significant[/]"
         return (f"{when}  {m['experiment_id']:<18} {m['metric']:<28.28} {m['variation_id']:<14.14} "
-                f"lift {pct(m['lift_estimate']):>9}  CI \\[{pct(m['corrected_conf_interval_lower'])}, "
-                f"{pct(m['corrected_conf_interval_upper'])}]  p {m['corrected_p_value']:.3g}  {verdict}")
+                f"lift {fmt_effect(m['lift_estimate']):>9}  CI "
+                f"{escape(fmt_interval(m['corrected_conf_interval_lower'], m['corrected_conf_interval_upper']))}  "
+                f"p {fmt_p(m['corrected_p_value'])}  {verdict}")
     if kind == "alerts":
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["interval_timestamp"]))
         colour = "red" if m["kind"] in ("srm", "data_quality") else "yellow"
