@@ -86,13 +86,14 @@ def fmt_count(value: Any) -> str:
 
 
 def fmt_value(value: Any, binary: bool) -> str:
-    """An arm's conversion rate (binary metrics, as a percentage) or mean (4 significant digits)."""
+    """An arm's conversion rate (binary metrics, as a percentage) or mean (two decimals from 100
+    on, four below)."""
     number = finite(value)
     if number is None:
         return "n/a"
     if binary:
         return f"{number * 100:.2f}%"
-    return f"{number:,.2f}" if abs(number) >= 1000 else f"{number:.4g}"
+    return f"{number:,.2f}" if abs(number) >= 100 else f"{number:.4f}"
 
 
 def metric_options(config: Mapping[str, Any] | None, metric: str) -> Mapping[str, Any]:

@@ -25,6 +25,8 @@ from .formatting import (CLIP_NOTE, IMPROVEMENT, REGRESSION, clipped, direction,
 
 DEFAULT_MIN_UNITS = 100  # state.EngineConfig.min_units
 
+NOT_YET = "\u2014"  # an interval, p or significance that burn-in does not have yet (a dash, not a number)
+
 # Row states. A guardrail's significant regression is HARM; it has no improvement state.
 BURN_IN, INCONCLUSIVE, HARM, NO_HARM = "burn_in", "inconclusive", "harm", "no_harm"
 
@@ -124,10 +126,10 @@ def row_display(row: Mapping[str, Any], config: Mapping[str, Any] | None, srm: b
         "value": _arm_value(row, "treatment", binary),
         "control_value": _arm_value(row, "control", binary),
         "lift": "burn-in" if state == BURN_IN else fmt_effect(row.get("lift_estimate"), relative),
-        "ci": "burn-in" if state == BURN_IN else fmt_interval(lo, hi, relative),
+        "ci": NOT_YET if state == BURN_IN else fmt_interval(lo, hi, relative),
         "ci_clipped": state != BURN_IN and clipped(lo, relative),
-        "p": "burn-in" if state == BURN_IN else fmt_p(row.get("corrected_p_value")),
-        "significance": "burn-in" if state == BURN_IN else fmt_significance(row.get("corrected_p_value")),
+        "p": NOT_YET if state == BURN_IN else fmt_p(row.get("corrected_p_value")),
+        "significance": NOT_YET if state == BURN_IN else fmt_significance(row.get("corrected_p_value")),
         "guardrail": is_guardrail(config, metric),
         "stats_reset": row.get("stats_reset") is True,
         "srm": srm,

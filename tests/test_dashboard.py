@@ -304,7 +304,7 @@ def test_a_burn_in_experiment_shows_burn_in_with_its_progress_never_a_zero_lift(
     rows = [(a, _row_html(dom, end)) for a, end in _elements(dom, "tr") if "data-metric" in a]
     assert [a["data-state"] for a, _ in rows] == ["burn_in"]
     cells = rows[0][1]
-    assert re.search(r'class="r num lift"[^>]*>burn-in<', cells) and re.search(r'class="num ci"[^>]*>burn-in<', cells)
+    assert re.search(r'class="r num lift"[^>]*>burn-in<', cells) and re.search(r'class="num ci"[^>]*>\u2014<', cells)
     assert "0.00%" not in cells and f"of {BURN_MIN_UNITS:,} units per arm" in cells
     progress = re.search(r'<span id="burn-in-progress">(.*?)</dd>', dom)
     assert progress and f"of {BURN_MIN_UNITS:,} units per arm" in progress.group(1)
@@ -556,7 +556,8 @@ def test_results_have_a_baseline_per_metric_in_config_order_a_guardrail_section_
 
     status, body = _get(f"{worker.url}/experiments/{BURN}/results")
     (row,) = body["table"][0]["rows"]
-    assert row["state"] == "burn_in" and row["lift"] == "burn-in" and row["ci"] == "burn-in" and "0.00%" not in row.values()
+    assert row["state"] == "burn_in" and row["lift"] == "burn-in" and row["ci"] == row["p"] == "\u2014"
+    assert "0.00%" not in row.values()
     assert row["burn_in"]["min_units"] == BURN_MIN_UNITS and f"of {BURN_MIN_UNITS:,}" in row["verdict"]
 
 

@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
     watch.add_argument("--refresh", type=float, default=1.0, help="seconds between screen updates")
     watch.add_argument("--once", action="store_true", help="print one snapshot of everything so far and exit")
+    watch.add_argument("--summary", action="store_true", help="one line per experiment, most urgent first")
+    watch.add_argument("--page-seconds", type=float, default=8.0, help="seconds per page when not all fit (default 8)")
     watch.set_defaults(func=cmd_watch)
 
     report = sub.add_parser("report", help="write an HTML report of an experiment's results")
