@@ -460,3 +460,28 @@ def test_watch_in_a_pseudo_terminal_of_80_columns_keeps_variations_distinct(brok
     assert "…" not in "".join(rows)
     assert screen.index("zz-split  vs control") < screen.index("covid  vs control")  # the SRM first, not by name
     assert "2 dead-lettered" in screen
+
+
+def test_report_leads_with_health_and_has_a_guardrail_section_reset_marks_and_dead_letters():
+    rows = covid_results()
+    reset_at = sorted({r["interval_timestamp"] for r in rows})[-5]
+    rows = [dict(r, stats_reset=r["interval_timestamp"] == reset_at) for r in rows]
+    guard = dict(config(), metrics={MINUTES: {"lower_is_better": True}, CALLS: {"in_fdr_family": False}})
+    alerts = [srm_alert("covid"), Alert("stats_reset", "covid", reset_at, "effect changed: statistics restarted").to_dict()]
+    dead = {"count": 4, "late": 1, "reasons": ["field 'unit_count': bad", "observation too late for its interval"]}
+    html = build_report("covid", rows, [guard], alerts=alerts, dead_letters=dead)
+    body = html.split("<body>", 1)[1]
+    assert body.index('class="banner srm alert"') < body.index("<section"), "health before the numbers"
+    assert "every result of this experiment may be biased" in body
+    assert "4 input message(s) dead-lettered (1 too late for their interval)" in body and "too late for its interval" in body
+    assert "significantly harmed" in body  # calls went up: harm on the guardrail
+    goals, guardrails = body.split('<h2 class="group">Guardrail metrics</h2>')
+    assert f"<h2>{MINUTES}</h2>" in goals and f"<h2>{CALLS}</h2>" in guardrails and CALLS not in goals.split("<section")[-1]
+    assert {cls for cls, _ in table_rows(metric_section(html, CALLS))[1:]} == {"regression harm"}
+    assert all("unreliable: sample ratio mismatch" in cells[-1] for _, cells in table_rows(metric_section(html, MINUTES))[1:])
+    assert html.count('<line class="reset"') == 4  # one per chart
+    assert 'class="pt improvement"' in html and 'class="pt harm"' in html
+
+    both_lower = dict(config(), metrics={MINUTES: {"lower_is_better": True}, CALLS: {"lower_is_better": True}})
+    healthy = build_report("covid", covid_results(), [both_lower])
+    assert 'class="banner ok"' in healthy and "banner srm" not in healthy and "Guardrail metrics" not in healthy

@@ -59,6 +59,9 @@ figcaption{font-weight:600;margin-bottom:4px}
 tr.harm td.effect,tr.harm td.sig{color:#cf222e;font-weight:600}tr.harm td:first-child{box-shadow:inset 4px 0 #cf222e}
 tr.burn_in td.effect{color:#59636e}
 .note{color:#59636e;font-size:12px}
+.overview td.verdict{white-space:normal;text-align:left;min-width:170px;font-size:13px;color:#444c56}
+.overview th{white-space:normal;vertical-align:bottom}.overview th:last-child{text-align:left}.overview th,.overview td{padding:7px 8px}
+.wrap{overflow-x:auto}
 .alerts li.srm{color:#cf222e;font-weight:600}
 footer{color:#59636e;margin-top:36px;font-size:12px}
 """
@@ -253,7 +256,7 @@ def _metric_section(metric: str, series: dict[str, list[dict]], config: Mapping[
             + _cells(("", table.baseline["units"]),
                      ("", _value(newest.get("control_observation_cumsum"))),
                      ("", table.baseline["value"]),
-                     ("effect", "\u2014"), ("", "\u2014"), ("", "\u2014"), ("sig", "\u2014"), ("", "reference arm")) + "</tr>"]
+                     ("effect", "\u2014"), ("", "\u2014"), ("", "\u2014"), ("sig", "\u2014"), ("verdict", "reference arm")) + "</tr>"]
     charts = []
     for shown in table.rows:
         variation = shown["variation_id"]
@@ -278,8 +281,8 @@ def _metric_section(metric: str, series: dict[str, list[dict]], config: Mapping[
                       f"{lift_chart(series[variation], is_relative(row), verdict, label, config)}</figure>")
     clip = f'<p class="note">{escape(CLIP_NOTE)}</p>' if any(r["ci_clipped"] for r in table.rows) else ""
     return (f'<section class="metric"><h2>{escape(metric)}</h2><p class="meta">{escape(" · ".join(meta))}</p>'
-            '<table class="overview"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>" + clip
+            '<div class="wrap"><table class="overview"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>" + clip
             + '<div class="charts">' + "".join(charts) + "</div></section>")
 
 
