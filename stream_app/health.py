@@ -98,6 +98,8 @@ def verdict_text(row: Mapping[str, Any], config: Mapping[str, Any] | None, state
         text = "No harm detected on this guardrail (yet)"
     else:
         text = f"No significant difference from {reference} yet: keep collecting"
+    if row.get("effect_changed") is True:  # the engine's flag: the running interval would be empty
+        text += " (the effect changed over time: see the chart)"
     if srm:
         text += " (unreliable: sample ratio mismatch)"
     return text
@@ -132,6 +134,7 @@ def row_display(row: Mapping[str, Any], config: Mapping[str, Any] | None, srm: b
         "significance": NOT_YET if state == BURN_IN else fmt_significance(row.get("corrected_p_value")),
         "guardrail": is_guardrail(config, metric),
         "stats_reset": row.get("stats_reset") is True,
+        "effect_changed": row.get("effect_changed") is True,
         "srm": srm,
     }
     if state == BURN_IN:

@@ -50,6 +50,7 @@ ALERT_STYLES = {
     "significance_lost": "yellow",
     "stats_reset": "cyan",
     "data_quality": "yellow",
+    "effect_changed": "yellow",
 }
 
 
