@@ -8,6 +8,7 @@ is checked against the engine, not against numbers copied into the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import os
 import re
@@ -393,6 +394,25 @@ async def _wait_for(devtools: _DevTools, expression: str, timeout: float = 30.0)
     raise AssertionError(f"page never satisfied {expression!r} (last value {value!r})")
 
 
+@contextlib.contextmanager
+def _chromium_with_devtools(profile: Path, url: str, window: str = "1280,900"):
+    """Headless Chromium showing ``url``, with the DevTools protocol on a free port (yielded);
+    stopped by its process group on the way out."""
+    port = free_port()
+    chromium = subprocess.Popen(
+        _chromium_argv(profile, f"--remote-debugging-port={port}", f"--window-size={window}", url),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield port
+    finally:
+        os.killpg(chromium.pid, signal.SIGTERM)
+        try:
+            chromium.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(chromium.pid, signal.SIGKILL)
+            chromium.wait()
+
+
 STATE_JS = """JSON.stringify({
   intervals: document.querySelector('#summary dd') && document.querySelector('#summary dd').textContent,
   rows: [...document.querySelectorAll('#results tr[data-metric]')].map(r => [r.dataset.metric, r.dataset.variation, r.className]),
@@ -412,14 +432,7 @@ def test_dashboard_updates_in_place_as_intervals_close(dashboard, broker):
     groups = simulate(spec, 5)
     produce(settings, config_messages(experiment, 1, {"reference_variation_id": "control"}, {"conversion": {"is_binary": True}})
             + observation_messages([r for g in groups[:3] for r in g]))
-    port = free_port()
-    profile = tmp / "chromium-devtools-profile"
-    chromium = subprocess.Popen(
-        _chromium_argv(profile, f"--remote-debugging-port={port}", "--window-size=1280,900",
-                       f"{worker.url}/dashboard?experiment={experiment}"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    async def drive():
+    async def drive(port: int):
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(await _page(port), max_msg_size=0) as ws:
                 devtools = _DevTools(ws)
@@ -432,15 +445,8 @@ def test_dashboard_updates_in_place_as_intervals_close(dashboard, broker):
                     timeout=60))
                 return early, late
 
-    try:
-        early, late = asyncio.run(drive())
-    finally:
-        os.killpg(chromium.pid, signal.SIGTERM)
-        try:
-            chromium.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(chromium.pid, signal.SIGKILL)
-            chromium.wait()
+    with _chromium_with_devtools(tmp / "chromium-devtools-profile", f"{worker.url}/dashboard?experiment={experiment}") as port:
+        early, late = asyncio.run(drive(port))
     assert early["lines"] == [3] and early["marker"] is None
     assert late["marker"] == "yes", "the page was reloaded instead of updated in place"
     assert late["lines"] == [INTERVALS]
@@ -460,13 +466,7 @@ WIDTH_JS = """(() => {
 
 
 def _measure(worker, tmp: Path, width: int, experiment: str) -> dict:
-    port = free_port()
-    chromium = subprocess.Popen(
-        _chromium_argv(tmp / f"chromium-width-{width}", f"--remote-debugging-port={port}", f"--window-size={width},900",
-                       f"{worker.url}/dashboard?experiment={experiment}"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    async def drive():
+    async def drive(port: int):
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(await _page(port), max_msg_size=0) as ws:
                 devtools = _DevTools(ws)
@@ -475,15 +475,9 @@ def _measure(worker, tmp: Path, width: int, experiment: str) -> dict:
                                     deviceScaleFactor=1, mobile=width < 700)
                 return orjson.loads(await _wait_for(devtools, WIDTH_JS % experiment))
 
-    try:
-        return asyncio.run(drive())
-    finally:
-        os.killpg(chromium.pid, signal.SIGTERM)
-        try:
-            chromium.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(chromium.pid, signal.SIGKILL)
-            chromium.wait()
+    with _chromium_with_devtools(tmp / f"chromium-width-{width}", f"{worker.url}/dashboard?experiment={experiment}",
+                                 f"{width},900") as port:
+        return asyncio.run(drive(port))
 
 
 def test_at_390_px_the_page_is_no_wider_than_the_viewport(dashboard):
