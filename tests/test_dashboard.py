@@ -27,6 +27,7 @@ import pytest
 from state import evaluate
 from state.simulate import ExperimentSpec, MetricSpec, simulate
 from stream_app.kafka.embedded_broker import free_port
+from stream_app.kafka.partitions import partition_for
 from tests.stream_support import (collect, config_messages, isolated_settings, observation_messages, produce, request_for,
                                   result_key, start_worker, until_keys)
 
@@ -595,15 +596,25 @@ def _views(worker, experiment: str) -> dict:
             "alerts": alerts.get("alerts"), "dead_letters": results.get("dead_letters")}
 
 
-def test_after_a_worker_restart_history_alerts_and_dead_letters_are_back(dashboard):
+def _owner(workers, experiment: str, partitions: int):
+    partition = partition_for(experiment.encode(), partitions)
+    return next(w for w in workers if partition in _get(f"{w.url}/health")[1]["partitions"])
+
+
+def test_after_a_worker_restart_and_a_partition_move_history_alerts_and_dead_letters_are_back(dashboard):
     """Last in the module: the views of every experiment are rebuilt from the output topics by the
-    worker that takes the partitions over, here a new worker after the first one stopped."""
+    worker that takes its partition over: a new worker after the first one stopped, then a
+    second worker that takes half the partitions, while the first forgets what it no longer owns."""
     worker, _, tmp, settings = dashboard
-    before = {e: _views(worker, e) for e in (EFFECT, SPLIT, GUARD, RESET)}
+    watched = (EFFECT, SPLIT, GUARD, RESET, BURN)
+    before = {e: _views(worker, e) for e in watched}
     assert len(before[EFFECT]["intervals"]) == INTERVALS and any(a["kind"] == "srm" for a in before[SPLIT]["alerts"])
     assert before[GUARD]["dead_letters"]["count"] == BAD_OBSERVATIONS
+    with_results = _get(f"{worker.url}/health")[1]["experiments_local"]
+    assert with_results >= 60
     worker.stop()
     again = start_worker(settings, tmp, name="worker-restarted")
+    second = None
     try:
         deadline = time.monotonic() + 60
         after = None
@@ -615,5 +626,22 @@ def test_after_a_worker_restart_history_alerts_and_dead_letters_are_back(dashboa
         assert after == before, again.log_tail()
         _, listed = _get(f"{again.url}/experiments")
         assert listed["rebuilding"] is False and listed["summaries"][0]["experiment_id"] == SPLIT
+
+        second = start_worker(settings, tmp, name="worker-second", web_port=free_port(), datadir=str(tmp / "second"))
+        workers = (again, second)
+        deadline = time.monotonic() + 90
+        moved = None
+        while time.monotonic() < deadline:
+            parts = [set(_get(f"{w.url}/health")[1]["partitions"]) for w in workers]
+            if all(parts) and not parts[0] & parts[1] and len(parts[0] | parts[1]) == settings.partitions:
+                moved = {e: _views(_owner(workers, e, settings.partitions), e) for e in before}
+                held = [_get(f"{w.url}/health")[1]["experiments_local"] for w in workers]
+                if moved == before and sum(held) == with_results:
+                    break
+            time.sleep(0.5)
+        assert moved == before, (parts, second.log_tail())
+        assert all(held) and sum(held) == with_results, held  # each experiment's views on its owner alone
     finally:
         again.stop()
+        if second is not None:
+            second.stop()
