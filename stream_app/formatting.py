@@ -49,10 +49,15 @@ def clipped(lower: Any, relative: bool = True) -> bool:
     return relative and lo is not None and lo < -1.0
 
 
+NOT_YET = "\u2014"  # no interval (or p) yet: the burn-in placeholder (-inf, inf) says nothing
+
+
 def fmt_interval(lower: Any, upper: Any, relative: bool = True) -> str:
     lo, hi = _number(lower), _number(upper)
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
         return "n/a"
+    if lo == -math.inf and hi == math.inf:
+        return NOT_YET
     low = f"{fmt_effect(-1.0)}{CLIP_MARK}" if clipped(lo, relative) else fmt_effect(lo, relative)
     return f"[{low}, {fmt_effect(hi, relative)}]"
 

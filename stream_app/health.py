@@ -19,13 +19,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from .formatting import (CLIP_NOTE, IMPROVEMENT, REGRESSION, clipped, direction, finite, fmt_count, fmt_effect,
+from .formatting import (CLIP_NOTE, IMPROVEMENT, NOT_YET, REGRESSION, clipped, direction, finite, fmt_count, fmt_effect,
                          fmt_interval, fmt_p, fmt_significance, fmt_time, fmt_value, has_estimate, is_relative,
                          lower_is_better, metric_options)
 
 DEFAULT_MIN_UNITS = 100  # state.EngineConfig.min_units
-
-NOT_YET = "\u2014"  # an interval, p or significance that burn-in does not have yet (a dash, not a number)
 
 # Row states. A guardrail's significant regression is HARM; it has no improvement state.
 BURN_IN, INCONCLUSIVE, HARM, NO_HARM = "burn_in", "inconclusive", "harm", "no_harm"

@@ -225,12 +225,12 @@ def _table_line(kind: str, m: dict) -> str:
     from rich.markup import escape
 
     if kind == "results":
-        from ..formatting import fmt_effect, fmt_interval, fmt_p  # as every surface writes them
+        from ..formatting import fmt_effect, fmt_interval, fmt_p, has_estimate  # as every surface writes them
 
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["interval_timestamp"]))
         verdict = "[bold green]significant[/]" if m["rejected"] else "[dim]not significant[/]"
         return (f"{when}  {m['experiment_id']:<18} {m['metric']:<28.28} {m['variation_id']:<14.14} "
-                f"lift {fmt_effect(m['lift_estimate']):>9}  CI "
+                f"lift {fmt_effect(m['lift_estimate']) if has_estimate(m) else 'burn-in':>9}  CI "
                 f"{escape(fmt_interval(m['corrected_conf_interval_lower'], m['corrected_conf_interval_upper']))}  "
                 f"p {fmt_p(m['corrected_p_value'])}  {verdict}")
     if kind == "alerts":

@@ -18,7 +18,7 @@ from pathlib import Path
 from state.simulate import demo_experiments, simulate
 
 from ..codec import config_message, encode_row
-from ..formatting import fmt_effect, fmt_interval, fmt_p
+from ..formatting import fmt_effect, fmt_interval, fmt_p, has_estimate
 from ..kafka.clients import follow, producer, send_config, send_observations
 from ..kafka.embedded_broker import EmbeddedBroker, free_port
 from ..kafka.topics import create_topics_async
@@ -27,8 +27,9 @@ from ..settings import Settings
 from .files import by_interval, read_csv_observations
 
 
-def _pct(value) -> str:
-    return f"{fmt_effect(value):>8}"  # stream_app/formatting.py: as every surface writes it
+def _lift(row: dict) -> str:
+    # stream_app/formatting.py, as every surface writes it; a burn-in placeholder is no 0% lift
+    return f"{fmt_effect(row['lift_estimate']) if has_estimate(row) else 'burn-in':>8}"
 
 
 def _ci(lo, hi) -> str:
@@ -39,7 +40,7 @@ def format_row(row: dict) -> str:
     mark = "*" if row["rejected"] else " "
     when = time.strftime("%H:%M", time.gmtime(row["interval_timestamp"]))
     return (f"{when}  {row['experiment_id'][:18]:<18} {row['metric'][:26]:<26} {row['variation_id'][:12]:<12} "
-            f"lift {_pct(row['lift_estimate'])} CI {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
+            f"lift {_lift(row)} CI {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
             f"p {fmt_p(row['corrected_p_value'])} {mark}")
 
 
@@ -49,7 +50,7 @@ def summary_table(final: dict, alerts: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for (experiment, metric, variation), row in sorted(final.items()):
         lines.append(f"{experiment[:18]:<18} {metric[:26]:<26} {variation[:12]:<12} {row['treatment_unit_cumcount']:>7.0f} "
-                     f"{_pct(row['lift_estimate'])} {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
+                     f"{_lift(row)} {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
                      f"{fmt_p(row['corrected_p_value']):>9}  {'yes' if row['rejected'] else 'no'}")
     srm = sorted({a["experiment_id"] for a in alerts if a["kind"] == "srm"})
     lines.append("")
