@@ -57,15 +57,22 @@ class ViewRebuilder:
         self.max_messages = max_messages
         self.held: set[int] = set()  # input partitions whose views this worker holds
         self.rebuilding: set[int] = set()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: dict[asyncio.Task, set[int]] = {}  # running reads and their partitions
 
     async def on_assigned(self, app: Any, assigned, **kwargs: Any) -> None:
-        """faust signal: ``assigned`` is the whole new assignment (every topic)."""
+        """faust signal: ``assigned`` is the whole new assignment (every topic).
+
+        A read still running from an earlier assignment is cancelled and its partitions count as
+        new again; a new partition's views are forgotten before they are read, so reading one
+        twice never counts a dead letter twice."""
+        for task, partitions in list(self._tasks.items()):
+            task.cancel()
+            self.held -= partitions
         observations = self.settings.topic("observations")
         now = {tp.partition for tp in assigned if tp.topic == observations}
         lost, new = self.held - now, now - self.held
-        if lost:
-            self._forget(lost)
+        if lost | new:
+            self._forget(lost | new)
         self.held = now
         if not new:
             return
@@ -76,8 +83,8 @@ class ViewRebuilder:
             return
         self.rebuilding |= new
         task = asyncio.create_task(self._read(consumer, ends, new))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = new
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
 
     def _forget(self, partitions: set[int]) -> None:
         n = self.settings.partitions
