@@ -73,8 +73,12 @@ class RecentResults:
         while self.bytes > self.max_bytes and self._arrivals[0][1] != entry.serial:
             oldest, serial = self._arrivals.popleft()
             if serial in self._serials:
-                held = self._history[oldest]
-                self._discard(oldest, next(i for i, e in enumerate(held) if e.serial == serial))
+                # The experiment's oldest interval by time goes, which is the one that arrived
+                # first unless a rebuild inserted older ones later: its latest still goes last.
+                dropped = self._history[oldest][0].serial
+                self._discard(oldest, 0)
+                if dropped != serial:
+                    self._arrivals.appendleft((oldest, serial))  # still held: still the oldest arrival
         if len(self._arrivals) > 2 * self.intervals + 1024:
             self._arrivals = deque(pair for pair in self._arrivals if pair[1] in self._serials)
 

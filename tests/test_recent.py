@@ -131,6 +131,14 @@ def test_an_interval_from_a_rebuild_is_inserted_in_order_and_one_emitted_again_r
     assert held(recent, "a") == [] and recent.bytes == 0 and recent.intervals == 0 and len(recent) == 0
 
 
+def test_under_the_byte_bound_a_rebuilt_older_interval_goes_before_the_latest_one():
+    recent = RecentResults(max_bytes=450, max_intervals=100)
+    recent.add("a", 120.0, rows("a", 120.0))  # live: the latest
+    recent.add("b", 0.0, rows("b", 0.0))
+    recent.add("a", 60.0, rows("a", 60.0))  # rebuilt later, but older
+    assert held(recent, "a") == [120.0] and held(recent, "b") == [0.0] and recent.bytes <= 450
+
+
 def test_the_byte_bound_still_holds_with_intervals_arriving_out_of_order():
     rng = random.Random(3)
     recent = RecentResults(max_bytes=5_000, max_intervals=20)
