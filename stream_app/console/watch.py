@@ -90,6 +90,8 @@ class WatchState:
     srm: dict[str, dict] = field(default_factory=dict)  # experiment -> its (latest) SRM alert
     resets: dict[str, int] = field(default_factory=dict)  # experiment -> stats_reset alerts
     dead_letters: DeadLetters = field(default_factory=DeadLetters)
+    # experiment -> its keys of ``rows``, so a screen of many experiments is not quadratic
+    by_experiment: dict[str, dict[tuple[str, str, str], None]] = field(default_factory=dict)
     messages: int = 0  # messages applied, a cheap "has anything changed" counter
     status: str | None = None  # a problem to show above the tables (e.g. a missing topic)
 
@@ -123,6 +125,7 @@ class WatchState:
             if previous is not None and previous["interval_timestamp"] > ts:
                 return False  # an older interval (re-delivered): the screen shows the latest
             self.rows[key] = dict(message)
+            self.by_experiment.setdefault(experiment, {})[key] = None
         elif kind == "experiments":
             if not newer_config(self.configs.get(experiment), message):
                 return False
@@ -144,7 +147,8 @@ class WatchState:
 
     def experiment_ids(self) -> list[str]:
         """Most urgent first (stream_app.health.by_urgency), so a problem is never below the fold."""
-        return [h["experiment_id"] for h in by_urgency(self.health(e) for e in sorted({e for e, _, _ in self.rows} | set(self.srm)))]
+        names = sorted(set(self.by_experiment) | set(self.srm))
+        return [h["experiment_id"] for h in by_urgency(self.health(e) for e in names)]
 
     def health(self, experiment: str) -> dict:
         rows = self.experiment_rows(experiment)
@@ -155,7 +159,7 @@ class WatchState:
     def experiment_rows(self, experiment: str) -> list[dict]:
         """Latest rows of an experiment: metrics in config order (then first seen), variations
         in first-seen order."""
-        rows = [row for (e, _, _), row in self.rows.items() if e == experiment]
+        rows = [self.rows[key] for key in self.by_experiment.get(experiment, ())]
         config_metrics = list((self.configs.get(experiment) or {}).get("metrics") or {})
         metric_order = {m: i for i, m in enumerate(dict.fromkeys(config_metrics + [r["metric"] for r in rows]))}
         variation_order = {v: i for i, v in enumerate(dict.fromkeys(r["variation_id"] for r in rows))}
