@@ -404,7 +404,10 @@ def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     readable = [line for line in out.splitlines() if line.strip()]
     assert len(readable) == len(expected)
-    assert all(experiment in line and "lift" in line and " CI [" in line for line in readable)
+    assert all(experiment in line and "lift" in line for line in readable)
+    burn_in = [line for line in readable if "burn-in" in line]
+    assert burn_in and all(" CI \u2014 " in line for line in burn_in)  # no 0% lift, no (-inf, inf)
+    assert all(" CI [" in line for line in readable if line not in burn_in)
     assert sum("not significant" in line for line in readable) < len(readable)  # some are significant
 
     code, out, err = done["publish"]
