@@ -488,3 +488,30 @@ def test_report_leads_with_health_and_has_a_guardrail_section_reset_marks_and_de
     both_lower = dict(config(), metrics={MINUTES: {"lower_is_better": True}, CALLS: {"lower_is_better": True}})
     healthy = build_report("covid", covid_results(), [both_lower])
     assert 'class="banner ok"' in healthy and "banner srm" not in healthy and "Guardrail metrics" not in healthy
+
+
+def test_one_number_format_on_every_surface_with_relative_intervals_clipped_at_minus_100_percent():
+    from stream_app.console.cli import _table_line
+    from stream_app.console.demo import format_row, summary_table
+    from stream_app.formatting import CLIP_NOTE, fmt_interval
+    from stream_app.health import row_display
+
+    assert fmt_interval(-1.5, 0.2) == "[-100.00%*, +20.00%]" and fmt_interval(-1.5, 0.2, relative=False) == "[-1.5, +0.2]"
+    assert fmt_interval(-0.5, 0.2) == "[-50.00%, +20.00%]" and fmt_interval(-math.inf, math.inf) == "\u2014"
+    last = {(r["metric"], r["variation_id"]): r for r in covid_results()}
+    row = dict(last[(CALLS, "message_1")], corrected_conf_interval_lower=-1.7, corrected_p_value=0.0123)
+    shown = row_display(row, config())
+    assert (shown["lift"], shown["ci"], shown["p"]) == ("-33.45%", "[-100.00%*, -25.36%]", "0.0123") and shown["ci_clipped"]
+    state = watch_state()
+    state.apply("results", dict(row, interval_timestamp=row["interval_timestamp"] + 60))
+    surfaces = {
+        "watch": export(render(state)),
+        "watch at 80 columns": export(render(state, width=80)),
+        "report": html_lib.unescape(build_report("covid", covid_results()[:-4] + [row], [config()])),
+        "tail --table": _table_line("results", row).replace("\\[", "["),
+        "demo": format_row(row) + "\n" + summary_table({("covid", CALLS, "message_1"): row}, []),
+    }
+    for surface, text in surfaces.items():
+        for value in (shown["lift"], shown["ci"], shown["p"]):
+            assert value in text, (surface, value)
+    assert CLIP_NOTE in surfaces["report"]
