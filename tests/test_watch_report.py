@@ -189,6 +189,8 @@ def test_watch_puts_problems_first_and_summary_mode_is_one_line_per_experiment()
     assert len(lines) == len(order) and lines[0].split()[:2] == ["SRM", "split"]
     assert lines[1].split()[:2] == ["regression", "covid"]
     assert "burn-in" in lines[2] and "early" in lines[2] and lines[-1].split()[:2] == ["running", "quiet-11"]
+    paged = [export(render(state, width=80, height=29, page=page, summary=True)) for page in range(3)]
+    assert "(page 1 of 3)" in paged[0] and "split" in paged[0] and "quiet-11" in paged[2] and paged[0] != paged[1]
 
 
 def test_watch_pages_when_the_experiments_do_not_fit_and_srm_is_on_the_first_page():

@@ -295,10 +295,10 @@ def _alerts_table(state: WatchState) -> Table:
     return table
 
 
-def render_summary(state: WatchState) -> Table:
-    """One line per experiment, most urgent first."""
-    table = Table(title=Text("experiments, most urgent first", style="bold"), title_justify="left", header_style="bold",
-                  box=box.SIMPLE_HEAD)
+def render_summary(state: WatchState, experiments: Sequence[str] | None = None, title: str = "") -> Table:
+    """One line per experiment (all, or ``experiments``), most urgent first."""
+    table = Table(title=Text(f"experiments, most urgent first{title}", style="bold"), title_justify="left",
+                  header_style="bold", box=box.SIMPLE_HEAD)
     table.add_column("status", no_wrap=True)
     table.add_column("experiment", overflow="fold")
     table.add_column("wins", justify="right")
@@ -306,7 +306,7 @@ def render_summary(state: WatchState) -> Table:
     table.add_column("harm", justify="right")
     table.add_column("dead", justify="right")
     table.add_column("last interval", no_wrap=True)
-    for experiment in state.experiment_ids():
+    for experiment in state.experiment_ids() if experiments is None else experiments:
         h = state.health(experiment)
         status = {"srm": "SRM", "burn_in": "burn-in", "dead_letters": "dead letters"}.get(h["status"], h["status"])
         if h["burn_in"] and h["burn_in_progress"]:
@@ -361,7 +361,14 @@ def render(state: WatchState, width: int | None = None, height: int | None = Non
         scope = f" for {', '.join(sorted(state.experiments))}" if state.experiments else ""
         parts.append(Text(f"waiting for results{scope}...", style="dim"))
     if summary:
-        parts.append(render_summary(state))
+        if height is None:
+            parts.append(render_summary(state))
+        else:  # a page of lines: what fits above the alerts
+            per_page = max(height - 24, 5)
+            pages = max(1, -(-len(experiments) // per_page))
+            number = page % pages
+            shown = experiments[number * per_page:(number + 1) * per_page]
+            parts.append(render_summary(state, shown, f" (page {number + 1} of {pages})" if pages > 1 else ""))
     else:
         shown = experiments
         if width is not None and height is not None and experiments:
