@@ -98,9 +98,18 @@ def verdict_text(row: Mapping[str, Any], config: Mapping[str, Any] | None, state
         text = f"No significant difference from {reference} yet: keep collecting"
     if row.get("effect_changed") is True:  # the engine's flag: the running interval would be empty
         text += " (the effect changed over time: see the chart)"
+    if late_folded_in(row):
+        text += " (includes observations that arrived late)"
     if srm:
         text += " (unreliable: sample ratio mismatch)"
     return text
+
+
+def late_folded_in(row: Mapping[str, Any]) -> bool:
+    """Whether the stream says it folded late observations into this row. The stream's field for
+    it is not fixed yet (issue 17), so any set field named for lateness counts."""
+    return any("late" in key and value not in (None, False, 0, 0.0, "", [], {}) for key, value in row.items()
+               if isinstance(key, str))
 
 
 def _arm_value(row: Mapping[str, Any], arm: str, binary: bool) -> str:
@@ -133,6 +142,7 @@ def row_display(row: Mapping[str, Any], config: Mapping[str, Any] | None, srm: b
         "guardrail": is_guardrail(config, metric),
         "stats_reset": row.get("stats_reset") is True,
         "effect_changed": row.get("effect_changed") is True,
+        "late": late_folded_in(row),
         "srm": srm,
     }
     if state == BURN_IN:
