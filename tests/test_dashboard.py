@@ -292,6 +292,8 @@ def test_dashboard_opens_on_the_most_urgent_experiment_an_srm_with_its_full_widt
     assert any(a.get("data-kind") == "srm" for a, _ in _elements(dom, "li"))
     rows = [(a, _row_html(dom, end)) for a, end in _elements(dom, "tr") if "data-metric" in a]
     assert rows and all("srm" in a["class"].split() and "unreliable: sample ratio mismatch" in cells for a, cells in rows)
+    charts = dom[dom.index('<div id="charts">'):dom.index('id="charts-empty"')]
+    assert charts.count('<span class="badge alarm" title="sample ratio mismatch') == len(rows)  # the charts too
     listed = [a for a, _ in _elements(dom, "li") if "data-status" in a]
     assert len(listed) >= 60 and listed[0]["data-status"] == "srm"
     # every experiment of the list has its server-side status, most urgent first

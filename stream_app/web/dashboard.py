@@ -73,6 +73,8 @@ class History(WorkerView):
         if isinstance(since, str):
             return _error(self, 400, since)
         config = config_doc(live)
+        srm = bool(live.summary().get("srm_detected")) or any(
+            a.get("kind") == "srm" for a in self.worker.recent_alerts.get(experiment_id))
         head = {
             "experiment_id": experiment_id,
             "reference_variation_id": state.config.reference_variation_id,
@@ -84,7 +86,7 @@ class History(WorkerView):
         }
 
         def display(rows) -> bytes:
-            return orjson.dumps([row_display(decode_row(raw), config) for raw in rows])
+            return orjson.dumps([row_display(decode_row(raw), config, srm) for raw in rows])
 
         parts = (b'{"interval_timestamp":' + orjson.dumps(interval.interval_timestamp) + b',"rows":'
                  + _json_array(interval.rows) + b',"display":' + display(interval.rows) + b"}"
