@@ -32,7 +32,7 @@ from state.results import ROW_COLUMNS
 from ..codec import decode_row
 from ..health import row_display
 from .context import WorkerView, owner_routed
-from .views import NotFound, _error, _json, _json_array, config_doc, live_experiment, page
+from .views import NotFound, _error, _json, _json_array, config_doc, has_srm, live_experiment, page
 
 STATIC = Path(__file__).resolve().parent / "static"
 DASHBOARD_HTML = STATIC / "dashboard.html"
@@ -73,8 +73,7 @@ class History(WorkerView):
         if isinstance(since, str):
             return _error(self, 400, since)
         config = config_doc(live)
-        srm = bool(live.summary().get("srm_detected")) or any(
-            a.get("kind") == "srm" for a in self.worker.recent_alerts.get(experiment_id))
+        srm = has_srm(self.worker, experiment_id, live)
         head = {
             "experiment_id": experiment_id,
             "reference_variation_id": state.config.reference_variation_id,

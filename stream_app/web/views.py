@@ -147,13 +147,18 @@ class ExperimentView(NamedTuple):
     health: dict
 
 
+def has_srm(worker: WorkerReadModel, experiment_id: str, live: LiveExperiment) -> bool:
+    """The engine's SRM flag for the experiment, or an SRM alert among those held."""
+    return bool(live.state.srm_alerted) or any(a.get("kind") == "srm" for a in worker.recent_alerts.get(experiment_id))
+
+
 def experiment_view(worker: WorkerReadModel, experiment_id: str, live: LiveExperiment) -> ExperimentView:
     summary = live.summary()
     config = config_doc(live)
     rows = [decode_row(raw) for raw in worker.recent.latest(experiment_id)]
     alerts = worker.recent_alerts.get(experiment_id)
     dead = worker.dead_letters.get(experiment_id).to_dict()
-    srm = bool(summary.get("srm_detected")) or any(a.get("kind") == "srm" for a in alerts)
+    srm = has_srm(worker, experiment_id, live)
     health = experiment_health(experiment_id, rows, config, srm=srm, alerts=alerts, dead_letters=dead,
                                intervals_closed=summary.get("intervals_closed"), last_interval=summary.get("last_interval"))
     return ExperimentView(summary, config, rows, alerts, dead, health)
