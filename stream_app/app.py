@@ -37,9 +37,10 @@ from .kafka.tables import PromptTableManager, write_under_event
 from .metrics import Metrics
 from .outputs import OutputSender
 from .processor import BatchProcessor
-from .recent import RecentAlerts, RecentResults
+from .recent import DeadLetters, RecentAlerts, RecentResults
 from .settings import Settings
 from .kafka.topics import TABLE_NAME, create_topics_async
+from .kafka.view_rebuild import ViewRebuilder
 
 settings = Settings.from_env()
 long_poll.install(settings.fetch_idle_wait)
@@ -141,12 +142,14 @@ processor = BatchProcessor(
     cache_size=settings.cache_experiments,
 )
 
-# What this worker has seen lately, for the web views (the owner of an experiment answers).
-# In memory only: after a failover the new owner shows what it has produced since (the results
-# topic holds the full history).
+# What this worker has seen lately, for the web views (the owner of an experiment answers):
+# filled live as outputs are acked, and from the output topics for every partition it takes over
+# (a restart, a rebalance), so the views outlive the worker (stream_app/kafka/view_rebuild.py).
 HISTORY_INTERVALS = 1000  # per experiment: the longest history response
 recent = RecentResults(settings.history_mb * 1_048_576, HISTORY_INTERVALS)
 recent_alerts = RecentAlerts(experiments=10_000, per_experiment=200)
+dead_letters = DeadLetters(experiments=10_000, reasons=5)
+view_rebuilder = ViewRebuilder(settings, recent, recent_alerts, dead_letters, settings.rebuild_messages)
 open_intervals: dict[str, float] = {}  # experiment -> last activity, for the idle timer
 _open_index_built = False
 
@@ -193,8 +196,13 @@ async def _reindex_open_intervals(app, **kwargs) -> None:
     _open_index_built = False
 
 
+async def _rebuild_views(app, assigned, **kwargs) -> None:
+    await view_rebuilder.on_assigned(app, assigned)
+
+
 app.on_partitions_revoked.connect(_forget_live_on_rebalance)
 app.on_partitions_assigned.connect(_forget_live_on_rebalance)
+app.on_partitions_assigned.connect(_rebuild_views)
 app.on_rebalance_complete.connect(_reindex_open_intervals)
 
 
@@ -266,6 +274,8 @@ def _acked(queued: QueuedOutputs, seconds: float) -> None:
         recent.add(experiment, interval, rows)
         if alerts:
             recent_alerts.add(experiment, (a.to_dict() for a in alerts))
+    for key, value in queued.deadletters:
+        dead_letters.add_message(key, value)
     metrics.close_latency_sum += (sent - queued.received) * len(queued.closed)
     metrics.close_latency_count += len(queued.closed)
 
@@ -349,7 +359,13 @@ class WorkerReadModel:
     metrics = metrics
     recent = recent
     recent_alerts = recent_alerts
+    dead_letters = dead_letters
     table_name = TABLE_NAME
+
+    @staticmethod
+    def rebuilding() -> bool:
+        """Whether the views are still being rebuilt from the output topics (after a takeover)."""
+        return bool(view_rebuilder.rebuilding)
 
     current_experiment = staticmethod(current_experiment)
     has_experiment = staticmethod(has_experiment)

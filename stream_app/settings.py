@@ -46,6 +46,11 @@ ENVIRONMENT = {
     "SEQSTREAM_COMPRESSION": ("compression", str, "zstd"),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
+    # --- results surfaces (issue 19) ---
+    # On taking a partition over, the web views are rebuilt from the results, alerts and
+    # dead-letter topics, reading at most this many messages back from each partition's end
+    # (stream_app/kafka/view_rebuild.py).
+    "SEQSTREAM_REBUILD_MESSAGES": ("rebuild_messages", int, 2_000_000),
 }
 
 
@@ -74,6 +79,7 @@ class Settings:
     compression: str
     api_token: str | None
     log_level: str
+    rebuild_messages: int = 2_000_000
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":

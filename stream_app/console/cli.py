@@ -220,19 +220,19 @@ def _key_of(message: dict):
 
 def _table_line(kind: str, m: dict) -> str:
     """One readable, aligned line per message for ``tail --table`` (rich markup for colour)."""
-    import math
     import time
 
     from rich.markup import escape
 
     if kind == "results":
-        def pct(v):
-            return "n/a" if not isinstance(v, float) or math.isnan(v) or math.isinf(v) else f"{v * 100:+.2f}%"
+        from ..formatting import fmt_effect, fmt_interval, fmt_p, has_estimate  # as every surface writes them
+
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["interval_timestamp"]))
         verdict = "[bold green]significant[/]" if m["rejected"] else "[dim]not significant[/]"
         return (f"{when}  {m['experiment_id']:<18} {m['metric']:<28.28} {m['variation_id']:<14.14} "
-                f"lift {pct(m['lift_estimate']):>9}  CI \\[{pct(m['corrected_conf_interval_lower'])}, "
-                f"{pct(m['corrected_conf_interval_upper'])}]  p {m['corrected_p_value']:.3g}  {verdict}")
+                f"lift {fmt_effect(m['lift_estimate']) if has_estimate(m) else 'burn-in':>9}  CI "
+                f"{escape(fmt_interval(m['corrected_conf_interval_lower'], m['corrected_conf_interval_upper']))}  "
+                f"p {fmt_p(m['corrected_p_value'])}  {verdict}")
     if kind == "alerts":
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m["interval_timestamp"]))
         colour = "red" if m["kind"] in ("srm", "data_quality") else "yellow"
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
     watch.add_argument("--refresh", type=float, default=1.0, help="seconds between screen updates")
     watch.add_argument("--once", action="store_true", help="print one snapshot of everything so far and exit")
+    watch.add_argument("--summary", action="store_true", help="one line per experiment, most urgent first")
+    watch.add_argument("--page-seconds", type=float, default=8.0, help="seconds per page when not all fit (default 8)")
     watch.set_defaults(func=cmd_watch)
 
     report = sub.add_parser("report", help="write an HTML report of an experiment's results")

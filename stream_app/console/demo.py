@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from state.simulate import demo_experiments, simulate
 
 from ..codec import config_message, encode_row
+from ..formatting import fmt_effect, fmt_interval, fmt_p, has_estimate
 from ..kafka.clients import follow, producer, send_config, send_observations
 from ..kafka.embedded_broker import EmbeddedBroker, free_port
 from ..kafka.topics import create_topics_async
@@ -27,22 +27,21 @@ from ..settings import Settings
 from .files import by_interval, read_csv_observations
 
 
-def _pct(value) -> str:
-    return "     n/a" if not isinstance(value, (int, float)) or math.isnan(value) else f"{value * 100:+7.2f}%"
+def _lift(row: dict) -> str:
+    # stream_app/formatting.py, as every surface writes it; a burn-in placeholder is no 0% lift
+    return f"{fmt_effect(row['lift_estimate']) if has_estimate(row) else 'burn-in':>8}"
 
 
 def _ci(lo, hi) -> str:
-    if not (isinstance(lo, float) and isinstance(hi, float)) or math.isinf(lo) or math.isinf(hi):
-        return "(-inf, inf)".center(20)
-    return f"[{lo * 100:+6.1f}%, {hi * 100:+6.1f}%]".center(20)
+    return f"{fmt_interval(lo, hi):^20}"
 
 
 def format_row(row: dict) -> str:
     mark = "*" if row["rejected"] else " "
     when = time.strftime("%H:%M", time.gmtime(row["interval_timestamp"]))
     return (f"{when}  {row['experiment_id'][:18]:<18} {row['metric'][:26]:<26} {row['variation_id'][:12]:<12} "
-            f"lift {_pct(row['lift_estimate'])} CI {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
-            f"p {row['corrected_p_value']:.3g} {mark}")
+            f"lift {_lift(row)} CI {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
+            f"p {fmt_p(row['corrected_p_value'])} {mark}")
 
 
 def summary_table(final: dict, alerts: list[dict]) -> str:
@@ -51,8 +50,8 @@ def summary_table(final: dict, alerts: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for (experiment, metric, variation), row in sorted(final.items()):
         lines.append(f"{experiment[:18]:<18} {metric[:26]:<26} {variation[:12]:<12} {row['treatment_unit_cumcount']:>7.0f} "
-                     f"{_pct(row['lift_estimate'])} {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
-                     f"{row['corrected_p_value']:>9.3g}  {'yes' if row['rejected'] else 'no'}")
+                     f"{_lift(row)} {_ci(row['corrected_conf_interval_lower'], row['corrected_conf_interval_upper'])} "
+                     f"{fmt_p(row['corrected_p_value']):>9}  {'yes' if row['rejected'] else 'no'}")
     srm = sorted({a["experiment_id"] for a in alerts if a["kind"] == "srm"})
     lines.append("")
     lines.append("sample ratio mismatch: " + (", ".join(srm) if srm else "none detected"))

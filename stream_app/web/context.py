@@ -14,7 +14,7 @@ from faust.web import Request, Response, View
 from state.live import LiveExperiment
 
 from ..metrics import Metrics
-from ..recent import RecentAlerts, RecentResults
+from ..recent import DeadLetters, RecentAlerts, RecentResults
 from ..settings import Settings
 
 
@@ -25,12 +25,14 @@ class WorkerReadModel(Protocol):
     metrics: Metrics
     recent: RecentResults
     recent_alerts: RecentAlerts
+    dead_letters: DeadLetters
     table_name: str  # the experiment table: requests for an experiment go to its partition's owner
 
     def current_experiment(self, experiment_id: str) -> LiveExperiment | None: ...
     def has_experiment(self, experiment_id: str) -> bool: ...
     def local_experiments(self) -> list[str]: ...
     def assigned_partitions(self) -> list[int]: ...
+    def rebuilding(self) -> bool: ...
     async def publish_config(self, experiment_id: str, message: bytes) -> None: ...
 
 
