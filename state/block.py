@@ -18,6 +18,7 @@ import numpy as np
 
 from .effects import EffectEstimate, _estimate_effects
 from .fdr import benjamini_hochberg
+from .fieller import fieller_bounds, reconcile
 
 # Running quantities per hypothesis and the value each starts a segment with.
 RUNNING_START = {
@@ -42,12 +43,17 @@ class Scores(NamedTuple):
     undefined: np.ndarray  # relative lift with a zero control mean
     degenerate: np.ndarray  # zero or non-finite effect variance
     theta: np.ndarray  # reported effect: 0 in burn-in, NaN when undefined
-    centre: np.ndarray  # theta, 0 where there is no valid estimate
-    variance: np.ndarray
+    centre: np.ndarray  # the tested statistic (theta, or D for "fieller"), 0 where not valid
+    variance: np.ndarray  # of the tested statistic, 1 where not valid
     spread: np.ndarray  # V (V + tau^2) / tau^2, inf where invalid: (-inf, inf) intervals
     log_ratio: np.ndarray  # ln((V + tau^2) / V)
     log_mlr: np.ndarray
     local_p: np.ndarray
+    positive: np.ndarray  # theta > 0: the side an interval is cut on (fieller.reconcile)
+    # "fieller": (m_t, m_c, a_t, a_c) for the Fieller inversion, and which hypotheses use it
+    # (None: all of them); None for the symmetric intervals of sections 2 and 4
+    fieller: tuple | None
+    fieller_mask: np.ndarray | None
 
 
 class Step(NamedTuple):
@@ -58,6 +64,14 @@ class Step(NamedTuple):
     previous_rejected: np.ndarray
     local_lo: np.ndarray
     local_hi: np.ndarray
+    # reported running intervals (state/METHODS.md F5): the running intersections, or the local
+    # interval where the intersection is empty, reconciled with their p-values
+    uncorrected_lo: np.ndarray
+    uncorrected_hi: np.ndarray
+    corrected_lo: np.ndarray
+    corrected_hi: np.ndarray
+    effect_changed: np.ndarray  # a running intersection at alpha is empty (F4)
+    previous_effect_changed: np.ndarray
     previous_quality: np.ndarray  # data-quality flags before this look
     family_factor: list[float]  # per experiment
     factor: np.ndarray | None  # per hypothesis; None when the whole family is every hypothesis
@@ -86,6 +100,8 @@ class HypothesisBlock:
         mask = layout._binary_mask
         self.binary_mask = np.tile(mask, self.groups) if tile and mask is not None else mask
         self.relative_arg = layout._relative_arg if layout._relative_arg is True else self.relative
+        ddof = layout._ddof
+        self.ddof = np.tile(ddof, self.groups) if tile and isinstance(ddof, np.ndarray) else ddof
         self.lifetime = lifetime  # (G, A, 3)
         self.stats = stats  # (G*H, E, 2, 3)
         self.running = running  # name -> (G*H,)
@@ -137,27 +153,46 @@ class HypothesisBlock:
 
     def _score(self) -> Scores:
         cfg = self.config
-        est = _estimate_effects(self.stats, self.binary_mask, self.relative_arg, cfg.variance_method,
-                                cfg.variance_ddof)
+        est = _estimate_effects(self.stats, self.binary_mask, self.relative_arg, cfg.variance_method, self.ddof)
         warm = (est.units_treatment >= cfg.min_units) & (est.units_control >= cfg.min_units)
         defined = est.mean_control != 0  # m_c = 0: relative lift undefined (section 2)
         if self.relative_arg is not True:
             defined |= ~self.relative
-        testable = (est.variance > 0) & (est.variance < np.inf)  # else no test is possible
+        # V = 0 (both arms constant) or not finite: no test is possible, whatever the means say;
+        # a plug-in zero variance never yields a rejection (state/METHODS.md F6)
+        testable = (est.variance > 0) & (est.variance < np.inf)
         valid = warm & defined & testable
         all_valid = bool(valid.all())
         if all_valid:  # the usual case after burn-in: no masking needed
             undefined = degenerate = np.zeros(len(valid), dtype=bool)
-            theta = centre = est.effect
+            theta = est.effect
+            centre = est.statistic
             variance = est.variance
         else:
             undefined = warm & ~defined
             degenerate = warm & defined & ~testable
             variance = np.where(valid, est.variance, 1.0)
             theta = np.where(valid, est.effect, np.where(undefined, np.nan, 0.0))
-            centre = np.where(valid, theta, 0.0)
+            centre = np.where(valid, est.statistic, 0.0)
         test = self.test
-        tau2 = cfg.tau2 if cfg.n_star is None else test.mixing_variance(variance, est.units_treatment + est.units_control)
+        fieller = fieller_mask = None
+        if cfg.variance_method == "fieller":
+            # Section 10 / state/METHODS.md F2: mixing variance tau^2 m_c^2 on the difference
+            # scale (tau^2 keeps its relative-lift meaning), or rho^2 N V_D for n_star;
+            # absolute-effect hypotheses keep tau^2 on their own scale.
+            m_c = est.mean_control
+            if cfg.n_star is not None:
+                tau2 = test.mixing_variance(variance, est.units_treatment + est.units_control)
+            elif self.relative_arg is True:
+                tau2 = cfg.tau2 * (m_c * m_c)
+            else:
+                tau2 = np.where(self.relative, cfg.tau2 * (m_c * m_c), cfg.tau2)
+            if not all_valid:
+                tau2 = np.where(valid, tau2, 1.0)
+            fieller = (est.mean_treatment, m_c, est.var_mean_treatment, est.var_mean_control)
+            fieller_mask = None if self.relative_arg is True else self.relative
+        else:
+            tau2 = cfg.tau2 if cfg.n_star is None else test.mixing_variance(variance, est.units_treatment + est.units_control)
         mix = test._score(centre, variance, tau2)
         spread, log_ratio = test._half_width_terms(variance, tau2)
         log_mlr, local_p = mix.log_mlr, mix.local_p_value
@@ -167,14 +202,30 @@ class HypothesisBlock:
             local_p = np.where(valid, local_p, 1.0)
         return Scores(estimate=est, valid=valid, all_valid=all_valid, undefined=undefined, degenerate=degenerate,
                       theta=theta, centre=centre, variance=variance, spread=spread, log_ratio=log_ratio,
-                      log_mlr=log_mlr, local_p=local_p)
+                      log_mlr=log_mlr, local_p=local_p, positive=theta > 0, fieller=fieller,
+                      fieller_mask=fieller_mask)
 
     @staticmethod
     def _interval(scores: Scores, log_level) -> tuple[np.ndarray, np.ndarray]:
-        """Local confidence interval at the level whose log is given; (-inf, inf) where there is
-        no valid estimate (section 4)."""
-        half = np.sqrt(scores.spread * (scores.log_ratio - 2.0 * log_level))
-        return scores.centre - half, scores.centre + half
+        """Local confidence interval at the level whose log is given (a scalar, one per
+        hypothesis, or a stack of levels of shape (L, H)); (-inf, inf) where there is no valid
+        estimate. Symmetric (section 4) for "ses", "delta" and absolute effects; for "fieller"
+        the Fieller inversion of the same test (state/METHODS.md F3), whose z^2 threshold c is
+        the squared difference-scale half-width over V_D."""
+        half2 = scores.spread * (scores.log_ratio - 2.0 * log_level)
+        if scores.fieller is None:
+            half = np.sqrt(half2)
+            return scores.centre - half, scores.centre + half
+        m_t, m_c, a_t, a_c = scores.fieller
+        lo, hi = fieller_bounds(m_t, m_c, a_t, a_c, half2 / scores.variance)
+        if not scores.all_valid:
+            lo = np.where(scores.valid, lo, -np.inf)
+            hi = np.where(scores.valid, hi, np.inf)
+        if scores.fieller_mask is not None:  # absolute-effect hypotheses: symmetric on D
+            half = np.sqrt(half2)
+            lo = np.where(scores.fieller_mask, lo, scores.centre - half)
+            hi = np.where(scores.fieller_mask, hi, scores.centre + half)
+        return lo, hi
 
     def _reset_check(self, scores: Scores) -> np.ndarray:
         """Section 6: under a constant effect the running intersection at reset_alpha stays
@@ -189,10 +240,8 @@ class HypothesisBlock:
 
     def _advance(self, scores: Scores, reset: np.ndarray) -> Step:
         cfg, run = self.config, self.running
+        previous_changed = (run["unc_lo"] > run["unc_hi"]) | (run["cor_lo"] > run["cor_hi"])
         run["min_p"] = np.minimum(run["min_p"], scores.local_p)
-        local_lo, local_hi = self._interval(scores, math.log(cfg.alpha))
-        run["unc_lo"] = np.maximum(run["unc_lo"], local_lo)
-        run["unc_hi"] = np.minimum(run["unc_hi"], local_hi)
 
         # Section 5: BH over each experiment's family of always-valid p, then a running minimum
         # over time. One experiment takes numpy's cheaper one-dimensional path.
@@ -219,13 +268,41 @@ class HypothesisBlock:
         else:
             factor = np.where(np.tile(family, groups), np.repeat(family_factor, h), 1.0)
             log_level = np.log(cfg.alpha * factor)
+
+        # Local intervals at alpha and at the corrected level, each made to exclude 0 exactly
+        # when its local p is below its level (F5; a rounding-level change), then intersected.
+        log_alpha = math.log(cfg.alpha)
+        local_p, positive = scores.local_p, scores.positive
+        local_lo, local_hi = self._interval(scores, log_alpha)
+        local_lo, local_hi = reconcile(local_lo, local_hi, local_p < cfg.alpha, positive)
         cor_lo, cor_hi = self._interval(scores, log_level)
+        cor_lo, cor_hi = reconcile(cor_lo, cor_hi, np.log(local_p) < log_level, positive)
+        run["unc_lo"] = unc_lo = np.maximum(run["unc_lo"], local_lo)
+        run["unc_hi"] = unc_hi = np.minimum(run["unc_hi"], local_hi)
         run["cor_lo"] = np.maximum(run["cor_lo"], cor_lo)
         run["cor_hi"] = np.minimum(run["cor_hi"], cor_hi)
         previous = self.rejected
         self.rejected = run["min_corrected_p"] < cfg.alpha
+
+        # F4: an empty running intersection at alpha means the effect changed over time: the row
+        # reports the latest local interval instead, flagged. F5: every reported running
+        # interval excludes 0 exactly when its own p (always-valid, corrected) is below alpha.
+        unc_empty = unc_lo > unc_hi
+        cor_empty = run["cor_lo"] > run["cor_hi"]
+        changed = unc_empty | cor_empty
+        if changed.any():
+            unc_lo, unc_hi = np.where(unc_empty, local_lo, unc_lo), np.where(unc_empty, local_hi, unc_hi)
+            rep_cor_lo = np.where(cor_empty, cor_lo, run["cor_lo"])
+            rep_cor_hi = np.where(cor_empty, cor_hi, run["cor_hi"])
+        else:
+            rep_cor_lo, rep_cor_hi = run["cor_lo"], run["cor_hi"]
+        unc_lo, unc_hi = reconcile(unc_lo, unc_hi, run["min_p"] < cfg.alpha, positive)
+        rep_cor_lo, rep_cor_hi = reconcile(rep_cor_lo, rep_cor_hi, self.rejected, positive)
+
         # all valid: undefined and degenerate are one all-False array, never changed in place
         problem = scores.undefined if scores.all_valid else scores.undefined | scores.degenerate
         self.quality_flag, previous_quality = problem, self.quality_flag
         return Step(scores=scores, reset=reset, previous_rejected=previous, local_lo=local_lo, local_hi=local_hi,
+                    uncorrected_lo=unc_lo, uncorrected_hi=unc_hi, corrected_lo=rep_cor_lo, corrected_hi=rep_cor_hi,
+                    effect_changed=changed, previous_effect_changed=previous_changed & ~reset,
                     previous_quality=previous_quality, family_factor=family_factor, factor=factor)

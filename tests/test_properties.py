@@ -71,7 +71,9 @@ def experiments(draw):
                 rows.append({"metric": f"m{m}", "variation_id": v, "interval_timestamp": 1000.0 + 60 * t,
                              "unit_count": n, "unit_observation_sum": s, "unit_observation_sum_of_squares": q})
     config = {"min_units": draw(st.sampled_from([0, 50, 100])), "use_stats_resets": draw(st.booleans()),
-              "effect": draw(st.sampled_from(["relative", "absolute"]))}
+              "effect": draw(st.sampled_from(["relative", "absolute"])),
+              # named explicitly: the batch call's default ("ses") is not the native one
+              "variance_method": draw(st.sampled_from(["fieller", "ses", "delta"]))}
     return config, binary, rows
 
 

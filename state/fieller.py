@@ -1,0 +1,78 @@
+"""Relative confidence intervals by Fieller inversion of the difference-scale mixture test, and
+the reconciliation of every reported interval with its p-value (state/METHODS.md sections F3-F5;
+../shared/docs/METHODS.md section 10). Closed form, vectorised over hypotheses: no iteration.
+
+The test of H0(r): mu_t - (1 + r) mu_c = 0 uses the statistic T(u) = m_t - u m_c (u = 1 + r),
+its variance V(u) = a_t + u^2 a_c (a = v / N per arm) and mixing variance k V(u), with the one
+k = tau_D^2 / V_D of the look (the mixing variance tau_D^2 = tau^2 m_c^2, or rho^2 N V_D for
+n_star, over V_D = V(1)). Its log MLR is -ln(1 + k) / 2 + k z(u)^2 / (2 (1 + k)), z = T / sqrt(V),
+so r is not rejected at level a exactly when z(u)^2 < c with
+
+    c = (1 + k) / k * (2 ln(1/a) + ln(1 + k)) = (squared difference-scale half-width) / V_D,
+
+a quadratic inequality in u: A u^2 - 2 B u + C < 0 with A = m_c^2 - c a_c, B = m_t m_c,
+C = m_t^2 - c a_t (Fieller 1954). At u = 1 it is the test whose p-value is reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The bound that stands for "just beside 0" when an interval must exclude 0 (see reconcile).
+TINY = float(np.nextafter(0.0, 1.0))
+
+
+def fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
+    """Lift bounds (r = u - 1) of {u : (m_t - u m_c)^2 < c (a_t + u^2 a_c)} (state/METHODS.md F3).
+
+    - A > 0 (the control mean is distinguishable from 0 at this level): a bounded interval; it
+      is never empty, since the discriminant B^2 - AC = c (a_c m_t^2 + a_t m_c^2 - c a_c a_t)
+      exceeds c a_t A >= 0.
+    - A < 0 with a positive discriminant: two rays. The ray holding the estimate m_t / m_c
+      (never rejected: T = 0 there) is reported; the other one holds ratios of the opposite
+      sign to the estimate, outside the parameter space of a metric of one sign.
+    - otherwise (A <= 0 without two roots, or no valid inputs): the whole line (-inf, inf).
+    Roots by the cancellation-free pair q / A and C / q, q = B + sign(B) sqrt(disc).
+    """
+    mc2 = m_c * m_c
+    big_a = mc2 - c * a_c
+    b = m_t * m_c
+    small_c = m_t * m_t - c * a_t
+    disc = c * (a_c * m_t * m_t + a_t * mc2 - c * a_c * a_t)
+    root = np.sqrt(np.maximum(disc, 0.0))
+    q = b + np.copysign(root, b)
+    safe_q = np.where(q == 0.0, 1.0, q)
+    u1 = np.where(q == 0.0, b / big_a, q / big_a)
+    u2 = np.where(q == 0.0, b / big_a, small_c / safe_q)
+    u_lo, u_hi = np.minimum(u1, u2), np.maximum(u1, u2)
+    bounded = big_a > 0.0
+    rays = (big_a < 0.0) & (disc > 0.0)
+    estimate_high = (m_t / m_c) >= u_hi
+    lo = np.where(bounded, u_lo, np.where(rays & estimate_high, u_hi, -np.inf))
+    hi = np.where(bounded, u_hi, np.where(rays & ~estimate_high, u_lo, np.inf))
+    # NaN inputs (burn-in, empty arms) fail every comparison above and give (-inf, inf).
+    return lo - 1.0, hi - 1.0
+
+
+def reconcile(lo, hi, excluded, positive) -> tuple[np.ndarray, np.ndarray]:
+    """Make 0 lie outside [lo, hi] exactly when ``excluded`` (its p-value is below its level),
+    state/METHODS.md F5.
+
+    Mathematically the two agree for local and running uncorrected intervals and this changes
+    them only at rounding level; for the FDR-corrected interval (levels change over time) and
+    for intervals replaced after an empty intersection it is the rule that defines the report:
+    an interval that must exclude 0 but holds it is cut at 0 on the side of the estimate
+    (``positive``), keeping the part that the rejection claims; one that must hold 0 is widened
+    to reach it (a superset: coverage can only grow). Never returns lower > upper.
+    """
+    holds_zero = (lo <= 0.0) & (hi >= 0.0)
+    cut = excluded & holds_zero
+    widen = ~excluded & ~holds_zero
+    if not (cut.any() or widen.any()):
+        return lo, hi
+    lo = np.where(widen, np.minimum(lo, 0.0), np.where(cut & positive, TINY, lo))
+    hi = np.where(widen, np.maximum(hi, 0.0), np.where(cut & ~positive, -TINY, hi))
+    # a cut of an interval touching 0 only at its end leaves a point next to 0, never lo > hi
+    hi = np.where(cut & positive, np.maximum(hi, TINY), hi)
+    lo = np.where(cut & ~positive, np.minimum(lo, -TINY), lo)
+    return lo, hi
