@@ -18,7 +18,7 @@ import numpy as np
 
 from .effects import EffectEstimate, _estimate_effects
 from .fdr import benjamini_hochberg
-from .fieller import fieller_bounds, reconcile
+from .fieller import _fieller_bounds, reconcile
 
 # Running quantities per hypothesis and the value each starts a segment with.
 RUNNING_START = {
@@ -217,7 +217,7 @@ class HypothesisBlock:
             half = np.sqrt(half2)
             return scores.centre - half, scores.centre + half
         m_t, m_c, a_t, a_c = scores.fieller
-        lo, hi = fieller_bounds(m_t, m_c, a_t, a_c, half2 / scores.variance)
+        lo, hi = _fieller_bounds(m_t, m_c, a_t, a_c, half2 / scores.variance)
         if not scores.all_valid:
             lo = np.where(scores.valid, lo, -np.inf)
             hi = np.where(scores.valid, hi, np.inf)

@@ -23,12 +23,18 @@ TINY = float(np.nextafter(0.0, 1.0))
 
 
 def fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_fieller_bounds` with NaN and infinite inputs quiet (they are meaningful here)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _fieller_bounds(m_t, m_c, a_t, a_c, c)
+
+
+def _fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
     """Lift bounds (r = u - 1) of {u : (m_t - u m_c)^2 < c (a_t + u^2 a_c)} (state/METHODS.md F3).
 
     - A > 0 (the control mean is distinguishable from 0 at this level): a bounded interval; it
       is never empty, since the discriminant B^2 - AC = c (a_c m_t^2 + a_t m_c^2 - c a_c a_t)
       exceeds c a_t A >= 0.
-    - A < 0 with a positive discriminant: two rays. The ray holding the estimate m_t / m_c
+    - A < 0 with a positive discriminant (or A = 0: one root): two rays. The ray holding the estimate m_t / m_c
       (never rejected: T = 0 there) is reported; the other one holds ratios of the opposite
       sign to the estimate, outside the parameter space of a metric of one sign.
     - otherwise (A <= 0 without two roots, or no valid inputs): the whole line (-inf, inf).
@@ -41,12 +47,13 @@ def fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
     disc = c * (a_c * m_t * m_t + a_t * mc2 - c * a_c * a_t)
     root = np.sqrt(np.maximum(disc, 0.0))
     q = b + np.copysign(root, b)
+    linear = big_a == 0.0  # one root, C / (2B): a single ray
     safe_q = np.where(q == 0.0, 1.0, q)
-    u1 = np.where(q == 0.0, b / big_a, q / big_a)
     u2 = np.where(q == 0.0, b / big_a, small_c / safe_q)
+    u1 = np.where(linear, u2, np.where(q == 0.0, u2, q / big_a))
     u_lo, u_hi = np.minimum(u1, u2), np.maximum(u1, u2)
     bounded = big_a > 0.0
-    rays = (big_a < 0.0) & (disc > 0.0)
+    rays = ((big_a < 0.0) & (disc > 0.0)) | (linear & (q != 0.0))
     estimate_high = (m_t / m_c) >= u_hi
     lo = np.where(bounded, u_lo, np.where(rays & estimate_high, u_hi, -np.inf))
     hi = np.where(bounded, u_hi, np.where(rays & ~estimate_high, u_lo, np.inf))
