@@ -34,7 +34,7 @@ def best_of(fn, repeats=30):
 
 
 def score_engine(stats, relative, test):
-    est = estimate_effects(stats, None, relative)
+    est = estimate_effects(stats, None, relative, variance_method="ses")
     tau2 = test.mixing_variance(est.variance, est.units_treatment + est.units_control)
     score = test.score(est.effect, est.variance, tau2)
     half = test.half_width(est.variance, tau2, 0.1)

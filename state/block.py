@@ -49,7 +49,6 @@ class Scores(NamedTuple):
     log_ratio: np.ndarray  # ln((V + tau^2) / V)
     log_mlr: np.ndarray
     local_p: np.ndarray
-    positive: np.ndarray  # theta > 0: the side an interval is cut on (fieller.reconcile)
     # "fieller": (m_t, m_c, a_t, a_c) for the Fieller inversion, and which hypotheses use it
     # (None: all of them); None for the symmetric intervals of sections 2 and 4
     fieller: tuple | None
@@ -75,6 +74,17 @@ class Step(NamedTuple):
     previous_quality: np.ndarray  # data-quality flags before this look
     family_factor: list[float]  # per experiment
     factor: np.ndarray | None  # per hypothesis; None when the whole family is every hypothesis
+
+
+class Look(NamedTuple):
+    """One look's p-values and local intervals, before any running quantity changes."""
+
+    min_p: np.ndarray  # always-valid p after this look
+    corrected: np.ndarray  # corrected p after this look
+    family_factor: list[float]  # per experiment
+    factor: np.ndarray | None  # per hypothesis; None when the whole family is every hypothesis
+    lows: np.ndarray  # (3, H): local lower bounds at reset_alpha, alpha, the corrected level
+    highs: np.ndarray
 
 
 class HypothesisBlock:
@@ -132,16 +142,18 @@ class HypothesisBlock:
         arm_inc = self.per_hypothesis(increments, self.hyp_arms)  # (G*H, 2, 3): treatment, control
         self.stats[:, -1] += arm_inc
         scores = self._score()
-        reset = self._reset_check(scores)
-        if reset.any():
+        look = self._look(scores)
+        reset = self._reset_check(look)
+        if reset.any():  # rare: restart those hypotheses and look again
             self.stats[reset] = 0.0
             self.stats[reset, -1] = arm_inc[reset]
             self.segment[reset] += 1
             for name, start in RUNNING_START.items():
                 self.running[name][reset] = start
             scores = self._score()
-            self._reset_check(scores)
-        return self._advance(scores, reset)
+            look = self._look(scores)
+            self._reset_check(look)
+        return self._advance(scores, look, reset)
 
     def per_hypothesis(self, per_arm: np.ndarray, arms: np.ndarray) -> np.ndarray:
         """Rows of a (G, A, 3) per-arm array picked by each hypothesis' arm index (``arms``, (H,)
@@ -202,8 +214,7 @@ class HypothesisBlock:
             local_p = np.where(valid, local_p, 1.0)
         return Scores(estimate=est, valid=valid, all_valid=all_valid, undefined=undefined, degenerate=degenerate,
                       theta=theta, centre=centre, variance=variance, spread=spread, log_ratio=log_ratio,
-                      log_mlr=log_mlr, local_p=local_p, positive=theta > 0, fieller=fieller,
-                      fieller_mask=fieller_mask)
+                      log_mlr=log_mlr, local_p=local_p, fieller=fieller, fieller_mask=fieller_mask)
 
     @staticmethod
     def _interval(scores: Scores, log_level) -> tuple[np.ndarray, np.ndarray]:
@@ -227,33 +238,23 @@ class HypothesisBlock:
             hi = np.where(scores.fieller_mask, hi, scores.centre + half)
         return lo, hi
 
-    def _reset_check(self, scores: Scores) -> np.ndarray:
-        """Section 6: under a constant effect the running intersection at reset_alpha stays
-        non-empty with probability >= 1 - reset_alpha; an empty one means the effect changed."""
-        lo, hi = self._interval(scores, math.log(self.config.reset_alpha))
-        lo = np.maximum(self.running["reset_lo"], lo)
-        hi = np.minimum(self.running["reset_hi"], hi)
-        self.running["reset_lo"], self.running["reset_hi"] = lo, hi
-        if not self.config.use_stats_resets:
-            return np.zeros(len(lo), dtype=bool)
-        return lo > hi
-
-    def _advance(self, scores: Scores, reset: np.ndarray) -> Step:
+    def _look(self, scores: Scores) -> Look:
+        """This look's p-values and local intervals, without changing any running quantity (so
+        that a stats reset can discard it): always-valid p, BH and the FDR level (section 5), then
+        the local intervals at reset_alpha, alpha and the corrected level in one stacked pass."""
         cfg, run = self.config, self.running
-        previous_changed = (run["unc_lo"] > run["unc_hi"]) | (run["cor_lo"] > run["cor_hi"])
-        run["min_p"] = np.minimum(run["min_p"], scores.local_p)
-
+        min_p = np.minimum(run["min_p"], scores.local_p)
         # Section 5: BH over each experiment's family of always-valid p, then a running minimum
         # over time. One experiment takes numpy's cheaper one-dimensional path.
         groups, family, size, whole = self.groups, self.in_family, self.family_size, self.whole_family
-        min_p = run["min_p"] if groups == 1 else run["min_p"].reshape(groups, -1)
+        grouped = min_p if groups == 1 else min_p.reshape(groups, -1)
         if whole:
-            adjusted = benjamini_hochberg(min_p)
+            adjusted = benjamini_hochberg(grouped)
         else:
-            adjusted = min_p.copy()
+            adjusted = grouped.copy()
             if size:
-                adjusted[..., family] = benjamini_hochberg(min_p[..., family])
-        corrected = run["min_corrected_p"] = np.minimum(run["min_corrected_p"], adjusted.reshape(-1))
+                adjusted[..., family] = benjamini_hochberg(grouped[..., family])
+        corrected = np.minimum(run["min_corrected_p"], adjusted.reshape(-1))
         in_family = corrected if whole else corrected.reshape(groups, -1)[:, family]
         if groups == 1:  # count_nonzero along an axis costs several times the plain count
             discoveries = [int(np.count_nonzero(in_family <= cfg.alpha))]
@@ -261,48 +262,67 @@ class HypothesisBlock:
             discoveries = (in_family.reshape(groups, -1) <= cfg.alpha).sum(axis=1).tolist()
         family_factor = [max(d, 1) / size if size else 1.0 for d in discoveries]
         h = len(family)
+        n = len(min_p)
+        log_reset, log_alpha = math.log(cfg.reset_alpha), math.log(cfg.alpha)
         if whole:  # one level per experiment, its log in scalar math (bit-equal for any G)
             factor = None
             levels = [math.log(cfg.alpha * f) for f in family_factor]
-            log_level = levels[0] if groups == 1 else np.repeat(levels, h)
+            if groups == 1:
+                log_levels = np.array([[log_reset], [log_alpha], [levels[0]]])
+            else:
+                log_levels = np.stack([np.full(n, log_reset), np.full(n, log_alpha), np.repeat(levels, h)])
         else:
             factor = np.where(np.tile(family, groups), np.repeat(family_factor, h), 1.0)
-            log_level = np.log(cfg.alpha * factor)
+            log_levels = np.stack([np.full(n, log_reset), np.full(n, log_alpha), np.log(cfg.alpha * factor)])
+        lows, highs = self._interval(scores, log_levels)
+        return Look(min_p, corrected, family_factor, factor, lows, highs)
 
-        # Local intervals at alpha and at the corrected level, each made to exclude 0 exactly
-        # when its local p is below its level (F5; a rounding-level change), then intersected.
-        log_alpha = math.log(cfg.alpha)
-        local_p, positive = scores.local_p, scores.positive
-        local_lo, local_hi = self._interval(scores, log_alpha)
-        local_lo, local_hi = reconcile(local_lo, local_hi, local_p < cfg.alpha, positive)
-        cor_lo, cor_hi = self._interval(scores, log_level)
-        cor_lo, cor_hi = reconcile(cor_lo, cor_hi, np.log(local_p) < log_level, positive)
+    def _reset_check(self, look: Look) -> np.ndarray:
+        """Section 6: under a constant effect the running intersection at reset_alpha stays
+        non-empty with probability >= 1 - reset_alpha; an empty one means the effect changed."""
+        lo = np.maximum(self.running["reset_lo"], look.lows[0])
+        hi = np.minimum(self.running["reset_hi"], look.highs[0])
+        self.running["reset_lo"], self.running["reset_hi"] = lo, hi
+        if not self.config.use_stats_resets:
+            return np.zeros(len(lo), dtype=bool)
+        return lo > hi
+
+    def _advance(self, scores: Scores, look: Look, reset: np.ndarray) -> Step:
+        cfg, run = self.config, self.running
+        previous_changed = (run["unc_lo"] > run["unc_hi"]) | (run["cor_lo"] > run["cor_hi"])
+        run["min_p"], run["min_corrected_p"] = look.min_p, look.corrected
+        local_lo, local_hi = look.lows[1], look.highs[1]
+        cor_lo, cor_hi = look.lows[2], look.highs[2]
         run["unc_lo"] = unc_lo = np.maximum(run["unc_lo"], local_lo)
         run["unc_hi"] = unc_hi = np.minimum(run["unc_hi"], local_hi)
-        run["cor_lo"] = np.maximum(run["cor_lo"], cor_lo)
-        run["cor_hi"] = np.minimum(run["cor_hi"], cor_hi)
+        run["cor_lo"] = run_cor_lo = np.maximum(run["cor_lo"], cor_lo)
+        run["cor_hi"] = run_cor_hi = np.minimum(run["cor_hi"], cor_hi)
         previous = self.rejected
-        self.rejected = run["min_corrected_p"] < cfg.alpha
+        self.rejected = look.corrected < cfg.alpha
 
         # F4: an empty running intersection at alpha means the effect changed over time: the row
-        # reports the latest local interval instead, flagged. F5: every reported running
-        # interval excludes 0 exactly when its own p (always-valid, corrected) is below alpha.
+        # reports the latest local interval instead, flagged. F5: every reported interval (local,
+        # running, corrected) excludes 0 exactly when its own p is below alpha: reconciled in one
+        # stacked pass (mathematically a no-op but for rounding and the cases F5 names).
         unc_empty = unc_lo > unc_hi
-        cor_empty = run["cor_lo"] > run["cor_hi"]
+        cor_empty = run_cor_lo > run_cor_hi
         changed = unc_empty | cor_empty
+        lows, highs = np.empty((3, len(unc_lo))), np.empty((3, len(unc_lo)))
+        lows[0], highs[0] = local_lo, local_hi
         if changed.any():
-            unc_lo, unc_hi = np.where(unc_empty, local_lo, unc_lo), np.where(unc_empty, local_hi, unc_hi)
-            rep_cor_lo = np.where(cor_empty, cor_lo, run["cor_lo"])
-            rep_cor_hi = np.where(cor_empty, cor_hi, run["cor_hi"])
+            lows[1], highs[1] = np.where(unc_empty, local_lo, unc_lo), np.where(unc_empty, local_hi, unc_hi)
+            lows[2], highs[2] = np.where(cor_empty, cor_lo, run_cor_lo), np.where(cor_empty, cor_hi, run_cor_hi)
         else:
-            rep_cor_lo, rep_cor_hi = run["cor_lo"], run["cor_hi"]
-        unc_lo, unc_hi = reconcile(unc_lo, unc_hi, run["min_p"] < cfg.alpha, positive)
-        rep_cor_lo, rep_cor_hi = reconcile(rep_cor_lo, rep_cor_hi, self.rejected, positive)
+            lows[1], highs[1], lows[2], highs[2] = unc_lo, unc_hi, run_cor_lo, run_cor_hi
+        excluded = np.empty((3, len(unc_lo)), dtype=bool)
+        excluded[0], excluded[1], excluded[2] = scores.local_p < cfg.alpha, look.min_p < cfg.alpha, self.rejected
+        lows, highs = reconcile(lows, highs, excluded, scores.theta)
 
         # all valid: undefined and degenerate are one all-False array, never changed in place
         problem = scores.undefined if scores.all_valid else scores.undefined | scores.degenerate
         self.quality_flag, previous_quality = problem, self.quality_flag
-        return Step(scores=scores, reset=reset, previous_rejected=previous, local_lo=local_lo, local_hi=local_hi,
-                    uncorrected_lo=unc_lo, uncorrected_hi=unc_hi, corrected_lo=rep_cor_lo, corrected_hi=rep_cor_hi,
-                    effect_changed=changed, previous_effect_changed=previous_changed & ~reset,
-                    previous_quality=previous_quality, family_factor=family_factor, factor=factor)
+        return Step(scores=scores, reset=reset, previous_rejected=previous, local_lo=lows[0], local_hi=highs[0],
+                    uncorrected_lo=lows[1], uncorrected_hi=highs[1], corrected_lo=lows[2],
+                    corrected_hi=highs[2], effect_changed=changed,
+                    previous_effect_changed=previous_changed & ~reset, previous_quality=previous_quality,
+                    family_factor=look.family_factor, factor=look.factor)

@@ -38,7 +38,8 @@ def _fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
       (never rejected: T = 0 there) is reported; the other one holds ratios of the opposite
       sign to the estimate, outside the parameter space of a metric of one sign.
     - otherwise (A <= 0 without two roots, or no valid inputs): the whole line (-inf, inf).
-    Roots by the cancellation-free pair q / A and C / q, q = B + sign(B) sqrt(disc).
+    Bounded roots (B -+ sqrt(disc)) / A; the finite roots of the rays by the cancellation-free
+    pair q / A and C / q, q = B + sign(B) sqrt(disc).
     """
     mc2 = m_c * m_c
     big_a = mc2 - c * a_c
@@ -46,22 +47,31 @@ def _fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
     small_c = m_t * m_t - c * a_t
     disc = c * (a_c * m_t * m_t + a_t * mc2 - c * a_c * a_t)
     root = np.sqrt(np.maximum(disc, 0.0))
+    # Bounded case: (B -+ root) / A. The cancellation in B - root (a root near u = 0, a lift
+    # near -100%) costs absolute, not relative, precision of order 1e-16 * B / A on the lift
+    # scale: immaterial. The same expressions on every path, so that a hypothesis' bounds do not
+    # depend on the other hypotheses scored with it (update_many is bit-equal to update).
+    lo = (b - root) / big_a - 1.0
+    hi = (b + root) / big_a - 1.0
+    bounded = big_a > 0.0
+    if bounded.all():  # the usual case after burn-in
+        return lo, hi
+    # Rays: the finite roots by the cancellation-free pair q / A and C / q.
     q = b + np.copysign(root, b)
     linear = big_a == 0.0  # one root, C / (2B): a single ray
     safe_q = np.where(q == 0.0, 1.0, q)
     u2 = np.where(q == 0.0, b / big_a, small_c / safe_q)
     u1 = np.where(linear, u2, np.where(q == 0.0, u2, q / big_a))
     u_lo, u_hi = np.minimum(u1, u2), np.maximum(u1, u2)
-    bounded = big_a > 0.0
     rays = ((big_a < 0.0) & (disc > 0.0)) | (linear & (q != 0.0))
     estimate_high = (m_t / m_c) >= u_hi
-    lo = np.where(bounded, u_lo, np.where(rays & estimate_high, u_hi, -np.inf))
-    hi = np.where(bounded, u_hi, np.where(rays & ~estimate_high, u_lo, np.inf))
+    ray_lo = np.where(rays & estimate_high, u_hi - 1.0, -np.inf)
+    ray_hi = np.where(rays & ~estimate_high, u_lo - 1.0, np.inf)
     # NaN inputs (burn-in, empty arms) fail every comparison above and give (-inf, inf).
-    return lo - 1.0, hi - 1.0
+    return np.where(bounded, lo, ray_lo), np.where(bounded, hi, ray_hi)
 
 
-def reconcile(lo, hi, excluded, positive) -> tuple[np.ndarray, np.ndarray]:
+def reconcile(lo, hi, excluded, estimate) -> tuple[np.ndarray, np.ndarray]:
     """Make 0 lie outside [lo, hi] exactly when ``excluded`` (its p-value is below its level),
     state/METHODS.md F5.
 
@@ -69,14 +79,15 @@ def reconcile(lo, hi, excluded, positive) -> tuple[np.ndarray, np.ndarray]:
     them only at rounding level; for the FDR-corrected interval (levels change over time) and
     for intervals replaced after an empty intersection it is the rule that defines the report:
     an interval that must exclude 0 but holds it is cut at 0 on the side of the estimate
-    (``positive``), keeping the part that the rejection claims; one that must hold 0 is widened
+    (``estimate`` > 0: positive side), keeping the part that the rejection claims; one that must hold 0 is widened
     to reach it (a superset: coverage can only grow). Never returns lower > upper.
     """
     holds_zero = (lo <= 0.0) & (hi >= 0.0)
+    if not (holds_zero == excluded).any():  # the usual case: they agree everywhere
+        return lo, hi
     cut = excluded & holds_zero
     widen = ~excluded & ~holds_zero
-    if not (cut.any() or widen.any()):
-        return lo, hi
+    positive = estimate > 0.0
     lo = np.where(widen, np.minimum(lo, 0.0), np.where(cut & positive, TINY, lo))
     hi = np.where(widen, np.maximum(hi, 0.0), np.where(cut & ~positive, -TINY, hi))
     # a cut of an interval touching 0 only at its end leaves a point next to 0, never lo > hi

@@ -94,6 +94,7 @@ class Study:
     lifts: dict  # (shape, variation) -> true relative lift; absent: 0
     shapes: tuple = SHAPES
     traffic: tuple = (20.0, 400.0)  # units per arm per interval: log-uniform range over experiments
+    flip_at: int | None = None  # from this look on every lift has the opposite sign
 
 
 @dataclass
@@ -112,11 +113,17 @@ def run_study(study: Study, config: EngineConfig) -> StudyResult:
     level = np.exp(rng.uniform(low, high, g))
     metric_configs = {shape: MetricConfig(name=shape, is_binary=shape in BINARY) for shape in study.shapes}
     states = [ExperimentState(f"e{i}", config, metric_configs) for i in range(g)]
-    factors = {shape: np.array([1.0 + study.lifts.get((shape, v), 0.0) for v in VARIATIONS]) for shape in study.shapes}
+    def factors_at(sign):
+        return {shape: np.array([1.0 + sign * study.lifts.get((shape, v), 0.0) for v in VARIATIONS])
+                for shape in study.shapes}
+
+    factors = factors_at(1.0)
     collected = {name: [] for name in COLUMNS}
     alerts: list[list] = [[] for _ in range(g)]
     metrics = variations = None
     for t in range(study.looks):
+        if t == study.flip_at:
+            factors = factors_at(-1.0)
         daily = 1.0 + 0.6 * math.sin(2.0 * math.pi * t / 24.0)
         units = rng.poisson(np.repeat((level * daily)[:, None], arms, axis=1)).astype(np.float64)
         drawn = {shape: draw_shape(rng, shape, units, factors[shape][None, :]) for shape in study.shapes}
