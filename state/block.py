@@ -30,7 +30,16 @@ RUNNING_START = {
     "cor_hi": math.inf,
     "reset_lo": -math.inf,  # running intersection at reset_alpha (section 6)
     "reset_hi": math.inf,
+    # "fieller" change detection (state/METHODS.md F4): the (N, S, Q) of both arms since the
+    # current window started, its looks so far and its number j within the segment
+    "win_n_t": 0.0, "win_s_t": 0.0, "win_q_t": 0.0, "win_n_c": 0.0, "win_s_c": 0.0, "win_q_c": 0.0,
+    "win_looks": 0.0,
+    "win_index": 0.0,
 }
+WINDOW = ("win_n_t", "win_s_t", "win_q_t", "win_n_c", "win_s_c", "win_q_c")
+# Looks per change-detection window: short enough that a window soon holds only data after a
+# change, long enough to collect evidence; window j gets level reset_alpha / 2 * 6 / (pi^2 j^2).
+WINDOW_LOOKS = 8
 
 
 class Scores(NamedTuple):
@@ -141,6 +150,9 @@ class HypothesisBlock:
         self.lifetime += increments
         arm_inc = self.per_hypothesis(increments, self.hyp_arms)  # (G*H, 2, 3): treatment, control
         self.stats[:, -1] += arm_inc
+        windowed = self.config.variance_method == "fieller" and self.config.use_stats_resets
+        if windowed:
+            self._add_to_windows(arm_inc, None)
         scores = self._score()
         look = self._look(scores)
         reset = self._reset_check(look)
@@ -150,10 +162,35 @@ class HypothesisBlock:
             self.segment[reset] += 1
             for name, start in RUNNING_START.items():
                 self.running[name][reset] = start
+            if windowed:
+                self._add_to_windows(arm_inc, reset)
             scores = self._score()
             look = self._look(scores)
             self._reset_check(look)
         return self._advance(scores, look, reset)
+
+    def _add_to_windows(self, arm_inc: np.ndarray, only: np.ndarray | None) -> None:
+        """Add this look's increments to each hypothesis' change-detection window (F4),
+        starting a new window where the current one is full (or none has started)."""
+        run = self.running
+        looks = run["win_looks"]
+        start = (looks >= WINDOW_LOOKS) | (looks == 0.0)
+        if only is not None:
+            start &= only
+        if start.any():
+            for name in WINDOW:
+                run[name] = np.where(start, 0.0, run[name])
+            run["win_index"] = run["win_index"] + start
+            looks = np.where(start, 0.0, looks)
+        flat = arm_inc.reshape(len(arm_inc), 6)
+        if only is None:
+            for k, name in enumerate(WINDOW):
+                run[name] = run[name] + flat[:, k]
+            run["win_looks"] = looks + 1.0
+        else:
+            for k, name in enumerate(WINDOW):
+                run[name] = np.where(only, run[name] + flat[:, k], run[name])
+            run["win_looks"] = np.where(only, looks + 1.0, looks)
 
     def per_hypothesis(self, per_arm: np.ndarray, arms: np.ndarray) -> np.ndarray:
         """Rows of a (G, A, 3) per-arm array picked by each hypothesis' arm index (``arms``, (H,)
@@ -163,9 +200,11 @@ class HypothesisBlock:
         picked = per_arm[:, arms]
         return picked.reshape(-1, *picked.shape[2:])
 
-    def _score(self) -> Scores:
+    def _score(self, stats: np.ndarray | None = None) -> Scores:
+        """Scores of the segment's statistics, or of other per-hypothesis ``stats`` (H, E, 2, 3)."""
         cfg = self.config
-        est = _estimate_effects(self.stats, self.binary_mask, self.relative_arg, cfg.variance_method, self.ddof)
+        est = _estimate_effects(self.stats if stats is None else stats, self.binary_mask, self.relative_arg,
+                                cfg.variance_method, self.ddof)
         warm = (est.units_treatment >= cfg.min_units) & (est.units_control >= cfg.min_units)
         defined = est.mean_control != 0  # m_c = 0: relative lift undefined (section 2)
         if self.relative_arg is not True:
@@ -263,7 +302,9 @@ class HypothesisBlock:
         family_factor = [max(d, 1) / size if size else 1.0 for d in discoveries]
         h = len(family)
         n = len(min_p)
-        log_reset, log_alpha = math.log(cfg.reset_alpha), math.log(cfg.alpha)
+        # "fieller" splits reset_alpha between the segment's sequence and the windows' (F4)
+        reset_level = cfg.reset_alpha / 2.0 if cfg.variance_method == "fieller" else cfg.reset_alpha
+        log_reset, log_alpha = math.log(reset_level), math.log(cfg.alpha)
         if whole:  # one level per experiment, its log in scalar math (bit-equal for any G)
             factor = None
             levels = [math.log(cfg.alpha * f) for f in family_factor]
@@ -279,13 +320,32 @@ class HypothesisBlock:
 
     def _reset_check(self, look: Look) -> np.ndarray:
         """Section 6: under a constant effect the running intersection at reset_alpha stays
-        non-empty with probability >= 1 - reset_alpha; an empty one means the effect changed."""
-        lo = np.maximum(self.running["reset_lo"], look.lows[0])
-        hi = np.minimum(self.running["reset_hi"], look.highs[0])
-        self.running["reset_lo"], self.running["reset_hi"] = lo, hi
-        if not self.config.use_stats_resets:
+        non-empty with probability >= 1 - reset_alpha; an empty one means the effect changed.
+
+        "fieller" (state/METHODS.md F4) also resets when the interval of the current window's
+        data alone (level reset_alpha / 2 * 6 / (pi^2 j^2) for window j) is disjoint from the
+        segment's running intersection (level reset_alpha / 2): both cover a constant effect at
+        all times with probability >= 1 - reset_alpha (a union bound), so the false-reset rate is
+        kept, while a window after a change holds only new data instead of a diluted mean. A
+        window is scored once, at its last look (a confidence sequence may be inspected at any
+        looks, and once per WINDOW_LOOKS keeps the cost of a look flat)."""
+        run, cfg = self.running, self.config
+        lo = np.maximum(run["reset_lo"], look.lows[0])
+        hi = np.minimum(run["reset_hi"], look.highs[0])
+        run["reset_lo"], run["reset_hi"] = lo, hi
+        if not cfg.use_stats_resets:
             return np.zeros(len(lo), dtype=bool)
-        return lo > hi
+        reset = lo > hi
+        if cfg.variance_method != "fieller":
+            return reset
+        ended = (run["win_looks"] >= WINDOW_LOOKS) & ~reset
+        if not ended.any():
+            return reset
+        window = np.stack([run[name] for name in WINDOW], axis=1).reshape(-1, 1, 2, 3)
+        scores = self._score(window)
+        j = np.maximum(run["win_index"], 1.0)
+        w_lo, w_hi = self._interval(scores, np.log(cfg.reset_alpha / 2.0 * 6.0 / (math.pi**2 * j * j)))
+        return reset | (ended & (np.maximum(lo, w_lo) > np.minimum(hi, w_hi)))
 
     def _advance(self, scores: Scores, look: Look, reset: np.ndarray) -> Step:
         cfg, run = self.config, self.running

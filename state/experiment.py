@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .block import RUNNING_START as _RUNNING_START
+from .block import WINDOW_LOOKS
 from .block import HypothesisBlock, Step
 from .config import EngineConfig, MetricConfig
 from .errors import InvalidInput
@@ -234,6 +235,8 @@ class ExperimentState:
         self.srm_counts = [0.0] * len(self.variations)
         self.srm_max_log_bf = -math.inf
         self.srm_alerted = False
+        # change-detection windows pool their data unstratified: a new allocation starts new ones
+        self.running["win_looks"] = np.full(len(self.hyp_metric), float(WINDOW_LOOKS))
         return True
 
     def _take_block_row(self, block: HypothesisBlock, g: int, copy: bool) -> None:

@@ -129,3 +129,37 @@ def test_power_within_ten_percent_of_ses():
         widths = [np.median(last_widths(r)[:, mask]) for r in (default, ses)]
         assert np.isfinite(looks[1]) and looks[0] <= 1.1 * looks[1], (shape, looks)
         assert widths[0] <= 1.1 * widths[1], (shape, widths)
+
+
+def test_false_reset_rate_under_constant_effects(aa, effects):
+    """P(any stats reset) <= reset_alpha = 0.01 per hypothesis while effects are constant, with
+    the change-detection windows of state/METHODS.md F4 (11,000 hypotheses: bound 0.0128)."""
+    resets = np.concatenate([r.columns["stats_reset"].astype(bool).any(axis=0).ravel() for r in (aa, effects)])
+    assert resets.mean() <= upper_tolerance(0.01, resets.size), resets.mean()
+
+
+FLIP = Study(experiments=100, looks=60, seed=16_005, shapes=("normal", "conversion"), traffic=(1500.0, 4000.0),
+             flip_at=20, lifts={("normal", "t1"): 0.05, ("normal", "t2"): 0.05,
+                                ("conversion", "t1"): 0.10, ("conversion", "t2"): 0.10})
+
+
+def _reset_looks(result):
+    reset = result.columns["stats_reset"].astype(bool)
+    return np.where(reset.any(axis=0), np.argmax(reset, axis=0), np.inf)  # first reset look
+
+
+def test_sign_flip_resets_at_realistic_traffic():
+    """+5% -> -5% (normal) and +10% -> -10% (10% conversion) at look 20 of 60, 1,500-4,000 units
+    per arm per interval (200 hypotheses each): the default resets in >= 75% within the 40 looks
+    after the flip, no later than section 6's rule alone ("ses" here) in the median, and within 15
+    looks; resets before the flip stay within the false-reset bound."""
+    default, ses = run_study(FLIP, EngineConfig()), run_study(FLIP, EngineConfig(variance_method="ses"))
+    first = {name: _reset_looks(r) for name, r in (("default", default), ("ses", ses))}
+    for shape in ("normal", "conversion"):
+        mask = np.array([m == shape for m in default.metrics])
+        got, old = first["default"][:, mask], first["ses"][:, mask]
+        assert np.mean(got < FLIP.flip_at) <= upper_tolerance(0.01, got.size)
+        after = got[got >= FLIP.flip_at] - FLIP.flip_at
+        assert after.size >= 0.75 * got.size, (shape, after.size / got.size)
+        delay, old_delay = np.median(after), np.median(old[old >= FLIP.flip_at] - FLIP.flip_at)
+        assert delay <= 15 and delay <= old_delay, (shape, delay, old_delay)
