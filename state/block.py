@@ -30,16 +30,19 @@ RUNNING_START = {
     "cor_hi": math.inf,
     "reset_lo": -math.inf,  # running intersection at reset_alpha (section 6)
     "reset_hi": math.inf,
-    # "fieller" change detection (state/METHODS.md F4): the (N, S, Q) of both arms since the
-    # current window started, its looks so far and its number j within the segment
-    "win_n_t": 0.0, "win_s_t": 0.0, "win_q_t": 0.0, "win_n_c": 0.0, "win_s_c": 0.0, "win_q_c": 0.0,
-    "win_looks": 0.0,
+    # "fieller" change detection (state/METHODS.md F4): the (N, S, Q) of treatment and control
+    # since the current window started (one row of 6 per hypothesis), its looks so far and its
+    # number j within the segment
+    "window": 0.0,
+    "win_looks": 8.0,  # = WINDOW_LOOKS: "full", so that the first look starts window 1
     "win_index": 0.0,
 }
-WINDOW = ("win_n_t", "win_s_t", "win_q_t", "win_n_c", "win_s_c", "win_q_c")
+# Trailing shape of a running quantity per hypothesis (others are one number per hypothesis).
+RUNNING_SHAPE = {"window": (6,)}
 # Looks per change-detection window: short enough that a window soon holds only data after a
 # change, long enough to collect evidence; window j gets level reset_alpha / 2 * 6 / (pi^2 j^2).
 WINDOW_LOOKS = 8
+assert RUNNING_START["win_looks"] == WINDOW_LOOKS
 
 
 class Scores(NamedTuple):
@@ -156,7 +159,7 @@ class HypothesisBlock:
         scores = self._score()
         look = self._look(scores)
         reset = self._reset_check(look)
-        if reset.any():  # rare: restart those hypotheses and look again
+        if np.count_nonzero(reset):  # rare: restart those hypotheses and look again
             self.stats[reset] = 0.0
             self.stats[reset, -1] = arm_inc[reset]
             self.segment[reset] += 1
@@ -171,25 +174,22 @@ class HypothesisBlock:
 
     def _add_to_windows(self, arm_inc: np.ndarray, only: np.ndarray | None) -> None:
         """Add this look's increments to each hypothesis' change-detection window (F4),
-        starting a new window where the current one is full (or none has started)."""
+        starting a new window where the current one is full (a new segment's counts as full)."""
         run = self.running
         looks = run["win_looks"]
-        start = (looks >= WINDOW_LOOKS) | (looks == 0.0)
+        start = looks >= WINDOW_LOOKS
         if only is not None:
             start &= only
-        if start.any():
-            for name in WINDOW:
-                run[name] = np.where(start, 0.0, run[name])
+        if np.count_nonzero(start):
+            run["window"] = np.where(start[:, None], 0.0, run["window"])
             run["win_index"] = run["win_index"] + start
             looks = np.where(start, 0.0, looks)
         flat = arm_inc.reshape(len(arm_inc), 6)
         if only is None:
-            for k, name in enumerate(WINDOW):
-                run[name] = run[name] + flat[:, k]
+            run["window"] = run["window"] + flat
             run["win_looks"] = looks + 1.0
         else:
-            for k, name in enumerate(WINDOW):
-                run[name] = np.where(only, run[name] + flat[:, k], run[name])
+            run["window"] = np.where(only[:, None], run["window"] + flat, run["window"])
             run["win_looks"] = np.where(only, looks + 1.0, looks)
 
     def per_hypothesis(self, per_arm: np.ndarray, arms: np.ndarray) -> np.ndarray:
@@ -213,7 +213,7 @@ class HypothesisBlock:
         # a plug-in zero variance never yields a rejection (state/METHODS.md F6)
         testable = (est.variance > 0) & (est.variance < np.inf)
         valid = warm & defined & testable
-        all_valid = bool(valid.all())
+        all_valid = np.count_nonzero(valid) == valid.size  # (count_nonzero: a fraction of .all()'s cost)
         if all_valid:  # the usual case after burn-in: no masking needed
             undefined = degenerate = np.zeros(len(valid), dtype=bool)
             theta = est.effect
@@ -339,50 +339,49 @@ class HypothesisBlock:
         if cfg.variance_method != "fieller":
             return reset
         ended = (run["win_looks"] >= WINDOW_LOOKS) & ~reset
-        if not ended.any():
+        if not np.count_nonzero(ended):
             return reset
-        window = np.stack([run[name] for name in WINDOW], axis=1).reshape(-1, 1, 2, 3)
-        scores = self._score(window)
+        scores = self._score(run["window"].reshape(-1, 1, 2, 3))
         j = np.maximum(run["win_index"], 1.0)
         w_lo, w_hi = self._interval(scores, np.log(cfg.reset_alpha / 2.0 * 6.0 / (math.pi**2 * j * j)))
         return reset | (ended & (np.maximum(lo, w_lo) > np.minimum(hi, w_hi)))
 
     def _advance(self, scores: Scores, look: Look, reset: np.ndarray) -> Step:
         cfg, run = self.config, self.running
-        previous_changed = (run["unc_lo"] > run["unc_hi"]) | (run["cor_lo"] > run["cor_hi"])
+        before = run["unc_lo"], run["unc_hi"], run["cor_lo"], run["cor_hi"]
         run["min_p"], run["min_corrected_p"] = look.min_p, look.corrected
-        local_lo, local_hi = look.lows[1], look.highs[1]
-        cor_lo, cor_hi = look.lows[2], look.highs[2]
-        run["unc_lo"] = unc_lo = np.maximum(run["unc_lo"], local_lo)
-        run["unc_hi"] = unc_hi = np.minimum(run["unc_hi"], local_hi)
-        run["cor_lo"] = run_cor_lo = np.maximum(run["cor_lo"], cor_lo)
-        run["cor_hi"] = run_cor_hi = np.minimum(run["cor_hi"], cor_hi)
+        lows, highs = look.lows, look.highs  # rows: reset level (used), alpha, corrected level
+        local_lo, local_hi, cor_lo, cor_hi = lows[1], highs[1], lows[2], highs[2]
+        run["unc_lo"] = unc_lo = np.maximum(before[0], local_lo)
+        run["unc_hi"] = unc_hi = np.minimum(before[1], local_hi)
+        run["cor_lo"] = run_cor_lo = np.maximum(before[2], cor_lo)
+        run["cor_hi"] = run_cor_hi = np.minimum(before[3], cor_hi)
         previous = self.rejected
         self.rejected = look.corrected < cfg.alpha
 
         # F4: an empty running intersection at alpha means the effect changed over time: the row
         # reports the latest local interval instead, flagged. F5: every reported interval (local,
         # running, corrected) excludes 0 exactly when its own p is below alpha: reconciled in one
-        # stacked pass (mathematically a no-op but for rounding and the cases F5 names).
+        # pass over the look's (3, H) arrays, whose rows become (running, local, corrected)
+        # (mathematically a no-op but for rounding and the cases F5 names).
         unc_empty = unc_lo > unc_hi
         cor_empty = run_cor_lo > run_cor_hi
         changed = unc_empty | cor_empty
-        lows, highs = np.empty((3, len(unc_lo))), np.empty((3, len(unc_lo)))
-        lows[0], highs[0] = local_lo, local_hi
-        if changed.any():
-            lows[1], highs[1] = np.where(unc_empty, local_lo, unc_lo), np.where(unc_empty, local_hi, unc_hi)
+        if np.count_nonzero(changed):
+            lows[0], highs[0] = np.where(unc_empty, local_lo, unc_lo), np.where(unc_empty, local_hi, unc_hi)
             lows[2], highs[2] = np.where(cor_empty, cor_lo, run_cor_lo), np.where(cor_empty, cor_hi, run_cor_hi)
+            previous_changed = ((before[0] > before[1]) | (before[2] > before[3])) & ~reset
         else:
-            lows[1], highs[1], lows[2], highs[2] = unc_lo, unc_hi, run_cor_lo, run_cor_hi
-        excluded = np.empty((3, len(unc_lo)), dtype=bool)
-        excluded[0], excluded[1], excluded[2] = scores.local_p < cfg.alpha, look.min_p < cfg.alpha, self.rejected
-        lows, highs = reconcile(lows, highs, excluded, scores.theta)
+            lows[0], highs[0], lows[2], highs[2] = unc_lo, unc_hi, run_cor_lo, run_cor_hi
+            previous_changed = changed  # all False
+        p_values = np.empty(lows.shape)
+        p_values[0], p_values[1], p_values[2] = look.min_p, scores.local_p, look.corrected
+        lows, highs = reconcile(lows, highs, p_values < cfg.alpha, scores.theta)
 
         # all valid: undefined and degenerate are one all-False array, never changed in place
         problem = scores.undefined if scores.all_valid else scores.undefined | scores.degenerate
         self.quality_flag, previous_quality = problem, self.quality_flag
-        return Step(scores=scores, reset=reset, previous_rejected=previous, local_lo=lows[0], local_hi=highs[0],
-                    uncorrected_lo=lows[1], uncorrected_hi=highs[1], corrected_lo=lows[2],
-                    corrected_hi=highs[2], effect_changed=changed,
-                    previous_effect_changed=previous_changed & ~reset, previous_quality=previous_quality,
-                    family_factor=look.family_factor, factor=look.factor)
+        return Step(scores=scores, reset=reset, previous_rejected=previous, local_lo=lows[1], local_hi=highs[1],
+                    uncorrected_lo=lows[0], uncorrected_hi=highs[0], corrected_lo=lows[2],
+                    corrected_hi=highs[2], effect_changed=changed, previous_effect_changed=previous_changed,
+                    previous_quality=previous_quality, family_factor=look.family_factor, factor=look.factor)

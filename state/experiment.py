@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .block import RUNNING_START as _RUNNING_START
-from .block import WINDOW_LOOKS
+from .block import RUNNING_SHAPE, WINDOW_LOOKS
 from .block import HypothesisBlock, Step
 from .config import EngineConfig, MetricConfig
 from .errors import InvalidInput
@@ -53,7 +53,7 @@ class ExperimentState:
         self.hyp_treatment_arm = np.zeros(0, dtype=np.int64)
         self.hyp_control_arm = np.zeros(0, dtype=np.int64)
         self.segment_stats = np.zeros((0, 1, 2, 3))
-        self.running = {name: np.zeros(0) for name in _RUNNING_START}
+        self.running = {name: np.zeros((0,) + RUNNING_SHAPE.get(name, ())) for name in _RUNNING_START}
         self.rejected = np.zeros(0, dtype=bool)
         self.segment = np.zeros(0, dtype=np.int64)
         self.quality_flag = np.zeros(0, dtype=bool)
@@ -175,7 +175,8 @@ class ExperimentState:
         block[:, -1, 1] = self.lifetime[control_arm]
         self.segment_stats = np.concatenate([self.segment_stats, block])
         for name, start in _RUNNING_START.items():
-            self.running[name] = np.concatenate([self.running[name], np.full(len(new), start)])
+            shape = (len(new),) + RUNNING_SHAPE.get(name, ())
+            self.running[name] = np.concatenate([self.running[name], np.full(shape, start)])
         self.rejected = np.concatenate([self.rejected, np.zeros(len(new), dtype=bool)])
         self.segment = np.concatenate([self.segment, np.zeros(len(new), dtype=np.int64)])
         self.quality_flag = np.concatenate([self.quality_flag, np.zeros(len(new), dtype=bool)])
@@ -408,7 +409,7 @@ def _alerting_experiments(block: HypothesisBlock, step: Step, hypotheses: int) -
     flagged |= step.effect_changed & ~step.previous_effect_changed
     if not step.scores.all_valid:
         flagged |= block.quality_flag & ~step.previous_quality
-    if not flagged.any():
+    if not np.count_nonzero(flagged):
         return set()
     return set((np.flatnonzero(flagged) // hypotheses).tolist())
 
@@ -471,12 +472,13 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
     # Whether each experiment's numbers are all finite, found block-wide: a JSON writer must
     # replace NaN and infinity (JSON has neither), and the usual experiment, known to have none,
     # spares it a search of every row (IntervalResult.all_finite).
-    finite = np.isfinite(step.factor) if step.factor is not None else np.ones(len(block.rejected), dtype=bool)
-    for values in per_hypothesis.values():
-        if values.dtype.kind == "f":
-            finite &= np.isfinite(values)
+    # One isfinite over all float columns at once: per column it was two numpy calls each.
+    floats = [values for values in per_hypothesis.values() if values.dtype.kind == "f"]
+    if step.factor is not None:
+        floats.append(step.factor)
+    finite = np.isfinite(np.concatenate(floats)).reshape(len(floats), groups, -1).all(axis=(0, 2))
     # Of the other numbers, the interval and the FDR factors are finite by construction.
-    all_finite = (finite.reshape(groups, -1).all(axis=1) & math.isfinite(cfg.alpha)).tolist()
+    all_finite = (finite & math.isfinite(cfg.alpha)).tolist()
     if groups == 1:
         per_experiment = [{name: values.tolist() for name, values in per_hypothesis.items()}]
         factors = None if step.factor is None else [step.factor.tolist()]

@@ -32,8 +32,7 @@ def _fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
     """Lift bounds (r = u - 1) of {u : (m_t - u m_c)^2 < c (a_t + u^2 a_c)} (state/METHODS.md F3).
 
     - A > 0 (the control mean is distinguishable from 0 at this level): a bounded interval; it
-      is never empty, since the discriminant B^2 - AC = c (a_c m_t^2 + a_t m_c^2 - c a_c a_t)
-      exceeds c a_t A >= 0.
+      is never empty, since the discriminant B^2 - AC = c (a_c m_t^2 + a_t A) >= c a_t A >= 0.
     - A < 0 with a positive discriminant (or A = 0: one root): two rays. The ray holding the estimate m_t / m_c
       (never rejected: T = 0 there) is reported; the other one holds ratios of the opposite
       sign to the estimate, outside the parameter space of a metric of one sign.
@@ -41,21 +40,22 @@ def _fieller_bounds(m_t, m_c, a_t, a_c, c) -> tuple[np.ndarray, np.ndarray]:
     Bounded roots (B -+ sqrt(disc)) / A; the finite roots of the rays by the cancellation-free
     pair q / A and C / q, q = B + sign(B) sqrt(disc).
     """
-    mc2 = m_c * m_c
-    big_a = mc2 - c * a_c
+    big_a = m_c * m_c - c * a_c
     b = m_t * m_c
-    small_c = m_t * m_t - c * a_t
-    disc = c * (a_c * m_t * m_t + a_t * mc2 - c * a_c * a_t)
+    # B^2 - AC rearranged as c (a_c m_t^2 + a_t A): no cancellation, and >= 0 whenever A > 0
+    disc = c * (a_c * m_t * m_t + a_t * big_a)
+    bounded = big_a > 0.0
+    if np.count_nonzero(bounded) == bounded.size:  # the usual case after burn-in (cheaper than .all())
+        root = np.sqrt(disc)
+        # (B -+ root) / A. The cancellation in B - root (a root near u = 0, a lift near -100%)
+        # costs absolute, not relative, precision of order 1e-16 * B / A on the lift scale:
+        # immaterial. The same expressions on every path, so that a hypothesis' bounds do not
+        # depend on the other hypotheses scored with it (update_many is bit-equal to update).
+        return (b - root) / big_a - 1.0, (b + root) / big_a - 1.0
     root = np.sqrt(np.maximum(disc, 0.0))
-    # Bounded case: (B -+ root) / A. The cancellation in B - root (a root near u = 0, a lift
-    # near -100%) costs absolute, not relative, precision of order 1e-16 * B / A on the lift
-    # scale: immaterial. The same expressions on every path, so that a hypothesis' bounds do not
-    # depend on the other hypotheses scored with it (update_many is bit-equal to update).
     lo = (b - root) / big_a - 1.0
     hi = (b + root) / big_a - 1.0
-    bounded = big_a > 0.0
-    if bounded.all():  # the usual case after burn-in
-        return lo, hi
+    small_c = m_t * m_t - c * a_t
     # Rays: the finite roots by the cancellation-free pair q / A and C / q.
     q = b + np.copysign(root, b)
     linear = big_a == 0.0  # one root, C / (2B): a single ray
@@ -83,7 +83,7 @@ def reconcile(lo, hi, excluded, estimate) -> tuple[np.ndarray, np.ndarray]:
     to reach it (a superset: coverage can only grow). Never returns lower > upper.
     """
     holds_zero = (lo <= 0.0) & (hi >= 0.0)
-    if not (holds_zero == excluded).any():  # the usual case: they agree everywhere
+    if not np.count_nonzero(holds_zero == excluded):  # the usual case: they agree everywhere
         return lo, hi
     cut = excluded & holds_zero
     widen = ~excluded & ~holds_zero
