@@ -338,9 +338,10 @@ class HypothesisBlock:
         reset = lo > hi
         if cfg.variance_method != "fieller":
             return reset
-        ended = (run["win_looks"] >= WINDOW_LOOKS) & ~reset
-        if not np.count_nonzero(ended):
+        full = run["win_looks"] >= WINDOW_LOOKS
+        if not np.count_nonzero(full):  # 7 looks in 8: no window ends here
             return reset
+        ended = full & ~reset
         scores = self._score(run["window"].reshape(-1, 1, 2, 3))
         j = np.maximum(run["win_index"], 1.0)
         w_lo, w_hi = self._interval(scores, np.log(cfg.reset_alpha / 2.0 * 6.0 / (math.pi**2 * j * j)))

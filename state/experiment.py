@@ -432,8 +432,8 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
     step = block.step(_increments(prepared))
     scores, est, run, cfg = step.scores, step.scores.estimate, block.running, block.config
     groups = len(states)
-    lifetime_t = block.per_hypothesis(block.lifetime, block.hyp_treatment_arm)  # (G*H, 3)
-    lifetime_c = block.per_hypothesis(block.lifetime, block.hyp_control_arm)
+    lifetimes = block.per_hypothesis(block.lifetime, block.hyp_arms)  # (G*H, 2, 3): one indexing for both arms
+    lifetime_t, lifetime_c = lifetimes[:, 0], lifetimes[:, 1]
     standard_error = np.sqrt(scores.variance)
     if scores.fieller is not None:
         # "fieller" tests the difference: its SE in units of the control mean is the lift's SE
