@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from state import ExperimentState, SequentialTest, parse_observation, to_bytes  # noqa: E402
+from state import EngineConfig, ExperimentState, SequentialTest, parse_observation, to_bytes  # noqa: E402
 from state.effects import estimate_effects  # noqa: E402
 from state.fieller import fieller_bounds  # noqa: E402
 from state.simulate import ExperimentSpec, MetricSpec, simulate  # noqa: E402
@@ -94,20 +94,23 @@ def bench_interval_update(intervals=3000):
     spec = ExperimentSpec("bench", tuple(MetricSpec(f"m{i}", 1.0, sd=2.0, lifts={"t1": 0.01}) for i in range(5)),
                           variations=("control", "t1", "t2"), intervals=intervals)
     data = [[parse_observation(r) for r in rows] for rows in simulate(spec, 1)]
-    # ExperimentState("bench") uses the default method (fieller)
-    for label, materialise in (("state advance", False), ("advance + row dicts", True)):
+    # ExperimentState("bench") uses the default method (fieller); "ses" for comparison
+    for label, materialise, config in (("state advance", False, None), ("advance + row dicts", True, None),
+                                       ("state advance, ses", False, EngineConfig(variance_method="ses"))):
         per_run = []
         for _ in range(5):
-            state = ExperimentState("bench")
+            state = ExperimentState("bench", config)
             t0 = time.perf_counter()
             for observations in data:
                 result = state.update(observations[0].interval_timestamp, observations)
                 if materialise:
                     result.rows  # noqa: B018 (build the dicts)
             per_run.append((time.perf_counter() - t0) / len(data))
+            if config is None:
+                default_state = state
         print(f"interval update, 3 variations x 5 metrics ({label}): best {min(per_run)*1e6:.0f} us, "
               f"median {statistics.median(per_run)*1e6:.0f} us per interval  [target <= 200 us]")
-    size = len(to_bytes(state))
+    size = len(to_bytes(default_state))
     print(f"serialised state after {intervals} intervals: {size} bytes = {size / 15:.0f} bytes per (metric, variation)")
 
 
