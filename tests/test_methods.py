@@ -202,3 +202,22 @@ def test_sequential_srm_with_hundreds_of_variations_stays_in_log_space():
     observations = [Observation("m", "control" if i == 0 else f"v{i}", 0, 1000, 500, 500) for i in range(k)]
     assert state.update(0, observations).srm.sequential_p_value == 1.0
     assert sequential_p_value(math.inf) == 0.0 and sequential_p_value(-math.inf) == 1.0
+
+
+def test_a_state_written_before_the_reset_windows_still_loads():
+    """States saved by the previous version have no change-detection window: they load, and
+    their windows start as a new segment's would (the next look opens window 1)."""
+    import orjson
+
+    from state import from_bytes, to_bytes
+
+    state = ExperimentState("old")
+    for ts in (0, 60):
+        state.update(ts, [Observation("m", v, ts, 300, 150, 120) for v in ("control", "t")])
+    doc = orjson.loads(to_bytes(state))
+    for name in ("window", "win_looks", "win_index"):
+        del doc["arrays"][f"running.{name}"]
+    restored = from_bytes(orjson.dumps(doc))
+    assert restored.running["window"].shape == (1, 6) and restored.running["win_looks"].tolist() == [8.0]
+    row = restored.update(120, [Observation("m", v, 120, 300, 150, 120) for v in ("control", "t")]).rows[0]
+    assert row["treatment_unit_cumcount"] == 900 and restored.running["win_index"].tolist() == [1.0]
