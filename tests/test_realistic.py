@@ -133,7 +133,7 @@ def test_power_within_ten_percent_of_ses():
 
 def test_false_reset_rate_under_constant_effects(aa, effects):
     """P(any stats reset) <= reset_alpha = 0.01 per hypothesis while effects are constant, with
-    the change-detection windows of state/METHODS.md F4 (11,000 hypotheses: bound 0.0128)."""
+    the change-detection windows of state/METHODS.md F4 (7,000 hypotheses: bound 0.0136)."""
     resets = np.concatenate([r.columns["stats_reset"].astype(bool).any(axis=0).ravel() for r in (aa, effects)])
     assert resets.mean() <= upper_tolerance(0.01, resets.size), resets.mean()
 
