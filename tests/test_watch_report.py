@@ -35,8 +35,9 @@ def covid_results(experiment_id: str = "covid") -> list[dict]:
 
 
 def config(experiment_id: str = "covid", version: int = 1, minutes_lower: bool = True) -> dict:
+    # "ses" named: the stream reproduces the reference service's numbers (evaluate's default)
     return {"experiment_id": experiment_id, "version": version, "reference_variation_id": "control",
-            "metrics": {MINUTES: {"is_binary": False, "lower_is_better": minutes_lower}, CALLS: {"is_binary": False}}}
+            "variance_method": "ses", "metrics": {MINUTES: {"is_binary": False, "lower_is_better": minutes_lower}, CALLS: {"is_binary": False}}}
 
 
 def watch_state(minutes_lower: bool = True, **kwargs) -> WatchState:
