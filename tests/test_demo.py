@@ -4,6 +4,7 @@ shows significance and an SRM alert, finishes within 60 s, and leaves nothing ru
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -82,16 +83,43 @@ def test_demo_json_replays_the_covid_csv():
     assert len(final) == 4 and all(r["rejected"] and r["lift_estimate"] < 0 for r in final)
 
 
-def test_closing_the_pipe_leaves_no_worker_behind():
+def test_demo_in_a_pipe_stops_at_once_and_exits_0():
+    """`seqstream demo --json | head -3`: the demo stops as soon as head leaves (not after its 20
+    intervals and the wait for the rows nobody reads), reports no failure, exits 0, and leaves
+    no worker or broker behind."""
     before = demo_workers()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-    demo_process = subprocess.Popen([sys.executable, "-m", "stream_app", "demo", "--json"], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    first = demo_process.stdout.readline()  # like `| head -1`
-    demo_process.stdout.close()
-    assert demo_process.wait(timeout=90) == 0
-    assert orjson.loads(first)["alpha"] == 0.1
+    script = f'{shlex.quote(sys.executable)} -m stream_app demo --json | head -3; echo "demo exit ${{PIPESTATUS[0]}}" >&2'
+    started = time.monotonic()
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all(orjson.loads(line)["alpha"] == 0.1 for line in lines)
+    assert done.stderr.splitlines()[-1] == "demo exit 0", done.stderr[-2000:]
+    assert "result rows arrived" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert elapsed < 15, f"{elapsed:.1f} s"
     deadline = time.monotonic() + 20
     while demo_workers() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not demo_workers() - before
+
+
+def test_replay_takes_metric_options_as_experiment_set_does(tmp_path):
+    """`demo --data FILE --metric NAME:lower` marks the metric lower-is-better in the replayed
+    config (the spec of `experiment set --metric`); a name the file does not have is an error."""
+    from stream_app.console.cli import _parse_metric, build_parser
+    from stream_app.console.demo import DemoInputError, replay_configs
+    from stream_app.console.files import write_example_csv
+
+    data = str(tmp_path / "covid.csv")
+    write_example_csv(data)
+    calls = "Customer support calls per visitor"
+    args = build_parser().parse_args(["demo", "--data", data, "--experiment", "covid", "--metric", f"{calls}:lower"])
+    options = dict(_parse_metric(m) for m in args.metric)
+    configs, intervals = replay_configs(data, "covid", None, options)
+    (experiment_options, metrics), = configs.values()
+    assert metrics[calls] == {"is_binary": False, "lower_is_better": True}
+    assert len(metrics) == 5 and all(m == {"is_binary": False} for name, m in metrics.items() if name != calls)
+    assert len(intervals) == 18 and experiment_options["reference_variation_id"] == "control"
+    with pytest.raises(DemoInputError, match="no metric 'Support calls'"):
+        replay_configs(data, "covid", None, {"Support calls": {"lower_is_better": True}})

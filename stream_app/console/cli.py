@@ -83,7 +83,8 @@ def _local_broker(command: str, settings: Settings):
     the local default address with its data under the data dir, or None when a broker already
     answers there (it is used as it is)."""
     from ..kafka.clients import broker_answers, split_address
-    from ..kafka.embedded_broker import BrokerStartError, EmbeddedBroker, EmbeddedBrokerMissing
+    from ..kafka.embedded_broker import (BrokerStartError, EmbeddedBroker, EmbeddedBrokerMissing, noida_executable,
+                                         starting_marker)
 
     address = settings.local_broker
     if broker_answers(address):
@@ -92,8 +93,12 @@ def _local_broker(command: str, settings: Settings):
         host, port = split_address(address)
     except ValueError as exc:
         raise CommandError(f"SEQSTREAM_LOCAL_BROKER: {exc}", code=2) from None
-    data_dir = Path(settings.datadir) / "broker"
+    marker = starting_marker(settings.datadir)
+    data_dir = marker.parent
     try:
+        noida_executable()  # before anything is written: a missing [local] extra leaves nothing behind
+        data_dir.mkdir(parents=True, exist_ok=True)
+        marker.touch()
         return EmbeddedBroker(port=port, host=host, data_dir=data_dir).start()
     except EmbeddedBrokerMissing as exc:
         raise CommandError(f"KAFKA_BOOTSTRAP is unset and {exc}", code=2) from None
@@ -103,6 +108,8 @@ def _local_broker(command: str, settings: Settings):
         first = str(exc).splitlines()[0]
         raise CommandError(f"could not start the embedded broker at {address}: {first} "
                            f"(log: {data_dir / 'noida-db.log'})") from None
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def cmd_worker(args) -> int:
@@ -502,7 +509,7 @@ HELP = {
                "serves the HTTP API and dashboard. With KAFKA_BOOTSTRAP unset it uses the broker at "
                "SEQSTREAM_LOCAL_BROKER, starting an embedded one there (data under SEQSTREAM_DATADIR) "
                "if nothing answers.",
-               "seqstream worker &",
+               "seqstream worker",
                "every variable of the README's configuration table, SEQSTREAM_LOCAL_BROKER"),
     "broker": ("Run only the embedded Kafka-protocol broker (noida-db, the [local] extra) in the foreground "
                "at SEQSTREAM_LOCAL_BROKER, its data under SEQSTREAM_DATADIR/broker; Ctrl-C stops it.",

@@ -20,10 +20,12 @@ from ..settings import Settings
 from .partitions import partition_for
 
 
-# While KAFKA_BOOTSTRAP is unset, a command waits this long for the local default broker: pasted
-# as `seqstream worker & seqstream experiment set ...`, the second command starts while the first
-# is still bringing its embedded broker up.
-LOCAL_BROKER_GRACE = 5.0
+# While KAFKA_BOOTSTRAP is unset, a command waits this long for the local default broker, and up to
+# LOCAL_BROKER_STARTING while a worker says it is starting one (embedded_broker.starting_marker):
+# pasted as `seqstream worker & seqstream experiment set ...`, the second command starts while the
+# first is still bringing its embedded broker up.
+LOCAL_BROKER_GRACE = 2.0
+LOCAL_BROKER_STARTING = 20.0
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -67,10 +69,25 @@ def no_broker_message(settings: Settings) -> str:
 def reachable_broker(command: str, settings: Settings) -> Settings | None:
     """``settings`` pointed at KAFKA_BOOTSTRAP, or while it is unset at the local default broker;
     None, after one line on stderr, when nothing answers there."""
-    if broker_answers(settings.bootstrap or settings.local_broker, 0.0 if settings.bootstrap else LOCAL_BROKER_GRACE):
-        return dataclasses.replace(settings, bootstrap=settings.bootstrap or settings.local_broker)
+    from .embedded_broker import starting_marker
+
+    address = settings.bootstrap or settings.local_broker
+    answers = broker_answers(address, 0.0 if settings.bootstrap else LOCAL_BROKER_GRACE)
+    marker = starting_marker(settings.datadir)
+    deadline = time.monotonic() + LOCAL_BROKER_STARTING
+    while not answers and not settings.bootstrap and _fresh(marker) and time.monotonic() < deadline:
+        answers = broker_answers(address, 1.0)
+    if answers:
+        return dataclasses.replace(settings, bootstrap=address)
     print(f"seqstream {command}: {no_broker_message(settings)}", file=sys.stderr)
     return None
+
+
+def _fresh(marker, age: float = LOCAL_BROKER_STARTING) -> bool:
+    try:
+        return time.time() - marker.stat().st_mtime < age
+    except OSError:
+        return False
 
 
 @contextlib.asynccontextmanager

@@ -55,6 +55,12 @@ class EmbeddedBrokerMissing(BrokerStartError):
     """noida-db (the ``local`` extra) is not installed; the message says how to install it."""
 
 
+def starting_marker(datadir: str | os.PathLike[str]) -> Path:
+    """A file ``seqstream worker`` keeps in the local broker's data dir while it starts the broker
+    there, so that commands started at the same moment wait for it instead of failing."""
+    return Path(datadir) / "broker" / "starting"
+
+
 def noida_executable() -> Path:
     """Path of the binary inside the noida_db package, made executable.
 
@@ -157,9 +163,10 @@ class EmbeddedBroker:
     def _spawn(self) -> None:
         if self.is_running():
             return
+        executable = noida_executable()  # before making the data dir: nothing is left if it is missing
         self._data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            str(noida_executable()), "start",
+            str(executable), "start",
             "--data-dir", str(self._data_dir),
             "--host", self.host,
             "--only", "kafka",
