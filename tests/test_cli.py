@@ -293,6 +293,20 @@ def test_unknown_experiments_are_errors(on_broker, capsys):
     assert_one_line_error(code, err, "no experiment 'nope'", "(experiments there: known)")
 
 
+def test_publish_creates_every_topic_before_it_writes(on_broker, capsys, tmp_path):
+    """The first command to write on a fresh prefix creates all the topics with the configured
+    partitions (a broker that auto-creates would make the one it names with a single one)."""
+    from stream_app.kafka.admin import partition_counts
+    from stream_app.kafka.topics import topic_specs
+    from stream_app.settings import Settings
+
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "obs.csv", good_rows()), "--experiment", "e")
+    assert code == 0 and err.strip().endswith(f"sent 6 rows in 3 intervals to {on_broker}.observations")
+    counts = asyncio.run(partition_counts(os.environ["KAFKA_BOOTSTRAP"]))
+    assert {name: counts.get(name) for name in topic_specs(Settings.from_env())} == \
+        {name: spec.partitions for name, spec in topic_specs(Settings.from_env()).items()}
+
+
 def test_tail_without_new_messages_says_how_to_see_older_ones(on_broker, capsys):
     assert cli(capsys, "topics", "create")[0] == 0
     code, out, err = cli(capsys, "tail", "results", "--wait", "1")
