@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, fields
 
 DEFAULT_CACHE_EXPERIMENTS = 50_000  # experiments kept decoded (stream_app/processor.py)

@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 from ..settings import Settings, broker_settings
 
@@ -38,34 +37,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, ok, wanted: str) -> float:
+    """A flag's number, or argparse's error (one line, by Parser.error) saying what it must be."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {wanted}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _number(text, lambda v: 0 < v < float("inf"), "a positive number of seconds")
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be zero or a positive number of seconds")
-    return value
+    return _number(text, lambda v: 0 <= v < float("inf"), "zero or a positive number of seconds")
 
 
 def alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
-    return value
+    return _number(text, lambda v: 0 < v < 1, "between 0 and 1")
 
 
 def _broker(command: str) -> Settings:
@@ -78,7 +70,7 @@ def _broker(command: str) -> Settings:
 
 # -- worker and broker --------------------------------------------------------------------------
 
-def _local_broker(command: str, settings: Settings):
+def _local_broker(settings: Settings):
     """For ``worker`` and ``broker`` with KAFKA_BOOTSTRAP unset: the embedded broker started at
     the local default address with its data under the data dir, or None when a broker already
     answers there (it is used as it is)."""
@@ -123,7 +115,7 @@ def cmd_worker(args) -> int:
         if not broker_answers(settings.bootstrap):
             raise CommandError(no_broker_message(settings), code=2)
     else:
-        broker = _local_broker("worker", settings)
+        broker = _local_broker(settings)
         settings = dataclasses.replace(settings, bootstrap=settings.local_broker)
         os.environ["KAFKA_BOOTSTRAP"] = settings.bootstrap  # stream_app.app reads it at import
         if broker is None:
@@ -151,7 +143,7 @@ def cmd_broker(args) -> int:
     import time
 
     settings = Settings.from_env()
-    broker = _local_broker("broker", settings)
+    broker = _local_broker(settings)
     if broker is None:
         raise CommandError(f"a broker already answers at {settings.local_broker}: nothing to start")
     print(f"seqstream broker: embedded broker on {broker.bootstrap} (data in {broker.data_dir}); Ctrl-C stops it",
@@ -185,8 +177,8 @@ def cmd_example(args) -> int:
     from .files import write_example_csv
 
     rows = write_example_csv(args.file)
-    print(f"wrote {args.file}: {rows} rows in the covid data's format (experiment 'covid' when published "
-          f"with --experiment covid)", file=sys.stderr)
+    print(f"wrote {args.file}: {rows} rows in the covid data's format (it has no experiment_id column: "
+          "publish it with --experiment ID)", file=sys.stderr)
     return 0
 
 

@@ -61,8 +61,9 @@ class TopicMismatch(TopicSetupError):
 def mismatch_line(mismatches: dict[str, tuple[int, int]]) -> str:
     details = "; ".join(f"topic {name} has {found} partition(s), the configuration wants {wanted}"
                         for name, (found, wanted) in sorted(mismatches.items()))
-    return (f"{details} (SEQSTREAM_PARTITIONS): run `{FIX_COMMAND}` to delete and recreate it "
-            "(its messages are lost), or use another SEQSTREAM_TOPIC_PREFIX")
+    it, its = ("it", "its") if len(mismatches) == 1 else ("them", "their")
+    return (f"{details} (SEQSTREAM_PARTITIONS): run `{FIX_COMMAND}` to delete and recreate {it} "
+            f"({its} messages are lost), or use another SEQSTREAM_TOPIC_PREFIX")
 
 
 async def check_topics(settings: Settings) -> list[TopicStatus]:
