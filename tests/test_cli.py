@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -313,6 +314,33 @@ def test_tail_without_new_messages_says_how_to_see_older_ones(on_broker, capsys)
     assert code == 0 and out == ""
     assert err.strip() == (f"seqstream tail: no new messages on {on_broker}.results in 1 s: add --from-beginning "
                            "to see the older ones, or --follow to wait for new ones")
+
+
+def test_tail_into_a_closed_pipe_exits_0_quietly(broker, tmp_path):
+    """`seqstream tail alerts --from-beginning | head -1`: the reader leaves, tail ends with 0 and
+    says nothing (no BrokenPipeError, no "Exception ignored" at exit)."""
+    from aiokafka import AIOKafkaProducer
+
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {"KAFKA_BOOTSTRAP": broker, "SEQSTREAM_TOPIC_PREFIX": f"{run}.", "SEQSTREAM_APP_ID": run}
+    assert run_subprocess("topics", "create", env=env).returncode == 0
+
+    async def alerts() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker)
+        await producer.start()
+        try:
+            for i in range(2000):
+                await producer.send(f"{run}.alerts", key=b"e", value=b'{"kind": "srm", "experiment_id": "e", "n": %d}' % i)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(alerts())
+    script = (f"{shlex.quote(sys.executable)} -m stream_app tail alerts --from-beginning | head -1; "
+              'echo "tail exit ${PIPESTATUS[0]}" >&2')
+    done = subprocess.run(["bash", "-c", script], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert done.stdout.count("\n") == 1 and '"kind":"srm"' in done.stdout
+    assert done.stderr.strip() == "tail exit 0", done.stderr
 
 
 def test_topics_check_and_create(on_broker, capsys, monkeypatch):
