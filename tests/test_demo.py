@@ -7,8 +7,8 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -18,15 +18,19 @@ from tests.conftest import COVID_CSV, COVID_METRICS
 pytestmark = pytest.mark.timeout(120)
 
 
-def demo(*args: str, **kwargs) -> tuple[subprocess.CompletedProcess, float]:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # the embedded broker path
+def demo_env(tmpdir: Path) -> dict[str, str]:
+    """The embedded broker path (no KAFKA_BOOTSTRAP), the demo's temporary directory in
+    ``tmpdir``: what it starts can be told from other demos running on this machine."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    env["TMPDIR"] = str(tmpdir)
+    return env
+
+
+def demo(tmpdir: Path, *args: str, **kwargs) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "stream_app", "demo", *args], env=env, capture_output=True,
-                          text=True, timeout=90, **kwargs)
+    done = subprocess.run([sys.executable, "-m", "stream_app", "demo", *args], env=demo_env(tmpdir),
+                          capture_output=True, text=True, timeout=90, **kwargs)
     return done, time.monotonic() - started
-
-
-DEMO_DIR_PREFIX = os.path.join(tempfile.gettempdir(), "seqstream-demo-").encode()
 
 
 def _proc_file(pid: str, name: str) -> bytes:
@@ -37,29 +41,31 @@ def _proc_file(pid: str, name: str) -> bytes:
         return b""
 
 
-def demo_workers() -> set[int]:
-    """PIDs of processes a demo started: workers (their app ids start with seqstream-demo-) and
-    embedded brokers (noida-db ``--data-dir <tmp>/seqstream-demo-.../broker``: an argument in the
-    demo's temporary directory). Never this process, nor another user's."""
+def demo_workers(tmpdir: Path) -> set[int]:
+    """PIDs of processes a demo run with ``demo_env(tmpdir)`` started: its worker (data dir
+    ``<tmpdir>/seqstream-demo-.../data``) and its embedded broker (noida-db ``--data-dir
+    <tmpdir>/seqstream-demo-.../broker``). Never this process, nor another test's demo."""
+    prefix = os.path.join(str(tmpdir), "seqstream-demo-").encode()
     pids = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == os.getpid():
             continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
-                continue
-        except OSError:
-            continue
         argv = _proc_file(pid, "cmdline").split(b"\0")
-        if (b"SEQSTREAM_APP_ID=seqstream-demo-" in _proc_file(pid, "environ")
-                or any(arg.startswith(DEMO_DIR_PREFIX) for arg in argv)):
+        if (b"SEQSTREAM_DATADIR=" + prefix in _proc_file(pid, "environ")
+                or any(arg.startswith(prefix) for arg in argv)):
             pids.add(int(pid))
     return pids
 
 
-def test_demo_shows_significance_and_srm_within_a_minute():
-    before = demo_workers()
-    done, elapsed = demo()
+def gone(tmpdir: Path, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while demo_workers(tmpdir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not demo_workers(tmpdir)
+
+
+def test_demo_shows_significance_and_srm_within_a_minute(tmp_path):
+    done, elapsed = demo(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert elapsed < 60
     out = done.stdout
@@ -69,12 +75,11 @@ def test_demo_shows_significance_and_srm_within_a_minute():
     assert rows[("checkout-redesign", "conversion", "treatment_a")] == "yes"
     assert rows[("checkout-redesign", "support_tickets", "treatment_b")] == "no"
     assert "sample ratio mismatch: pricing-banner" in out
-    time.sleep(1)
-    assert demo_workers() <= before  # worker and broker stopped
+    assert gone(tmp_path)  # worker and broker stopped
 
 
-def test_demo_json_replays_the_covid_csv():
-    done, _ = demo("--json", "--data", str(COVID_CSV), "--experiment", "covid", "--metrics", ",".join(COVID_METRICS))
+def test_demo_json_replays_the_covid_csv(tmp_path):
+    done, _ = demo(tmp_path, "--json", "--data", str(COVID_CSV), "--experiment", "covid", "--metrics", ",".join(COVID_METRICS))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 2 * 2 * 18 and {r["experiment_id"] for r in rows} == {"covid"}
@@ -83,12 +88,11 @@ def test_demo_json_replays_the_covid_csv():
     assert len(final) == 4 and all(r["rejected"] and r["lift_estimate"] < 0 for r in final)
 
 
-def test_demo_in_a_pipe_stops_at_once_and_exits_0():
+def test_demo_in_a_pipe_stops_at_once_and_exits_0(tmp_path):
     """`seqstream demo --json | head -3`: the demo stops as soon as head leaves (not after its 20
     intervals and the wait for the rows nobody reads), reports no failure, exits 0, and leaves
     no worker or broker behind."""
-    before = demo_workers()
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    env = demo_env(tmp_path)
     script = f'{shlex.quote(sys.executable)} -m stream_app demo --json | head -3; echo "demo exit ${{PIPESTATUS[0]}}" >&2'
     started = time.monotonic()
     done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
@@ -98,10 +102,7 @@ def test_demo_in_a_pipe_stops_at_once_and_exits_0():
     assert done.stderr.splitlines()[-1] == "demo exit 0", done.stderr[-2000:]
     assert "result rows arrived" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert elapsed < 15, f"{elapsed:.1f} s"
-    deadline = time.monotonic() + 20
-    while demo_workers() - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not demo_workers() - before
+    assert gone(tmp_path)
 
 
 def test_replay_takes_metric_options_as_experiment_set_does(tmp_path):
