@@ -28,6 +28,7 @@ import time
 from typing import NamedTuple
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 
 from . import web
 from .kafka import long_poll, zstd_level
@@ -373,9 +374,14 @@ class WorkerReadModel:
 
     @staticmethod
     def assigned_partitions() -> list[int]:
-        """Partitions of the observations topic this worker consumes now (empty while rebalancing)."""
+        """Partitions of the observations topic this worker consumes now (empty while rebalancing, and
+        while the consumer is still starting: the web server answers before it)."""
         observations = settings.topic("observations")
-        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == observations)
+        try:
+            assignment = app.consumer.assignment()
+        except ConsumerNotStarted:
+            return []
+        return sorted(tp.partition for tp in assignment if tp.topic == observations)
 
     @staticmethod
     async def publish_config(experiment_id: str, message: bytes) -> None:
