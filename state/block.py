@@ -211,7 +211,9 @@ class HypothesisBlock:
             defined |= ~self.relative
         # V = 0 (both arms constant) or not finite: no test is possible, whatever the means say;
         # a plug-in zero variance never yields a rejection (state/METHODS.md F6)
-        testable = (est.variance > 0) & (est.variance < np.inf)
+        # ("fieller" floors each arm's variance at the pooled one: judge the arms' own)
+        testable = (est.variance > 0) & (est.variance < np.inf) & (
+            (est.variance_treatment > 0) | (est.variance_control > 0))
         valid = warm & defined & testable
         all_valid = np.count_nonzero(valid) == valid.size  # (count_nonzero: a fraction of .all()'s cost)
         if all_valid:  # the usual case after burn-in: no masking needed
@@ -240,7 +242,7 @@ class HypothesisBlock:
                 tau2 = np.where(self.relative, cfg.tau2 * (m_c * m_c), cfg.tau2)
             if not all_valid:
                 tau2 = np.where(valid, tau2, 1.0)
-            fieller = (est.mean_treatment, m_c, est.var_mean_treatment, est.var_mean_control)
+            fieller = (est.mean_treatment, m_c, est.var_mean_treatment, est.var_mean_control, self.binary_mask)
             fieller_mask = None if self.relative_arg is True else self.relative
         else:
             tau2 = cfg.tau2 if cfg.n_star is None else test.mixing_variance(variance, est.units_treatment + est.units_control)
@@ -266,8 +268,12 @@ class HypothesisBlock:
         if scores.fieller is None:
             half = np.sqrt(half2)
             return scores.centre - half, scores.centre + half
-        m_t, m_c, a_t, a_c = scores.fieller
+        m_t, m_c, a_t, a_c, binary = scores.fieller
         lo, hi = _fieller_bounds(m_t, m_c, a_t, a_c, half2 / scores.variance)
+        if binary is not None:
+            # Rates are never negative, so neither is their ratio: a lift below -100% is not a
+            # possible value (F3). Never above the upper bound, which holds the estimate >= -1.
+            lo = np.where(binary, np.minimum(np.maximum(lo, -1.0), hi), lo)
         if not scores.all_valid:
             lo = np.where(scores.valid, lo, -np.inf)
             hi = np.where(scores.valid, hi, np.inf)

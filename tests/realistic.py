@@ -95,6 +95,7 @@ class Study:
     shapes: tuple = SHAPES
     traffic: tuple = (20.0, 400.0)  # units per arm per interval: log-uniform range over experiments
     flip_at: int | None = None  # from this look on every lift has the opposite sign
+    allocation: tuple | None = None  # traffic weight per variation (VARIATIONS order); None: equal
 
 
 @dataclass
@@ -125,7 +126,8 @@ def run_study(study: Study, config: EngineConfig) -> StudyResult:
         if t == study.flip_at:
             factors = factors_at(-1.0)
         daily = 1.0 + 0.6 * math.sin(2.0 * math.pi * t / 24.0)
-        units = rng.poisson(np.repeat((level * daily)[:, None], arms, axis=1)).astype(np.float64)
+        weights = np.ones(arms) if study.allocation is None else np.asarray(study.allocation, dtype=np.float64)
+        units = rng.poisson((level * daily)[:, None] * weights[None, :]).astype(np.float64)
         drawn = {shape: draw_shape(rng, shape, units, factors[shape][None, :]) for shape in study.shapes}
         ts = 1_700_000_000.0 + 3600.0 * t
         units_list = units.tolist()

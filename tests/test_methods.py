@@ -33,11 +33,12 @@ def test_seven_of_421_against_one_of_431_is_not_a_discovery():
     always-valid test at alpha 0.1 must not call it: 8 conversions in all carry no evidence of
     that strength for continuous monitoring. The reference service's method said p = 3.3e-9.
     With 7 conversions in control, the control mean is not distinguishable from 0 at the
-    interval's level, so the relative interval is honestly unbounded."""
+    interval's level, so the relative interval is honestly unbounded above; below, a ratio of
+    rates is never negative, so it stops at -100%."""
     row, _ = one_look((421, 7, 7), (431, 1, 1), binary=True)
     assert row["lift_estimate"] == pytest.approx(1 / 431 / (7 / 421) - 1)
     assert row["local_p_value"] > 0.5 and not row["rejected"]
-    assert row["uncorrected_local_conf_interval_lower"] == -math.inf
+    assert row["uncorrected_local_conf_interval_lower"] == -1.0
     assert row["uncorrected_local_conf_interval_upper"] == math.inf
     ses, _ = one_look((421, 7, 7), (431, 1, 1), EngineConfig(variance_method="ses"), binary=True)
     assert ses["local_p_value"] < 1e-8  # the flaw, kept for compatibility
@@ -60,7 +61,10 @@ def test_clear_effect_gives_a_bounded_fieller_interval_around_the_estimate():
     lo, hi = row["uncorrected_local_conf_interval_lower"], row["uncorrected_local_conf_interval_upper"]
     assert row["rejected"] and 0 < lo < 0.2 < hi < 0.45
     # the bounds are roots of the test: at r = lo the statistic z(r)^2 sits on the threshold
-    m_t, m_c, a_t, a_c = 0.12, 0.1, 0.12 * 0.88 / 20000, 0.09 / 20000
+    # each arm's variance floored at both arms' pooled one, 0.11 * 0.89 (state/METHODS.md F2b)
+    pooled = 0.11 * 0.89
+    m_t, m_c, a_t, a_c = 0.12, 0.1, max(0.12 * 0.88, pooled) / 20000, max(0.09, pooled) / 20000
+    assert a_c == pooled / 20000 and a_t == 0.12 * 0.88 / 20000  # the floor is at work on one arm
     k = 0.01 * m_c**2 / (a_t + a_c)
     c = (1 + k) / k * (2 * math.log(10) + math.log(1 + k))
     for r in (lo, hi):
@@ -95,6 +99,11 @@ def test_zero_variance_in_one_arm_uses_the_other_and_needs_real_evidence():
     # and with plenty of data the same shape is a discovery, as it should be
     row, _ = one_look((5000, 250, 250), (5000, 0, 0), binary=True)
     assert row["rejected"] and row["uncorrected_local_conf_interval_upper"] < 0
+    # Not the point [-100%, -100%] that the treatment's plug-in variance of 0 would give: a true
+    # rate of 0.02% shows 0 conversions in 5,000 units 37% of the time, and its lift (-99.6%) must
+    # be inside. The floor (F2b) gives the arm the pooled variance; -100% bounds it below (F3).
+    lo, hi = row["uncorrected_local_conf_interval_lower"], row["uncorrected_local_conf_interval_upper"]
+    assert lo == -1.0 and -0.996 < hi < 0
 
 
 # --------------------------------------------------------------------------- Fieller algebra
@@ -120,10 +129,14 @@ def test_fieller_bounds_are_the_non_rejected_set(m_t, m_c, a_t, a_c, c):
 
 
 def test_p_value_is_the_mixture_test_of_the_difference():
-    """The reported p is section 4's mixture test applied to D = m_t - m_c, V_D and tau^2 m_c^2."""
+    """The reported p is section 4's mixture test applied to D = m_t - m_c, V_D and tau^2 m_c^2,
+    each arm's per-unit variance floored at both arms' pooled one (state/METHODS.md F2b)."""
     row, _ = one_look((4000, 4100, 9000), (4000, 4300, 9800))
     m_c, m_t = 4100 / 4000, 4300 / 4000
-    v_d = (9800 / 4000 - m_t**2) / 4000 + (9000 / 4000 - m_c**2) / 4000
+    v_t, v_c = 9800 / 4000 - m_t**2, 9000 / 4000 - m_c**2
+    v_pool = (9800 + 9000) / 8000 - ((4100 + 4300) / 8000) ** 2
+    assert v_c < v_pool < v_t  # the floor lifts the control's
+    v_d = max(v_t, v_pool) / 4000 + max(v_c, v_pool) / 4000
     expected = SequentialTest().score(np.array(m_t - m_c), np.array(v_d), 0.01 * m_c**2).local_p_value
     assert row["local_p_value"] == pytest.approx(float(expected), rel=1e-12)
     assert row["standard_error"] == pytest.approx(math.sqrt(v_d) / m_c, rel=1e-12)
