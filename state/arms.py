@@ -51,7 +51,8 @@ def arm_moments(stats: np.ndarray, is_binary: np.ndarray | None, ddof: int = 0) 
 
     Population variance v = Q/N - m^2 (METHODS.md section 1), or m(1 - m) for 0/1 metrics
     (``is_binary``: a mask, or None when no metric is 0/1, which saves the streaming path a pass);
-    ``ddof=1`` rescales to the sample variance by N / (N - 1). Rounding noise below zero is
+    ``ddof=1`` rescales to the sample variance by N / (N - 1); ``ddof`` may also be an array
+    broadcasting against N (one convention per metric). Rounding noise below zero is
     clamped; arms without units give NaN.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -66,6 +67,8 @@ def _arm_moments(stats, is_binary, ddof):
     if is_binary is not None and np.any(is_binary):
         var = np.where(is_binary, mean * (1.0 - mean), var)
     var = np.maximum(var, 0.0)
-    if ddof:
+    # ddof: 0 or 1, or an array (one convention per metric, config.MetricConfig.ddof); n / (n - 0)
+    # is exactly 1.0, so mixing conventions leaves the population-form variances bit-exact.
+    if ddof is not None and (ddof.any() if isinstance(ddof, np.ndarray) else ddof):
         var = var * n / (n - ddof)
     return mean, var

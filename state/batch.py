@@ -8,6 +8,8 @@ Response: one list of section-8 row dicts per metric, in request order, rows ord
 
 The request is replayed interval by interval through :class:`~state.experiment.ExperimentState`,
 the same object the stream keeps, so batch and streaming results are identical by construction.
+Unlike everything native, a request that names no ``variance_method`` is scored with the
+reference service's ("ses"); any request may name "fieller" (the native default) or "delta".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Mapping
 
-from .config import EngineConfig, MetricConfig
+from .config import BATCH_VARIANCE_METHOD, EngineConfig, MetricConfig
 from .errors import InvalidInput
 from .experiment import ExperimentState
 from .observation import parse_observation
@@ -31,7 +33,14 @@ def parse_request(request: Mapping[str, Any]):
     unknown = sorted(set(request) - _REQUEST_KEYS)
     if unknown:
         raise InvalidInput(f"unknown request key(s) {unknown}; expected config and metrics")
-    config = EngineConfig.from_dict(request.get("config"))
+    config_doc = request.get("config")
+    if isinstance(config_doc, Mapping) and "variance_method" not in config_doc:
+        # A drop-in for the reference service: a request naming no method gets its method, so
+        # the reference request returns the reference numbers (METHODS.md section 10).
+        config_doc = {**config_doc, "variance_method": BATCH_VARIANCE_METHOD}
+    elif config_doc is None:
+        config_doc = {"variance_method": BATCH_VARIANCE_METHOD}
+    config = EngineConfig.from_dict(config_doc)
     metrics = request.get("metrics")
     if not isinstance(metrics, list) or not metrics:
         raise InvalidInput("must be a non-empty list of {config, data} objects", field="metrics")

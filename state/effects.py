@@ -17,19 +17,29 @@ from .arms import _arm_moments
 
 @dataclass(frozen=True, slots=True)
 class EffectEstimate:
-    effect: np.ndarray  # theta: relative lift m_t/m_c - 1 or difference m_t - m_c
-    variance: np.ndarray  # V, the variance of theta
+    """Per-hypothesis estimates. ``statistic`` and ``variance`` are what the mixture test of
+    H0 (no effect) is applied to: the reported effect and its variance for "ses" and "delta"
+    (sections 2 and 4), the difference of means and V_D = v_t/N_t + v_c/N_c for "fieller"
+    (section 10, state/METHODS.md), whose relative interval is then the Fieller inversion of that
+    test built from the means and the variances of the means below."""
+
+    effect: np.ndarray  # reported: relative lift m_t/m_c - 1 or difference m_t - m_c
+    variance: np.ndarray  # V, the variance of ``statistic``
     mean_treatment: np.ndarray
     mean_control: np.ndarray
     variance_treatment: np.ndarray  # pooled over the segment's epochs (reported)
     variance_control: np.ndarray
     units_treatment: np.ndarray  # segment units, both arms
     units_control: np.ndarray
+    statistic: np.ndarray  # tested against 0 (see above)
+    var_mean_treatment: np.ndarray  # a_t = v_t / N_t (stratified over epochs)
+    var_mean_control: np.ndarray  # a_c = v_c / N_c
 
 
-def _stratified(stats: np.ndarray, weights: np.ndarray, is_binary: np.ndarray, ddof: int):
+def _stratified(stats: np.ndarray, weights: np.ndarray, is_binary: np.ndarray, ddof):
     """Stratified mean and the variance of that mean over the epoch axis."""
-    mean_e, var_e = _arm_moments(stats, None if is_binary is None else is_binary[:, None], ddof)
+    mean_e, var_e = _arm_moments(stats, None if is_binary is None else is_binary[:, None],
+                                 ddof[:, None] if isinstance(ddof, np.ndarray) else ddof)
     total = weights.sum(axis=1)
     share = weights / total[:, None]
     used = share > 0
@@ -41,15 +51,38 @@ def _stratified(stats: np.ndarray, weights: np.ndarray, is_binary: np.ndarray, d
     return mean, var_of_mean
 
 
+def _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c):
+    """Variances of the arm means with each arm's per-unit variance floored at the variance of
+    both arms' data pooled, as H0 (one distribution for both arms) estimates it (state/METHODS.md
+    F2b).
+
+    An arm's own plug-in variance rises and falls with its mean on skewed data: a small arm that
+    has not yet seen a large order has a small mean *and* a small variance, and D / sqrt(V_D)
+    explodes (a 20:1 ramp-up on revenue falsely rejected in 20% of A/A experiments), as does an
+    arm with no conversions yet (variance 0: a point interval at -100%). Under H0 the pooled
+    estimate uses every unit, mostly the large arm's; taking the larger of the two keeps the
+    test conservative under alternatives where the arms' variances differ. Epoch-stratified
+    variances of the mean are scaled by the same per-unit ratio."""
+    both = pooled.sum(axis=0)  # (H, 3): N, S, Q of both arms together
+    _, var_pool = _arm_moments(both, is_binary, ddof)
+    floored_t = np.maximum(var_t, var_pool)
+    floored_c = np.maximum(var_c, var_pool)
+    # v / N for one epoch; for several, the stratified variance of the mean per unit of variance
+    per_unit_t = np.where(var_t > 0, vm_t / var_t, 1.0 / pooled[0, :, 0])
+    per_unit_c = np.where(var_c > 0, vm_c / var_c, 1.0 / pooled[1, :, 0])
+    return floored_t * per_unit_t, floored_c * per_unit_c
+
+
 def estimate_effects(
     stats: np.ndarray,
     is_binary: np.ndarray,
     relative: np.ndarray,
-    variance_method: str = "ses",
-    ddof: int = 0,
+    variance_method: str = "fieller",
+    ddof=0,
 ) -> EffectEstimate:
     """Effect and variance per hypothesis from per-epoch arm statistics of shape (H, E, 2, 3),
-    axis 2 being (treatment, control). Empty arms give NaN, not warnings."""
+    axis 2 being (treatment, control). ``ddof`` is 0, 1 or one value per hypothesis. Empty arms
+    give NaN, not warnings."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return _estimate_effects(stats, is_binary, relative, variance_method, ddof)
 
@@ -74,20 +107,37 @@ def _estimate_effects(stats, is_binary, relative, variance_method, ddof) -> Effe
         m_t, vm_t = _stratified(treatment, weights, is_binary, ddof)
         m_c, vm_c = _stratified(control, weights, is_binary, ddof)
 
-    # Section 2: relative lift with the delta-method variance, optionally rescaled by
-    # 4 m_t m_c / (m_t + m_c)^2 as the reference service does; absolute: difference of means.
-    # V_delta = v_t / (N_t m_c^2) + m_t^2 v_c / (N_c m_c^4), factored to save passes.
-    mc2 = m_c * m_c
+    if variance_method == "fieller":  # relative hypotheses only: absolute ones are section 2's test
+        floored_t, floored_c = _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c)
+        if relative is True:
+            vm_t, vm_c = floored_t, floored_c
+        else:
+            vm_t, vm_c = np.where(relative, floored_t, vm_t), np.where(relative, floored_c, vm_c)
     lift = m_t / m_c - 1.0
-    v_delta = (vm_t + m_t * m_t * vm_c / mc2) / mc2
-    if variance_method == "ses":
-        both = m_t + m_c
-        v_delta = v_delta * (4.0 * m_t * m_c / (both * both))
-    if relative is True or np.all(relative):
-        effect, variance = lift, v_delta
+    difference = m_t - m_c
+    v_difference = vm_t + vm_c  # V_D = v_t / N_t + v_c / N_c (sections 2 and 10)
+    all_relative = relative is True or np.all(relative)
+    if variance_method == "fieller":
+        # Section 10: every hypothesis is tested on the difference scale (no observed-ratio
+        # shrinkage of the control's variance); only the reported effect and, later, the interval
+        # (block.py, fieller.py) are relative.
+        statistic, variance = difference, v_difference
+        effect = lift if all_relative else np.where(relative, lift, difference)
     else:
-        effect = np.where(relative, lift, m_t - m_c)
-        variance = np.where(relative, v_delta, vm_t + vm_c)
+        # Section 2: relative lift with the delta-method variance, optionally rescaled by
+        # 4 m_t m_c / (m_t + m_c)^2 as the reference service does; absolute: difference of means.
+        # V_delta = v_t / (N_t m_c^2) + m_t^2 v_c / (N_c m_c^4), factored to save passes.
+        mc2 = m_c * m_c
+        v_delta = (vm_t + m_t * m_t * vm_c / mc2) / mc2
+        if variance_method == "ses":
+            both = m_t + m_c
+            v_delta = v_delta * (4.0 * m_t * m_c / (both * both))
+        if all_relative:
+            effect, variance = lift, v_delta
+        else:
+            effect = np.where(relative, lift, difference)
+            variance = np.where(relative, v_delta, v_difference)
+        statistic = effect
     return EffectEstimate(
         effect=effect,
         variance=variance,
@@ -97,4 +147,7 @@ def _estimate_effects(stats, is_binary, relative, variance_method, ddof) -> Effe
         variance_control=var_c,
         units_treatment=n_t,
         units_control=n_c,
+        statistic=statistic,
+        var_mean_treatment=vm_t,
+        var_mean_control=vm_c,
     )

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .block import RUNNING_START as _RUNNING_START
+from .block import RUNNING_SHAPE, WINDOW_LOOKS
 from .block import HypothesisBlock, Step
 from .config import EngineConfig, MetricConfig
 from .errors import InvalidInput
@@ -52,7 +53,7 @@ class ExperimentState:
         self.hyp_treatment_arm = np.zeros(0, dtype=np.int64)
         self.hyp_control_arm = np.zeros(0, dtype=np.int64)
         self.segment_stats = np.zeros((0, 1, 2, 3))
-        self.running = {name: np.zeros(0) for name in _RUNNING_START}
+        self.running = {name: np.zeros((0,) + RUNNING_SHAPE.get(name, ())) for name in _RUNNING_START}
         self.rejected = np.zeros(0, dtype=bool)
         self.segment = np.zeros(0, dtype=np.int64)
         self.quality_flag = np.zeros(0, dtype=bool)
@@ -95,6 +96,10 @@ class ExperimentState:
         self._whole_family = self._family_size == len(cfgs)
         self.test = SequentialTest(tau2=self.config.tau2, n_star=self.config.n_star, alpha=self.config.alpha)
         self._binary_mask = self.is_binary if self.is_binary.any() else None
+        # Per-metric variance conventions (config.MetricConfig.ddof): one int when all agree, the
+        # cheap path of arms._arm_moments, else one value per hypothesis.
+        ddof = np.array([c.ddof(self.config.variance_ddof) for c in cfgs], dtype=np.int64)
+        self._ddof = int(ddof[0]) if len(ddof) and (ddof == ddof[0]).all() else (ddof if len(ddof) else 0)
         self._relative_arg = True if self.relative.all() else self.relative
         self._hyp_arms = np.stack([self.hyp_treatment_arm, self.hyp_control_arm], axis=1)  # (H, 2)
         self._effect_names = ["relative" if r else "absolute" for r in self.relative.tolist()]
@@ -102,7 +107,7 @@ class ExperimentState:
         self._variation_names = [self.variations[v] for v in self.hyp_variation.tolist()]
         self._shares = None  # expected SRM shares, cached until variations or weights change
         cfg = self.config
-        self._options_key = (cfg.alpha, cfg.tau2, cfg.n_star, cfg.min_units, cfg.variance_method, cfg.variance_ddof,
+        self._options_key = (cfg.alpha, cfg.tau2, cfg.n_star, cfg.min_units, cfg.variance_method, ddof.tobytes(),
                              cfg.reset_alpha, cfg.use_stats_resets, self.is_binary.tobytes(),
                              self.relative.tobytes(), self.in_family.tobytes(), self._hyp_arms.tobytes())
 
@@ -170,7 +175,8 @@ class ExperimentState:
         block[:, -1, 1] = self.lifetime[control_arm]
         self.segment_stats = np.concatenate([self.segment_stats, block])
         for name, start in _RUNNING_START.items():
-            self.running[name] = np.concatenate([self.running[name], np.full(len(new), start)])
+            shape = (len(new),) + RUNNING_SHAPE.get(name, ())
+            self.running[name] = np.concatenate([self.running[name], np.full(shape, start)])
         self.rejected = np.concatenate([self.rejected, np.zeros(len(new), dtype=bool)])
         self.segment = np.concatenate([self.segment, np.zeros(len(new), dtype=np.int64)])
         self.quality_flag = np.concatenate([self.quality_flag, np.zeros(len(new), dtype=bool)])
@@ -230,6 +236,8 @@ class ExperimentState:
         self.srm_counts = [0.0] * len(self.variations)
         self.srm_max_log_bf = -math.inf
         self.srm_alerted = False
+        # change-detection windows pool their data unstratified: a new allocation starts new ones
+        self.running["win_looks"] = np.full(len(self.hyp_metric), float(WINDOW_LOOKS))
         return True
 
     def _take_block_row(self, block: HypothesisBlock, g: int, copy: bool) -> None:
@@ -254,6 +262,9 @@ class ExperimentState:
         changed = rejected != step.previous_rejected[rows]
         if changed.any():
             self._significance_alerts(ts, scores.theta[rows], changed, rejected, alerts)
+        effect_changed = step.effect_changed[rows] & ~step.previous_effect_changed[rows]
+        if effect_changed.any():
+            self._effect_changed_alerts(ts, effect_changed, alerts)
         if not scores.all_valid:
             new_problem = self.quality_flag & ~step.previous_quality[rows]
             if new_problem.any():
@@ -264,6 +275,16 @@ class ExperimentState:
         for h in np.flatnonzero(reset).tolist():
             alerts.append(Alert("stats_reset", self.experiment_id, ts,
                                 f"effect of {variations[h]!r} on {metrics[h]!r} changed over time: statistics restarted",
+                                metrics[h], variations[h], {"segment": int(self.segment[h])}))
+
+    def _effect_changed_alerts(self, ts, changed, alerts: list[Alert]) -> None:
+        """state/METHODS.md F4: once per hypothesis and segment (the intersection stays empty
+        until a stats reset restarts it)."""
+        metrics, variations = self._metric_names, self._variation_names
+        for h in np.flatnonzero(changed).tolist():
+            alerts.append(Alert("effect_changed", self.experiment_id, ts,
+                                f"effect of {variations[h]!r} on {metrics[h]!r} changed over time: the always-valid "
+                                "interval would be empty; rows show the latest interval",
                                 metrics[h], variations[h], {"segment": int(self.segment[h])}))
 
     def _significance_alerts(self, ts, theta, changed, rejected, alerts: list[Alert]) -> None:
@@ -385,9 +406,10 @@ def _alerting_experiments(block: HypothesisBlock, step: Step, hypotheses: int) -
     alert. Found for the whole block at once, so that the usual experiment, with none, costs no
     per-experiment array operations (ExperimentState._collect_alerts checks again, per hypothesis)."""
     flagged = step.reset | (block.rejected != step.previous_rejected)
+    flagged |= step.effect_changed & ~step.previous_effect_changed
     if not step.scores.all_valid:
         flagged |= block.quality_flag & ~step.previous_quality
-    if not flagged.any():
+    if not np.count_nonzero(flagged):
         return set()
     return set((np.flatnonzero(flagged) // hypotheses).tolist())
 
@@ -410,14 +432,20 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
     step = block.step(_increments(prepared))
     scores, est, run, cfg = step.scores, step.scores.estimate, block.running, block.config
     groups = len(states)
-    lifetime_t = block.per_hypothesis(block.lifetime, block.hyp_treatment_arm)  # (G*H, 3)
-    lifetime_c = block.per_hypothesis(block.lifetime, block.hyp_control_arm)
+    lifetimes = block.per_hypothesis(block.lifetime, block.hyp_arms)  # (G*H, 2, 3): one indexing for both arms
+    lifetime_t, lifetime_c = lifetimes[:, 0], lifetimes[:, 1]
     standard_error = np.sqrt(scores.variance)
+    if scores.fieller is not None:
+        # "fieller" tests the difference: its SE in units of the control mean is the lift's SE
+        # under H0 (state/METHODS.md F2), reported on the lift's scale for relative effects
+        relative_se = standard_error / np.abs(est.mean_control)
+        standard_error = relative_se if scores.fieller_mask is None else np.where(scores.fieller_mask, relative_se,
+                                                                                   standard_error)
     if not scores.all_valid:
         standard_error = np.where(scores.valid, standard_error, np.inf)
     per_hypothesis = {  # section 8 columns that vary by hypothesis
-        "corrected_conf_interval_lower": run["cor_lo"],
-        "corrected_conf_interval_upper": run["cor_hi"],
+        "corrected_conf_interval_lower": step.corrected_lo,
+        "corrected_conf_interval_upper": step.corrected_hi,
         "corrected_p_value": run["min_corrected_p"],
         "lift_estimate": scores.theta,
         "local_p_value": scores.local_p,
@@ -429,26 +457,28 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
         "treatment_observation_cumsum": lifetime_t[..., 1],
         "treatment_sample_variance": est.variance_treatment,
         "treatment_unit_cumcount": lifetime_t[..., 0],
-        "uncorrected_conf_interval": run["unc_hi"],
+        "uncorrected_conf_interval": step.uncorrected_hi,
         "uncorrected_local_conf_interval_lower": step.local_lo,
         "uncorrected_local_conf_interval_upper": step.local_hi,
         "always_valid_p_value": run["min_p"],
-        "uncorrected_conf_interval_lower": run["unc_lo"],
-        "uncorrected_conf_interval_upper": run["unc_hi"],
+        "uncorrected_conf_interval_lower": step.uncorrected_lo,
+        "uncorrected_conf_interval_upper": step.uncorrected_hi,
         "control_unit_cumcount": lifetime_c[..., 0],
         "control_observation_cumsum": lifetime_c[..., 1],
         "control_sample_variance": est.variance_control,
         "segment": block.segment,
+        "effect_changed": step.effect_changed,
     }
     # Whether each experiment's numbers are all finite, found block-wide: a JSON writer must
     # replace NaN and infinity (JSON has neither), and the usual experiment, known to have none,
     # spares it a search of every row (IntervalResult.all_finite).
-    finite = np.isfinite(step.factor) if step.factor is not None else np.ones(len(block.rejected), dtype=bool)
-    for values in per_hypothesis.values():
-        if values.dtype.kind == "f":
-            finite &= np.isfinite(values)
+    # One isfinite over all float columns at once: per column it was two numpy calls each.
+    floats = [values for values in per_hypothesis.values() if values.dtype.kind == "f"]
+    if step.factor is not None:
+        floats.append(step.factor)
+    finite = np.isfinite(np.concatenate(floats)).reshape(len(floats), groups, -1).all(axis=(0, 2))
     # Of the other numbers, the interval and the FDR factors are finite by construction.
-    all_finite = (finite.reshape(groups, -1).all(axis=1) & math.isfinite(cfg.alpha)).tolist()
+    all_finite = (finite & math.isfinite(cfg.alpha)).tolist()
     if groups == 1:
         per_experiment = [{name: values.tolist() for name, values in per_hypothesis.items()}]
         factors = None if step.factor is None else [step.factor.tolist()]
@@ -475,7 +505,9 @@ def _score_group(prepared: Sequence[_Prepared]) -> list[IntervalResult]:
             "variation_id": state._variation_names,
             "experiment_id": [state.experiment_id] * n,
             "metric": state._metric_names,
-            "reference_variation_id": [cfg.reference_variation_id] * n,
+            # the experiment's own config, not the block's: experiments with other references
+            # may share a block (their scoring options are equal, block_key)
+            "reference_variation_id": [state.config.reference_variation_id] * n,
             "effect": state._effect_names,
             "epoch": [state.epoch] * n,
         })

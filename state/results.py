@@ -46,10 +46,11 @@ EXTRA_COLUMNS = (
     "control_sample_variance",
     "epoch",
     "segment",
+    "effect_changed",
 )
 ROW_COLUMNS = SES_COLUMNS + EXTRA_COLUMNS
 
-ALERT_KINDS = ("srm", "significance_reached", "significance_lost", "stats_reset", "data_quality")
+ALERT_KINDS = ("srm", "significance_reached", "significance_lost", "stats_reset", "effect_changed", "data_quality")
 
 
 @dataclass(frozen=True, slots=True)

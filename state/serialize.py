@@ -14,6 +14,7 @@ import orjson
 
 from .config import EngineConfig, MetricConfig
 from .errors import InvalidInput
+from .block import RUNNING_SHAPE
 from .experiment import _RUNNING_START, ExperimentState
 
 FORMAT_VERSION = 1
@@ -91,7 +92,11 @@ def state_from_dict(doc: dict) -> ExperimentState:
     arrays = doc["arrays"]
     for name in _ARRAYS:
         setattr(state, name, _unpack(arrays[name]))
-    state.running = {name: _unpack(arrays[f"running.{name}"]) for name in _RUNNING_START}
+    # running quantities added since a state was written start where a new segment would
+    hypotheses = len(state.hyp_metric)
+    state.running = {name: _unpack(arrays[f"running.{name}"]) if f"running.{name}" in arrays
+                     else np.full((hypotheses,) + RUNNING_SHAPE.get(name, ()), start)
+                     for name, start in _RUNNING_START.items()}
     state.srm_counts = _unpack(arrays["srm_counts"]).tolist()
     max_log_bf, last = _unpack(doc["scalars"]).tolist()
     state.srm_max_log_bf = max_log_bf

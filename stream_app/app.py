@@ -28,6 +28,7 @@ import time
 from typing import NamedTuple
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 
 from state.live import Lateness
 
@@ -40,9 +41,10 @@ from .kafka.tables import PromptTableManager, StateWriteFailed, write_acked
 from .metrics import Metrics
 from .outputs import OutputSender
 from .processor import BatchProcessor
-from .recent import RecentAlerts, RecentResults
+from .recent import DeadLetters, RecentAlerts, RecentResults
 from .settings import Settings
 from .kafka.topics import TABLE_NAME, changelog_topic, create_topics_async
+from .kafka.view_rebuild import ViewRebuilder
 
 settings = Settings.from_env()
 long_poll.install(settings.fetch_idle_wait)
@@ -155,12 +157,14 @@ processor = BatchProcessor(
     max_arms=settings.max_arms,
 )
 
-# What this worker has seen lately, for the web views (the owner of an experiment answers).
-# In memory only: after a failover the new owner shows what it has produced since (the results
-# topic holds the full history).
+# What this worker has seen lately, for the web views (the owner of an experiment answers):
+# filled live as outputs are acked, and from the output topics for every partition it takes over
+# (a restart, a rebalance), so the views outlive the worker (stream_app/kafka/view_rebuild.py).
 HISTORY_INTERVALS = 1000  # per experiment: the longest history response
 recent = RecentResults(settings.history_mb * 1_048_576, HISTORY_INTERVALS)
 recent_alerts = RecentAlerts(experiments=10_000, per_experiment=200)
+dead_letters = DeadLetters(experiments=10_000, reasons=5)
+view_rebuilder = ViewRebuilder(settings, recent, recent_alerts, dead_letters, settings.rebuild_messages)
 open_intervals: dict[str, float] = {}  # experiment -> last activity, for the idle timer
 _open_index_built = False
 
@@ -250,8 +254,13 @@ async def _reindex_open_intervals(app, **kwargs) -> None:
     _open_index_built = False
 
 
+async def _rebuild_views(app, assigned, **kwargs) -> None:
+    await view_rebuilder.on_assigned(app, assigned)
+
+
 app.on_partitions_revoked.connect(_on_revoked)
 app.on_partitions_assigned.connect(_on_assigned)
+app.on_partitions_assigned.connect(_rebuild_views)
 app.on_rebalance_complete.connect(_reindex_open_intervals)
 
 
@@ -341,6 +350,8 @@ def _acked(queued: QueuedOutputs, seconds: float) -> None:
         recent.add(experiment, interval, rows)
         if alerts:
             recent_alerts.add(experiment, (a.to_dict() for a in alerts))
+    for key, value in queued.deadletters:
+        dead_letters.add_message(key, value)
     metrics.close_latency_sum += (sent - queued.received) * len(queued.closed)
     metrics.close_latency_count += len(queued.closed)
 
@@ -437,7 +448,13 @@ class WorkerReadModel:
     metrics = metrics
     recent = recent
     recent_alerts = recent_alerts
+    dead_letters = dead_letters
     table_name = TABLE_NAME
+
+    @staticmethod
+    def rebuilding() -> bool:
+        """Whether the views are still being rebuilt from the output topics (after a takeover)."""
+        return bool(view_rebuilder.rebuilding)
 
     current_experiment = staticmethod(current_experiment)
     has_experiment = staticmethod(has_experiment)
@@ -445,9 +462,14 @@ class WorkerReadModel:
 
     @staticmethod
     def assigned_partitions() -> list[int]:
-        """Partitions of the observations topic this worker consumes now (empty while rebalancing)."""
+        """Partitions of the observations topic this worker consumes now (empty while rebalancing, and
+        while the consumer is still starting: the web server answers before it)."""
         observations = settings.topic("observations")
-        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == observations)
+        try:
+            assignment = app.consumer.assignment()
+        except ConsumerNotStarted:
+            return []
+        return sorted(tp.partition for tp in assignment if tp.topic == observations)
 
     @staticmethod
     def group_member_id() -> str | None:

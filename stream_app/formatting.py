@@ -37,11 +37,29 @@ def fmt_effect(value: Any, relative: bool = True) -> str:
     return f"{number * 100:+.2f}%" if relative else f"{number:+.4g}"
 
 
+# A relative lift is a ratio minus one: it cannot be below -100%, but the always-valid interval of
+# a noisy early look can reach past it. Such a bound is printed as -100.00% with this mark.
+CLIP_MARK = "*"
+CLIP_NOTE = "* interval clipped at -100%: a relative lift cannot be lower"
+
+
+def clipped(lower: Any, relative: bool = True) -> bool:
+    """Whether a relative interval's lower bound is below -100% (printed clipped, marked)."""
+    lo = _number(lower)
+    return relative and lo is not None and lo < -1.0
+
+
+NOT_YET = "\u2014"  # no interval (or p) yet: the burn-in placeholder (-inf, inf) says nothing
+
+
 def fmt_interval(lower: Any, upper: Any, relative: bool = True) -> str:
     lo, hi = _number(lower), _number(upper)
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
         return "n/a"
-    return f"[{fmt_effect(lo, relative)}, {fmt_effect(hi, relative)}]"
+    if lo == -math.inf and hi == math.inf:
+        return NOT_YET
+    low = f"{fmt_effect(-1.0)}{CLIP_MARK}" if clipped(lo, relative) else fmt_effect(lo, relative)
+    return f"[{low}, {fmt_effect(hi, relative)}]"
 
 
 def fmt_p(value: Any) -> str:
@@ -70,6 +88,17 @@ def fmt_time(timestamp: Any, with_date: bool = True) -> str:
 def fmt_count(value: Any) -> str:
     number = finite(value)
     return "n/a" if number is None else f"{number:,.0f}"
+
+
+def fmt_value(value: Any, binary: bool) -> str:
+    """An arm's conversion rate (binary metrics, as a percentage) or mean (two decimals from 100
+    on, four below)."""
+    number = finite(value)
+    if number is None:
+        return "n/a"
+    if binary:
+        return f"{number * 100:.2f}%"
+    return f"{number:,.2f}" if abs(number) >= 100 else f"{number:.4f}"
 
 
 def metric_options(config: Mapping[str, Any] | None, metric: str) -> Mapping[str, Any]:

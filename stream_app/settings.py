@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, fields
 
 DEFAULT_CACHE_EXPERIMENTS = 50_000  # experiments kept decoded (stream_app/processor.py)
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 
 # Environment variable -> (attribute, type, default). KAFKA_BOOTSTRAP unset means "no Kafka
-# configured": `seqstream demo` then starts an embedded broker; `seqstream worker` refuses.
+# configured": every command then uses the local default broker (SEQSTREAM_LOCAL_BROKER), which
+# `seqstream worker` starts embedded if nothing answers there; `seqstream demo` embeds its own.
 ENVIRONMENT = {
     "KAFKA_BOOTSTRAP": ("bootstrap", str, None),
     "SEQSTREAM_APP_ID": ("app_id", str, "seqstream"),
@@ -58,6 +58,16 @@ ENVIRONMENT = {
     # about 200 bytes an arm, below the changelog's message limit).
     "SEQSTREAM_MAX_ARMS": ("max_arms", int, 1000),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
+    # --- results surfaces (issue 19) ---
+    # On taking a partition over, the web views are rebuilt from the results, alerts and
+    # dead-letter topics, reading at most this many messages back from each partition's end
+    # (stream_app/kafka/view_rebuild.py).
+    "SEQSTREAM_REBUILD_MESSAGES": ("rebuild_messages", int, 2_000_000),
+    # -- the local default broker (issue 18) -------------------------------------------------
+    # Where every command looks for a broker while KAFKA_BOOTSTRAP is unset, and where
+    # `seqstream worker` and `seqstream broker` start the embedded one if nothing answers there.
+    # Documented default 127.0.0.1:9092; the tests point it at a free port of their own.
+    "SEQSTREAM_LOCAL_BROKER": ("local_broker", str, "127.0.0.1:9092"),
 }
 
 
@@ -90,6 +100,9 @@ class Settings:
     max_future_skew: float
     max_arms: int
     log_level: str
+    rebuild_messages: int = 2_000_000
+    # -- the local default broker (issue 18) --
+    local_broker: str = "127.0.0.1:9092"
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -119,11 +132,9 @@ class Settings:
 
 
 def broker_settings(command: str, env=None) -> Settings | None:
-    """Settings for a command that needs Kafka; None, after telling the user on stderr how to
-    point it at one, when KAFKA_BOOTSTRAP is unset (only ``seqstream demo`` brings its own)."""
-    settings = Settings.from_env(env)
-    if not settings.bootstrap:
-        print(f"seqstream {command}: set KAFKA_BOOTSTRAP (host:port of a Kafka broker), "
-              "or run `seqstream demo` to try everything on an embedded broker", file=sys.stderr)
-        return None
-    return settings
+    """Settings for a command that needs Kafka, pointed at KAFKA_BOOTSTRAP or, while it is unset,
+    at the local default broker (SEQSTREAM_LOCAL_BROKER); None, after one line on stderr saying
+    how to start or name one, when no broker answers there (stream_app/kafka/clients.py)."""
+    from .kafka.clients import reachable_broker  # lazy: the settings themselves need no Kafka client
+
+    return reachable_broker(command, Settings.from_env(env))

@@ -16,6 +16,14 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
+# With KAFKA_BOOTSTRAP unset the CLI talks to the local default broker, 127.0.0.1:9092, which is
+# not the tests' to use (other test runs and a user's own broker share the machine): for the
+# whole session, and every subprocess a test starts, it is a free port nothing listens on.
+if not os.environ.get("SEQSTREAM_LOCAL_BROKER"):
+    from stream_app.kafka.embedded_broker import free_port
+
+    os.environ["SEQSTREAM_LOCAL_BROKER"] = f"127.0.0.1:{free_port()}"
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 COVID_CSV = SHARED / "data" / "ses" / "time_aggregated_metric_data.csv"

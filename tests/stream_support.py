@@ -21,6 +21,7 @@ from stream_app.kafka.embedded_broker import free_port
 from stream_app.settings import Settings
 from stream_app.kafka.topics import create_topics
 from stream_app.kafka.worker_process import WorkerProcess
+from state.config import DEFAULT_VARIANCE_METHOD
 from tests.conftest import covid_request
 
 _ids = itertools.count()
@@ -210,8 +211,11 @@ def covid_stream_rows(experiment_id: str) -> list[dict]:
 
 def request_for(rows: list[dict], experiment_id: str, config: dict | None = None,
                 metric_options: dict | None = None) -> dict:
-    """The batch request (state.evaluate) equivalent to these stream observation rows."""
+    """The batch request (state.evaluate) equivalent to these stream observation rows. The
+    stream's default method is named unless the config names one (evaluate's default is the
+    reference service's)."""
     metric_options = metric_options or {}
+    config = {"variance_method": DEFAULT_VARIANCE_METHOD, **(config or {})}
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     return {"experiment_id": experiment_id, "config": dict(config or {}), "metrics": [
         {"config": {"name": m, **metric_options.get(m, {})},

@@ -1,35 +1,409 @@
-"""The command line: every command that needs Kafka says how to configure one; the worker's logging."""
+"""The command line: one line on stderr and a non-zero exit for every user mistake (never a
+traceback), the local default broker, topics check/create, help and --version; the worker's
+logging; the compression settings."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shlex
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+import uuid
 
 import pytest
 
-from stream_app.console.cli import main
+from stream_app.console.cli import build_parser, main
+from stream_app.kafka import clients
+from stream_app.kafka.embedded_broker import free_port
+
+pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.parametrize("argv", [
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run ``seqstream ARGV`` in this process: (exit code, stdout, stderr). An exception that
+    escapes the CLI (what a user would see as a traceback) fails the test here."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str, exit_code: int | None = None) -> None:
+    lines = err.strip().splitlines()
+    assert code != 0, err
+    assert exit_code is None or code == exit_code, (code, err)
+    assert len(lines) == 1, f"want one line on stderr, got:\n{err}"
+    assert "Traceback" not in err and "Unclosed" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+def run_subprocess(*argv: str, env: dict | None = None, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream_app", *argv], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def no_kafka(monkeypatch):
+    """KAFKA_BOOTSTRAP unset and nothing at the local default address (a free port, never
+    9092), with a short grace for a broker still starting there."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("SEQSTREAM_LOCAL_BROKER", f"127.0.0.1:{free_port()}")
+    monkeypatch.setattr(clients, "LOCAL_BROKER_GRACE", 0.3)
+
+
+@pytest.fixture
+def on_broker(broker, monkeypatch):
+    """The session's broker, with a topic prefix and app id of this test's own."""
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", broker)
+    monkeypatch.setenv("SEQSTREAM_TOPIC_PREFIX", f"{run}.")
+    monkeypatch.setenv("SEQSTREAM_APP_ID", run)
+    return run
+
+
+CSV_HEADER = "variation_id,interval_timestamp,unit_count,unit_observation_sum,unit_observation_sum_of_squares,metric_name\n"
+
+
+def write_csv(path, rows: list[str]) -> str:
+    path.write_text(CSV_HEADER + "".join(f"{row}\n" for row in rows))
+    return str(path)
+
+
+def good_rows(n: int = 6) -> list[str]:
+    return [f"{v},2020-09-14 11:{21 + i // 2}:00,100,10,10,conversion" for i in range(n) for v in ("control",)]
+
+
+# -- files ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "binary", "unreadable", "not-utf8"])
+@pytest.mark.parametrize("command", ["publish", "experiment set"])
+def test_a_file_that_cannot_be_read_is_one_line(kind, command, tmp_path, capsys, no_kafka):
+    path = {"missing": str(tmp_path / "nope.csv"), "directory": str(tmp_path), "unreadable": "/proc/self/mem"}.get(kind)
+    if kind == "binary":
+        path = str(tmp_path / "data.csv")
+        (tmp_path / "data.csv").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00" * 10)
+    if kind == "not-utf8":
+        path = str(tmp_path / "data.csv")
+        (tmp_path / "data.csv").write_bytes(CSV_HEADER.encode() + b"control,2020-09-14 11:21:00,1,1,1,caf\xe9\n")
+    argv = ["publish", path, "--experiment", "e"] if command == "publish" else ["experiment", "set", path]
+    code, out, err = cli(capsys, *argv)
+    want = {"missing": "no such file", "directory": "is a directory", "binary": "binary",
+            "unreadable": "cannot read it", "not-utf8": "not UTF-8"}[kind]
+    assert_one_line_error(code, err, f"seqstream {command.split()[0]}: {path}: ", want, exit_code=1)
+    assert out == ""
+
+
+def test_experiment_set_with_a_file_that_is_not_a_json_config(tmp_path, capsys, no_kafka):
+    (tmp_path / "c.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    code, _, err = cli(capsys, "experiment", "set", str(tmp_path / "c.json"))
+    assert_one_line_error(code, err, "not a JSON config")
+    code, _, err = cli(capsys, "experiment", "set", str(tmp_path / "list.json"))
+    assert_one_line_error(code, err, "a config is a JSON object")
+
+
+def test_every_row_bad_for_one_reason_is_said_once_with_the_count(tmp_path, capsys, no_kafka):
+    rows = [f"control,2020-09-14 11:{21 + i}:00,-5,1,1,conversion" for i in range(30)]
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "neg.csv", rows), "--experiment", "e")
+    assert_one_line_error(code, err, "30 rows (lines 2, 3, 4, 5, 6, ...): ", "nothing sent (no row is valid)")
+    # the covid format without an experiment_id column needs --experiment: said once, up front
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "noexp.csv", good_rows()))
+    assert_one_line_error(code, err, "has no experiment_id column: pass --experiment ID")
+
+
+def test_bad_rows_of_several_kinds_are_listed_by_kind_and_nothing_is_sent(tmp_path, capsys, no_kafka):
+    rows = good_rows(4) + ["control,2020-09-14 11:40:00,-5,1,1,conversion"] * 3 + ["control,yesterday,5,1,1,conversion"]
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "mixed.csv", rows), "--experiment", "e")
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err
+    assert len(lines) == 3 and lines[0].startswith(f"{tmp_path / 'mixed.csv'}: 3 rows (lines 6, 7, 8): ")
+    assert lines[1].startswith(f"{tmp_path / 'mixed.csv'}: line 9: ")
+    assert lines[2] == "seqstream publish: 4 bad row(s): nothing sent (--skip-bad sends the 4 valid one(s))"
+
+
+def test_zero_rows_to_send_is_an_error(tmp_path, capsys, no_kafka):
+    path = write_csv(tmp_path / "obs.csv", good_rows())
+    code, _, err = cli(capsys, "publish", path, "--experiment", "e", "--metrics", "convresion")
+    assert_one_line_error(code, err, "--metrics: 'convresion' not in", "(its metrics: conversion)", "nothing sent")
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "empty.csv", []), "--experiment", "e")
+    assert_one_line_error(code, err, "holds no observations")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    code, _, err = cli(capsys, "publish", str(tmp_path / "empty.jsonl"))
+    assert_one_line_error(code, err, "holds no observations")
+
+
+# -- flags ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["watch", "--refresh", "0"], "--refresh: '0' must be a positive number"),
+    (["watch", "--refresh", "-1"], "--refresh: '-1' must be a positive number"),
+    (["tail", "results", "--wait", "soon"], "--wait: 'soon' is not a number"),
+    (["publish", "f.csv", "--pace", "-2"], "--pace: '-2' must be zero or a positive"),
+    (["experiment", "set", "--experiment", "e", "--alpha", "1.5"], "--alpha: '1.5' must be between 0 and 1"),
+    (["tail", "resluts"], "invalid choice: 'resluts'"),
+    (["publihs"], "invalid choice: 'publihs'"),
+    ([], "the following arguments are required: COMMAND"),
+    (["experiment", "set", "--experiment", "e", "--metric", "conv:lowr"], "unknown flag 'lowr'"),
+    (["experiment", "set", "--experiment", "e", "--metric", ":lower"], "no metric name"),
+    (["experiment", "set", "--experiment", "e", "--weights", "control:1"], "--weights: expected name=number"),
+    (["experiment", "set", "--reference", "control"], "name the experiment"),
+    (["demo", "--metric", "conversion:lower"], "--metric sets the options of a --data file's metrics"),
+], ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_a_bad_flag_is_one_line(argv, fragment, capsys, no_kafka):
+    code, _, err = cli(capsys, *argv)
+    assert_one_line_error(code, err, fragment)
+    assert code in (1, 2)
+
+
+# -- no broker --------------------------------------------------------------------------------
+
+BROKER_COMMANDS = [
     ["worker"],
-    ["publish", "observations.csv", "--experiment", "e"],
-    ["tail", "results"],
+    ["publish", "{csv}", "--experiment", "e"],
+    ["experiment", "set", "--experiment", "e"],
     ["experiment", "show", "e"],
+    ["topics", "check"],
+    ["topics", "create"],
+    ["tail", "results"],
     ["watch", "--once"],
     ["report", "--experiment", "e", "--html", "report.html"],
-], ids=lambda argv: argv[0])
-def test_a_command_that_needs_kafka_refuses_without_KAFKA_BOOTSTRAP(argv, monkeypatch, capsys, tmp_path):
-    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+]
+
+
+@pytest.mark.parametrize("argv", BROKER_COMMANDS, ids=lambda argv: " ".join(argv[:2]))
+def test_no_broker_at_the_local_default_says_how_to_start_one(argv, capsys, no_kafka, tmp_path, monkeypatch):
+    from stream_app.kafka import embedded_broker
+
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert f"seqstream {argv[0]}: set KAFKA_BOOTSTRAP (host:port of a Kafka broker)" in err
-    assert "seqstream demo" in err  # the one command that brings its own broker
-    assert list(tmp_path.iterdir()) == []  # nothing read, nothing written
+    csv = write_csv(tmp_path / "obs.csv", good_rows())
+    if argv == ["worker"]:  # it would start one; here the [local] extra is "missing"
+        def missing():
+            raise embedded_broker.EmbeddedBrokerMissing(
+                f"the embedded broker is not installed: pip install '{embedded_broker.LOCAL_EXTRA}', or set KAFKA_BOOTSTRAP")
+        monkeypatch.setattr(embedded_broker, "noida_executable", missing)
+    code, out, err = cli(capsys, *[a.format(csv=csv) for a in argv])
+    local = os.environ["SEQSTREAM_LOCAL_BROKER"]
+    if argv == ["worker"]:
+        assert_one_line_error(code, err, "seqstream worker: KAFKA_BOOTSTRAP is unset and the embedded broker is not "
+                              "installed: pip install 'seqstream[local]'", exit_code=2)
+    else:
+        assert_one_line_error(code, err, f"seqstream {argv[0]}: no broker answers at {local} (KAFKA_BOOTSTRAP is unset)",
+                              "`seqstream worker`", "`seqstream broker`", exit_code=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.csv"]  # nothing written
+
+
+@pytest.mark.parametrize("argv", BROKER_COMMANDS, ids=lambda argv: " ".join(argv[:2]))
+def test_kafka_bootstrap_down_is_one_line(argv, capsys, monkeypatch, tmp_path):
+    down = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", down)
+    csv = write_csv(tmp_path / "obs.csv", good_rows())
+    code, _, err = cli(capsys, *[a.format(csv=csv) for a in argv])
+    assert_one_line_error(code, err, f"seqstream {argv[0]}: no broker answers at {down} (KAFKA_BOOTSTRAP)", exit_code=2)
+
+
+class RefusingKafka:
+    """A port that accepts TCP connections and closes them at once: the pre-check passes, then
+    every Kafka client fails (a broker dying, or something else on the port)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_broker_failing_after_connect_is_one_line_without_unclosed_clients(tmp_path):
+    """In a subprocess, so what aiokafka and asyncio print at exit is seen ("Unclosed
+    AIOKafkaProducer" from a producer whose start failed)."""
+    server = RefusingKafka()
+    try:
+        csv = write_csv(tmp_path / "obs.csv", good_rows())
+        for argv in (["publish", csv, "--experiment", "e"], ["tail", "results"]):
+            done = run_subprocess(*argv, env={"KAFKA_BOOTSTRAP": server.address, "PYTHONWARNINGS": "always"})
+            assert_one_line_error(done.returncode, done.stderr, f"seqstream {argv[0]}: Kafka: ")
+    finally:
+        server.close()
+
+
+def test_ctrl_c_is_one_line(broker, tmp_path):
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {"KAFKA_BOOTSTRAP": broker, "SEQSTREAM_TOPIC_PREFIX": f"{run}.", "SEQSTREAM_APP_ID": run}
+    assert run_subprocess("topics", "create", env=env).returncode == 0
+    tail = subprocess.Popen([sys.executable, "-m", "stream_app", "tail", "results", "--follow"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # started and reading
+        tail.send_signal(signal.SIGINT)
+        _, err = tail.communicate(timeout=30)
+    finally:
+        tail.kill()
+    assert_one_line_error(tail.returncode, err, "seqstream tail: interrupted", exit_code=130)
+
+
+BLOCK_NOIDA = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'noida_db':
+            raise ModuleNotFoundError("No module named 'noida_db'", name='noida_db')
+sys.meta_path.insert(0, Block())
+from stream_app.console.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["worker"], ["broker"]])
+def test_without_the_local_extra_the_error_names_it(argv, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    done = subprocess.run([sys.executable, "-c", BLOCK_NOIDA, *argv], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert_one_line_error(done.returncode, done.stderr, f"seqstream {argv[0]}: ",
+                          "the embedded broker is not installed: pip install 'seqstream[local]'", exit_code=2)
+
+
+# -- on a broker ------------------------------------------------------------------------------
+
+def test_unknown_experiments_are_errors(on_broker, capsys):
+    assert cli(capsys, "experiment", "set", "--experiment", "known", "--metric", "conversion:binary")[0] == 0
+    code, _, err = cli(capsys, "experiment", "show", "nope")
+    assert_one_line_error(code, err, "no config published for experiment 'nope'", "(experiments with configs: known)")
+    code, out, _ = cli(capsys, "experiment", "show", "known")
+    assert code == 0 and '"experiment_id": "known"' in out
+    code, _, err = cli(capsys, "tail", "alerts", "--experiment", "nope", "--from-beginning", "--wait", "1")
+    assert_one_line_error(code, err, f"no messages for experiment 'nope' on {on_broker}.alerts")
+    code, _, err = cli(capsys, "watch", "--once", "--experiment", "nope")
+    assert_one_line_error(code, err, "no experiment 'nope'", "(experiments there: known)")
+
+
+def test_publish_creates_every_topic_before_it_writes(on_broker, capsys, tmp_path):
+    """The first command to write on a fresh prefix creates all the topics with the configured
+    partitions (a broker that auto-creates would make the one it names with a single one)."""
+    from stream_app.kafka.admin import partition_counts
+    from stream_app.kafka.topics import topic_specs
+    from stream_app.settings import Settings
+
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "obs.csv", good_rows()), "--experiment", "e")
+    assert code == 0 and err.strip().endswith(f"sent 6 rows in 3 intervals to {on_broker}.observations")
+    counts = asyncio.run(partition_counts(os.environ["KAFKA_BOOTSTRAP"]))
+    assert {name: counts.get(name) for name in topic_specs(Settings.from_env())} == \
+        {name: spec.partitions for name, spec in topic_specs(Settings.from_env()).items()}
+
+
+def test_tail_without_new_messages_says_how_to_see_older_ones(on_broker, capsys):
+    assert cli(capsys, "topics", "create")[0] == 0
+    code, out, err = cli(capsys, "tail", "results", "--wait", "1")
+    assert code == 0 and out == ""
+    assert err.strip() == (f"seqstream tail: no new messages on {on_broker}.results in 1 s: add --from-beginning "
+                           "to see the older ones, or --follow to wait for new ones")
+
+
+def test_tail_into_a_closed_pipe_exits_0_quietly(broker, tmp_path):
+    """`seqstream tail alerts --from-beginning | head -1`: the reader leaves, tail ends with 0 and
+    says nothing (no BrokenPipeError, no "Exception ignored" at exit)."""
+    from aiokafka import AIOKafkaProducer
+
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {"KAFKA_BOOTSTRAP": broker, "SEQSTREAM_TOPIC_PREFIX": f"{run}.", "SEQSTREAM_APP_ID": run}
+    assert run_subprocess("topics", "create", env=env).returncode == 0
+
+    async def alerts() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker)
+        await producer.start()
+        try:
+            for i in range(2000):
+                await producer.send(f"{run}.alerts", key=b"e", value=b'{"kind": "srm", "experiment_id": "e", "n": %d}' % i)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(alerts())
+    script = (f"{shlex.quote(sys.executable)} -m stream_app tail alerts --from-beginning | head -1; "
+              'echo "tail exit ${PIPESTATUS[0]}" >&2')
+    done = subprocess.run(["bash", "-c", script], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert done.stdout.count("\n") == 1 and '"kind":"srm"' in done.stdout
+    assert done.stderr.strip() == "tail exit 0", done.stderr
+
+
+def test_topics_check_and_create(on_broker, capsys, monkeypatch):
+    """check reports each topic against the configuration (exit 1 while any is missing or
+    wrong); create makes the missing ones; a topic auto-created with one partition is a
+    one-line error for check, create and the worker, naming the fix, which --recreate applies."""
+    from stream_app.kafka.admin import TopicSpec, ensure_topics_sync, topic_partitions
+    from stream_app.kafka.topics import topic_specs
+    from stream_app.settings import Settings
+
+    code, out, err = cli(capsys, "topics", "check")
+    assert_one_line_error(code, err, "8 topic(s) missing", "run `seqstream topics create`")
+    assert out.count(" missing") == 8
+    code, out, _ = cli(capsys, "topics", "create")
+    assert code == 0 and out.startswith("created 8 topic(s): ")
+    code, out, err = cli(capsys, "topics", "check")
+    assert code == 0 and err == "" and out.count(" ok") == 8
+    assert [line.split() for line in out.splitlines() if line.startswith(f"{on_broker}.observations ")] == \
+        [[f"{on_broker}.observations", "4", "4", "ok"]]
+
+    # another prefix whose experiments topic was auto-created (one partition) by an early producer
+    monkeypatch.setenv("SEQSTREAM_TOPIC_PREFIX", f"{on_broker}-b.")
+    wrong = f"{on_broker}-b.experiments"
+    broker = os.environ["KAFKA_BOOTSTRAP"]
+    ensure_topics_sync(broker, {wrong: TopicSpec(partitions=1)})
+    fix = (f"topic {wrong} has 1 partition(s), the configuration wants 4 (SEQSTREAM_PARTITIONS): run "
+           "`seqstream topics create --recreate`")
+    for argv in (["topics", "check"], ["topics", "create"], ["worker"],
+                 ["experiment", "set", "--experiment", "e"]):
+        code, _, err = cli(capsys, *argv)
+        assert_one_line_error(code, err, f"seqstream {argv[0]}: {fix}", exit_code=1)
+    code, out, _ = cli(capsys, "topics", "create", "--recreate")
+    assert code == 0 and f"recreated {wrong}: 1 -> 4 partition(s)" in out
+    assert asyncio.run(topic_partitions(broker, wrong)) == 4
+    settings = Settings.from_env()
+    for name, spec in topic_specs(settings).items():
+        assert asyncio.run(topic_partitions(broker, name)) == spec.partitions, name
+    assert cli(capsys, "topics", "check")[0] == 0
+
+
+# -- help and version -------------------------------------------------------------------------
+
+COMMANDS = ["worker", "broker", "demo", "example", "publish", "experiment", "topics", "tail", "watch", "report"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_a_description_an_example_and_its_environment(command, capsys):
+    code, out, _ = cli(capsys, command, "--help")
+    assert code == 0
+    usage, description = out.split("\n\n")[:2]
+    assert usage.startswith(f"usage: seqstream {command}") and len(description.strip()) > 30
+    example = out.split("example:\n", 1)[1].splitlines()[0].strip()
+    assert example.startswith(f"seqstream {command}")
+    build_parser().parse_args(__import__("shlex").split(example)[1:])  # the example parses
+    environment = out.split("environment:\n", 1)[1]
+    assert "none" in environment if command == "example" else "SEQSTREAM_" in environment
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"seqstream {version('seqstream')}"
 
 
 WORKER_LOG_LEVEL = """

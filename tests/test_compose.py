@@ -342,11 +342,14 @@ def check_dockerfile(p: Project) -> None:
     assert "pip install" in installs, "the Dockerfile never pip-installs the project"
     copied = " ".join(by_kind.get("COPY", []))
     top_level = sorted({name.split(".")[0] for name in p.pyproject["tool"]["setuptools"]["packages"]})
-    for package in top_level + ["pyproject.toml"]:
+    license_files = p.pyproject["project"].get("license-files", [])  # building fails without them
+    for package in top_level + ["pyproject.toml"] + license_files:
         assert re.search(rf"(^|\s){re.escape(package)}(\s|/|$)", copied), f"the Dockerfile does not COPY {package}"
     stores = {Settings.from_env(app_env(p.services[name])).store for name in APP_SERVICES}
     if any(store.startswith("rocksdb") for store in stores):
-        assert "rocksdict" in installs, "SEQSTREAM_STORE is rocksdb:// but the image does not install rocksdict"
+        dependencies = " ".join(p.pyproject["project"].get("dependencies", []))
+        assert "rocksdict" in installs or "rocksdict" in dependencies, \
+            "SEQSTREAM_STORE is rocksdb:// but neither the image nor the package installs rocksdict"
     assert "[local]" not in installs and "noida" not in installs, "containers use external Kafka: no [local] extra"
 
 
@@ -425,12 +428,13 @@ MUTATIONS = [
     ("check_publisher", "compose", '      DEMO_PACE: "2"\n', ""),
     ("check_dockerfile", "dockerfile", 'ENTRYPOINT ["seqstream"]', 'ENTRYPOINT ["python", "-m", "stream_app"]'),
     ("check_dockerfile", "dockerfile", "FROM python:3.11-slim", "FROM python:3.12-slim"),
-    ("check_dockerfile", "dockerfile", ' "rocksdict>=0.3.29"', ""),
+    ("check_dockerfile", "pyproject", '    "rocksdict>=0.3.29",\n', ""),
     ("check_dockerfile", "dockerfile", "COPY state /src/state\n", ""),
+    ("check_dockerfile", "dockerfile", "README.md LICENSE MANIFEST.in", "README.md MANIFEST.in"),
     ("check_dockerfile", "dockerfile", "pip install /src ", "pip install '/src[local]' "),
-    ("check_dockerfile", "dockerfile", 'RUN pip install /src "rocksdict>=0.3.29"', 'RUN echo /src "rocksdict>=0.3.29"'),
+    ("check_dockerfile", "dockerfile", "RUN pip install /src", "RUN echo /src"),
     ("check_dockerfile", "pyproject", 'seqstream = "stream_app.console.cli:main"', 'seqstream-cli = "stream_app.console.cli:main"'),
-    ("check_dockerfile", "pyproject", 'seqstream = "stream_app.console.cli:main"', 'seqstream = "stream_app.console.cli:run"'),
+    ("check_dockerfile", "pyproject", 'seqstream = "stream_app.console.cli:main"', 'seqstream = "stream_app.console.cli:start"'),
 ]
 
 

@@ -166,3 +166,44 @@ def test_n_star_is_the_tau2_mixture_with_a_scaled_variance():
     expected_p = np.minimum(1, np.sqrt(units * rho2 + 1) * np.exp(-rho2 * (theta**2 * units / variance) / (2 * (units * rho2 + 1))))
     np.testing.assert_allclose(gb.half_width(variance, tau2, a), expected_half, rtol=1e-12)
     np.testing.assert_allclose(gb.score(theta, variance, tau2).local_p_value, expected_p, rtol=1e-10)
+
+
+# A gbstats experiment with a binomial and a continuous metric on the same units (issue 16):
+# gbstats 0.8.0, SequentialTwoSidedTTest(alpha=0.05, sequential_tuning_parameter=n_star,
+# difference_type=...), ProportionStatistic(n, sum) for "conv" (variance p(1 - p)) and
+# SampleMeanStatistic(n, sum, sum_squares) for "rev" (variance with n - 1); control first.
+# Columns: metric, relative, n_star, expected, ci lower, ci upper, p_value.
+GB_MIXED_DATA = {"conv": ((3000, 312, 312), (3461, 402, 402)), "rev": (GB_CONTROL, GB_TREATMENT)}
+GB_MIXED = [
+    ("conv", True, 1000, 0.11684039739515044, -0.13642454957078232, 0.3701053443610832, 1.0),
+    ("conv", True, 5000, 0.11684039739515044, -0.12480301561938069, 0.3584838104096816, 1.0),
+    ("conv", False, 1000, 0.012151401329095646, -0.01266505354376913, 0.03696785620196042, 1.0),
+    ("conv", False, 5000, 0.012151401329095646, -0.011526304276199866, 0.03582910693439116, 1.0),
+    ("rev", True, 1000, 0.5033610858562358, -0.5584405051077315, 1.5651626768202032, 1.0),
+    ("rev", True, 5000, 0.5033610858562358, -0.5097177608556427, 1.5164399325681144, 1.0),
+    ("rev", False, 1000, 0.23437666666666668, -0.17908917909394972, 0.6478425124272831, 1.0),
+    ("rev", False, 5000, 0.23437666666666668, -0.16011652842982782, 0.6288698617631612, 0.7601250075467714),
+]
+
+
+@pytest.mark.parametrize("relative, n_star", [(True, 1000), (True, 5000), (False, 1000), (False, 5000)])
+def test_gbstats_mixed_binomial_and_continuous_experiment(relative, n_star):
+    """Both metrics in one experiment through ExperimentState: engine variance_ddof=1 (gbstats'
+    continuous convention) while the 0/1 metric keeps p(1 - p), per metric (MetricConfig.ddof).
+    With an engine-wide ddof the binomial bounds were off by a factor near sqrt(n / (n - 1))."""
+    from state import EngineConfig, ExperimentState, MetricConfig, Observation
+
+    config = EngineConfig(variance_method="delta", n_star=n_star, alpha=0.05, variance_ddof=1, min_units=0,
+                          effect="relative" if relative else "absolute")
+    state = ExperimentState("gb", config, {"conv": MetricConfig(is_binary=True), "rev": MetricConfig()})
+    observations = [Observation(m, v, 0, *arm) for m, arms in GB_MIXED_DATA.items()
+                    for v, arm in zip(("control", "t"), arms)]
+    rows = {r["metric"]: r for r in state.update(0, observations).rows}
+    for metric, rel, ns, effect, lower, upper, p_value in GB_MIXED:
+        if (rel, ns) != (relative, n_star):
+            continue
+        row = rows[metric]
+        assert row["lift_estimate"] == pytest.approx(effect, rel=1e-12)
+        assert row["uncorrected_local_conf_interval_lower"] == pytest.approx(lower, rel=1e-10)
+        assert row["uncorrected_local_conf_interval_upper"] == pytest.approx(upper, rel=1e-10)
+        assert row["local_p_value"] == pytest.approx(p_value, rel=1e-10)

@@ -4,10 +4,11 @@ shows significance and an SRM alert, finishes within 60 s, and leaves nothing ru
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,15 +18,19 @@ from tests.conftest import COVID_CSV, COVID_METRICS
 pytestmark = pytest.mark.timeout(120)
 
 
-def demo(*args: str, **kwargs) -> tuple[subprocess.CompletedProcess, float]:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # the embedded broker path
+def demo_env(tmpdir: Path) -> dict[str, str]:
+    """The embedded broker path (no KAFKA_BOOTSTRAP), the demo's temporary directory in
+    ``tmpdir``: what it starts can be told from other demos running on this machine."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    env["TMPDIR"] = str(tmpdir)
+    return env
+
+
+def demo(tmpdir: Path, *args: str, **kwargs) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "stream_app", "demo", *args], env=env, capture_output=True,
-                          text=True, timeout=90, **kwargs)
+    done = subprocess.run([sys.executable, "-m", "stream_app", "demo", *args], env=demo_env(tmpdir),
+                          capture_output=True, text=True, timeout=90, **kwargs)
     return done, time.monotonic() - started
-
-
-DEMO_DIR_PREFIX = os.path.join(tempfile.gettempdir(), "seqstream-demo-").encode()
 
 
 def _proc_file(pid: str, name: str) -> bytes:
@@ -36,29 +41,31 @@ def _proc_file(pid: str, name: str) -> bytes:
         return b""
 
 
-def demo_workers() -> set[int]:
-    """PIDs of processes a demo started: workers (their app ids start with seqstream-demo-) and
-    embedded brokers (noida-db ``--data-dir <tmp>/seqstream-demo-.../broker``: an argument in the
-    demo's temporary directory). Never this process, nor another user's."""
+def demo_workers(tmpdir: Path) -> set[int]:
+    """PIDs of processes a demo run with ``demo_env(tmpdir)`` started: its worker (data dir
+    ``<tmpdir>/seqstream-demo-.../data``) and its embedded broker (noida-db ``--data-dir
+    <tmpdir>/seqstream-demo-.../broker``). Never this process, nor another test's demo."""
+    prefix = os.path.join(str(tmpdir), "seqstream-demo-").encode()
     pids = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == os.getpid():
             continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
-                continue
-        except OSError:
-            continue
         argv = _proc_file(pid, "cmdline").split(b"\0")
-        if (b"SEQSTREAM_APP_ID=seqstream-demo-" in _proc_file(pid, "environ")
-                or any(arg.startswith(DEMO_DIR_PREFIX) for arg in argv)):
+        if (b"SEQSTREAM_DATADIR=" + prefix in _proc_file(pid, "environ")
+                or any(arg.startswith(prefix) for arg in argv)):
             pids.add(int(pid))
     return pids
 
 
-def test_demo_shows_significance_and_srm_within_a_minute():
-    before = demo_workers()
-    done, elapsed = demo()
+def gone(tmpdir: Path, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while demo_workers(tmpdir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not demo_workers(tmpdir)
+
+
+def test_demo_shows_significance_and_srm_within_a_minute(tmp_path):
+    done, elapsed = demo(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert elapsed < 60
     out = done.stdout
@@ -68,12 +75,11 @@ def test_demo_shows_significance_and_srm_within_a_minute():
     assert rows[("checkout-redesign", "conversion", "treatment_a")] == "yes"
     assert rows[("checkout-redesign", "support_tickets", "treatment_b")] == "no"
     assert "sample ratio mismatch: pricing-banner" in out
-    time.sleep(1)
-    assert demo_workers() <= before  # worker and broker stopped
+    assert gone(tmp_path)  # worker and broker stopped
 
 
-def test_demo_json_replays_the_covid_csv():
-    done, _ = demo("--json", "--data", str(COVID_CSV), "--experiment", "covid", "--metrics", ",".join(COVID_METRICS))
+def test_demo_json_replays_the_covid_csv(tmp_path):
+    done, _ = demo(tmp_path, "--json", "--data", str(COVID_CSV), "--experiment", "covid", "--metrics", ",".join(COVID_METRICS))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 2 * 2 * 18 and {r["experiment_id"] for r in rows} == {"covid"}
@@ -82,16 +88,39 @@ def test_demo_json_replays_the_covid_csv():
     assert len(final) == 4 and all(r["rejected"] and r["lift_estimate"] < 0 for r in final)
 
 
-def test_closing_the_pipe_leaves_no_worker_behind():
-    before = demo_workers()
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-    demo_process = subprocess.Popen([sys.executable, "-m", "stream_app", "demo", "--json"], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    first = demo_process.stdout.readline()  # like `| head -1`
-    demo_process.stdout.close()
-    assert demo_process.wait(timeout=90) == 0
-    assert orjson.loads(first)["alpha"] == 0.1
-    deadline = time.monotonic() + 20
-    while demo_workers() - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not demo_workers() - before
+def test_demo_in_a_pipe_stops_at_once_and_exits_0(tmp_path):
+    """`seqstream demo --json | head -3`: the demo stops as soon as head leaves (not after its 20
+    intervals and the wait for the rows nobody reads), reports no failure, exits 0, and leaves
+    no worker or broker behind."""
+    env = demo_env(tmp_path)
+    script = f'{shlex.quote(sys.executable)} -m stream_app demo --json | head -3; echo "demo exit ${{PIPESTATUS[0]}}" >&2'
+    started = time.monotonic()
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all(orjson.loads(line)["alpha"] == 0.1 for line in lines)
+    assert done.stderr.splitlines()[-1] == "demo exit 0", done.stderr[-2000:]
+    assert "result rows arrived" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert elapsed < 15, f"{elapsed:.1f} s"
+    assert gone(tmp_path)
+
+
+def test_replay_takes_metric_options_as_experiment_set_does(tmp_path):
+    """`demo --data FILE --metric NAME:lower` marks the metric lower-is-better in the replayed
+    config (the spec of `experiment set --metric`); a name the file does not have is an error."""
+    from stream_app.console.cli import _parse_metric, build_parser
+    from stream_app.console.demo import DemoInputError, replay_configs
+    from stream_app.console.files import write_example_csv
+
+    data = str(tmp_path / "covid.csv")
+    write_example_csv(data)
+    calls = "Customer support calls per visitor"
+    args = build_parser().parse_args(["demo", "--data", data, "--experiment", "covid", "--metric", f"{calls}:lower"])
+    options = dict(_parse_metric(m) for m in args.metric)
+    configs, intervals = replay_configs(data, "covid", None, options)
+    (experiment_options, metrics), = configs.values()
+    assert metrics[calls] == {"is_binary": False, "lower_is_better": True}
+    assert len(metrics) == 5 and all(m == {"is_binary": False} for name, m in metrics.items() if name != calls)
+    assert len(intervals) == 18 and experiment_options["reference_variation_id"] == "control"
+    with pytest.raises(DemoInputError, match="no metric 'Support calls'"):
+        replay_configs(data, "covid", None, {"Support calls": {"lower_is_better": True}})

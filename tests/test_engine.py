@@ -204,7 +204,7 @@ def _mixed_experiments(count: int = 24):
     cases = []
     for i in range(count):
         kind = i % 6
-        metrics = (MetricSpec("conv", 0.1, is_binary=True, lifts={"treatment": 0.2}),
+        metrics = (MetricSpec("conv", 0.0 if kind == 3 else 0.1, is_binary=True, lifts={"treatment": 0.2}),
                    MetricSpec("rev", 0.0 if kind == 3 else 5.0, sd=3.0, lifts={"treatment": 0.1 * (i % 3)},
                               lift_changes=((12, {"treatment": -0.3}),) if kind == 1 else ()))
         config = EngineConfig(n_star=2000.0 if kind == 2 else None, min_units=400 if kind == 4 else 0,

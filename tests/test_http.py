@@ -120,3 +120,15 @@ def test_results_alerts_experiments_health_and_metrics(api):
     assert set(seconds) == {"seconds_waiting_for_input", "seconds_processing", "seconds_sending",
                             "seconds_awaiting_acks", "seconds_writing_state", "gc_seconds"}
     assert all(float(v) > 0 for v in seconds.values()), seconds
+
+
+def test_health_before_the_consumer_starts_reports_no_partitions_instead_of_failing():
+    """The web server answers before faust's consumer has started; /health must not raise then
+    (a plain install's first health probes logged a ConsumerNotStarted traceback)."""
+    from faust.exceptions import ConsumerNotStarted
+
+    from stream_app.app import WorkerReadModel, app
+
+    with pytest.raises(ConsumerNotStarted):
+        app.consumer.assignment()  # the situation: not started in this process
+    assert WorkerReadModel.assigned_partitions() == []

@@ -40,12 +40,13 @@ def _run(live, observations, duplicate_each=False):
 def test_row_by_row_equals_evaluate_and_producer_duplicates_change_nothing():
     expected = _keyed(r for rows in evaluate(covid_request()) for r in rows)
     live = LiveExperiment.new("batch")
-    live.configure(0, EngineConfig(reference_variation_id="control", use_stats_resets=True),
+    # the reference service's method named: evaluate's default for the covid request
+    live.configure(0, EngineConfig(reference_variation_id="control", use_stats_resets=True, variance_method="ses"),
                    {m: MetricConfig(name=m) for m in COVID_METRICS})
     rows, _ = _run(live, covid_observations())
     assert _keyed(rows) == expected
     again = LiveExperiment.new("batch")
-    again.configure(0, EngineConfig(), {m: MetricConfig(name=m) for m in COVID_METRICS})
+    again.configure(0, EngineConfig(variance_method="ses"), {m: MetricConfig(name=m) for m in COVID_METRICS})
     rows, duplicates = _run(again, covid_observations(), duplicate_each=True)
     assert duplicates == len(covid_observations())
     assert _keyed(rows) == expected

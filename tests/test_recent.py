@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from stream_app.recent import RecentAlerts, RecentResults
+import orjson
+
+from stream_app.recent import DeadLetters, DeadLetterTally, RecentAlerts, RecentResults
 
 
 def rows(experiment: str, ts: float, n: int = 2, size: int = 100) -> list[bytes]:
@@ -92,11 +94,74 @@ def test_a_long_random_run_stays_within_both_bounds_and_matches_a_plain_model():
     assert len(recent._arrivals) <= 2 * recent.intervals + 1024
 
 
+def alert(i: int, kind: str = "significance_reached") -> dict:
+    return {"kind": kind, "interval_timestamp": 60.0 * i, "message": f"alert {i}"}
+
+
 def test_alerts_keep_the_last_per_experiment_for_the_most_recently_alerted_experiments():
     alerts = RecentAlerts(experiments=2, per_experiment=3)
-    alerts.add("a", ({"n": i} for i in range(5)))
-    assert alerts.get("a") == [{"n": 2}, {"n": 3}, {"n": 4}] and alerts.get("nobody") == []
-    alerts.add("b", [{"n": 0}])
-    alerts.add("a", [{"n": 5}])  # a alerted again: now b is the least recent
-    alerts.add("c", [{"n": 0}])
-    assert alerts.get("b") == [] and alerts.get("a") == [{"n": 3}, {"n": 4}, {"n": 5}] and len(alerts) == 2
+    alerts.add("a", (alert(i) for i in range(5)))
+    assert alerts.get("a") == [alert(2), alert(3), alert(4)] and alerts.get("nobody") == []
+    alerts.add("b", [alert(0)])
+    alerts.add("a", [alert(5)])  # a alerted again: now b is the least recent
+    alerts.add("c", [alert(0)])
+    assert alerts.get("b") == [] and alerts.get("a") == [alert(3), alert(4), alert(5)] and len(alerts) == 2
+
+
+def test_alerts_from_a_rebuild_meet_the_live_ones_in_time_order_without_twins():
+    alerts = RecentAlerts(experiments=10, per_experiment=4)
+    alerts.add("a", [alert(8), alert(9)])  # live, after the takeover
+    alerts.add("a", [alert(i) for i in range(10)])  # the rebuild reads the topic: older ones, and the same two
+    assert alerts.get("a") == [alert(6), alert(7), alert(8), alert(9)]  # the oldest went, not the newest
+    alerts.add("a", [alert(9)])
+    assert alerts.get("a") == [alert(6), alert(7), alert(8), alert(9)]
+
+
+def test_an_interval_from_a_rebuild_is_inserted_in_order_and_one_emitted_again_replaces_its_twin():
+    recent = RecentResults(max_bytes=10**6, max_intervals=3)
+    recent.add("a", 120.0, rows("a", 120.0))  # live
+    for ts in (0.0, 60.0, 120.0):  # rebuilt from the results topic, the live one included
+        recent.add("a", ts, rows("a", ts, n=3))
+    assert held(recent, "a") == [0.0, 60.0, 120.0] and recent.intervals == 3
+    assert recent.latest("a") == tuple(rows("a", 120.0, n=3))
+    assert recent.bytes == sum(len(r) for ts in (0.0, 60.0, 120.0) for r in rows("a", ts, n=3))
+    recent.add("a", 30.0, rows("a", 30.0))  # over max_intervals: the oldest by time goes
+    assert held(recent, "a") == [30.0, 60.0, 120.0]
+    recent.forget("a")
+    assert held(recent, "a") == [] and recent.bytes == 0 and recent.intervals == 0 and len(recent) == 0
+
+
+def test_under_the_byte_bound_a_rebuilt_older_interval_goes_before_the_latest_one():
+    recent = RecentResults(max_bytes=450, max_intervals=100)
+    recent.add("a", 120.0, rows("a", 120.0))  # live: the latest
+    recent.add("b", 0.0, rows("b", 0.0))
+    recent.add("a", 60.0, rows("a", 60.0))  # rebuilt later, but older
+    assert held(recent, "a") == [120.0] and held(recent, "b") == [0.0] and recent.bytes <= 450
+
+
+def test_the_byte_bound_still_holds_with_intervals_arriving_out_of_order():
+    rng = random.Random(3)
+    recent = RecentResults(max_bytes=5_000, max_intervals=20)
+    for _ in range(3000):
+        experiment = rng.choice("abcd")
+        ts = float(rng.randrange(50))
+        recent.add(experiment, ts, rows(experiment, ts, n=rng.randrange(1, 4)))
+        for e in "abcd":
+            stamps = held(recent, e)
+            assert stamps == sorted(set(stamps)) and len(stamps) <= 20
+        assert recent.bytes <= max(5_000, 400) and recent.intervals == sum(len(held(recent, e)) for e in "abcd")
+    assert len(recent._arrivals) <= 2 * recent.intervals + 1024
+
+
+def test_dead_letters_are_counted_per_experiment_with_late_ones_and_the_latest_reasons():
+    dead = DeadLetters(experiments=2, reasons=2)
+    dead.add_message(b"a", orjson.dumps({"reason": "bad 1", "error": "invalid_input", "key": "a"}))
+    dead.add_message(b"a", orjson.dumps({"reason": "observation too late: interval closed", "key": "a"}))
+    dead.add_message(b"a", orjson.dumps({"reason": "bad 3", "key": "a"}))
+    dead.add_message(None, orjson.dumps({"reason": "message has no key", "key": None}))
+    dead.add_message(b"a", b"not json")
+    assert dead.get("a") == DeadLetterTally(3, 1, ("observation too late: interval closed", "bad 3"))
+    assert dead.get(None).count == 1 and dead.get("nobody") == DeadLetterTally(0, 0, ())
+    dead.add_message(b"b", orjson.dumps({"reason": "x"}))
+    dead.add_message(b"c", orjson.dumps({"reason": "y"}))  # over two experiments: the least recent (a) goes
+    assert dead.get("a").count == 0 and dead.experiments_held() == ["b", "c"]

@@ -27,6 +27,7 @@ from state.simulate import ExperimentSpec, MetricSpec, simulate
 from tests.conftest import COVID_METRICS, covid_request
 from stream_app.console.files import by_interval
 from stream_app.kafka import clients as io
+from state.config import DEFAULT_VARIANCE_METHOD
 from stream_app.codec import config_message
 from stream_app.kafka.topics import changelog_topic
 from tests.stream_support import (batch_codecs, collect, committed_offsets, config_messages, distinct_results,
@@ -37,12 +38,17 @@ from tests.test_processor import bad_values, good_rows
 
 pytestmark = pytest.mark.timeout(240)
 
-COVID_CONFIG = {"reference_variation_id": "control", "use_stats_resets": True}
+# "ses" named: an experiment config with the reference service's method streamed through the
+# worker reproduces the batch call's (the reference service's) numbers (issue 16)
+COVID_CONFIG = {"reference_variation_id": "control", "use_stats_resets": True, "variance_method": "ses"}
 COVID_METRIC_OPTIONS = {name: {"is_binary": False} for name in COVID_METRICS}
 
 
-def expected_covid(experiment_id: str) -> dict:
+def expected_covid(experiment_id: str, variance_method: str = "ses") -> dict:
+    """evaluate's rows for the covid request: with the reference method, as a stream configured
+    with COVID_CONFIG gives them, or with another (the native default for unconfigured streams)."""
     request = dict(covid_request(), experiment_id=experiment_id)
+    request["config"] = {**request["config"], "variance_method": variance_method}
     return distinct_results([r for rows in evaluate(request) for r in rows])
 
 
@@ -112,7 +118,7 @@ def test_plain_faust_worker_creates_its_topics_with_their_partitions(broker, tmp
         got = distinct_results(collect(settings, "results", until_keys(72), timeout=60))
     finally:
         worker.stop()
-    assert got == expected_covid("plain")
+    assert got == expected_covid("plain", DEFAULT_VARIANCE_METHOD)  # no config: the native default
     for name, spec in topic_specs(settings).items():
         assert asyncio.run(topic_partitions(broker, name)) == spec.partitions, name
 

@@ -35,8 +35,9 @@ def covid_results(experiment_id: str = "covid") -> list[dict]:
 
 
 def config(experiment_id: str = "covid", version: int = 1, minutes_lower: bool = True) -> dict:
+    # "ses" named: the stream reproduces the reference service's numbers (evaluate's default)
     return {"experiment_id": experiment_id, "version": version, "reference_variation_id": "control",
-            "metrics": {MINUTES: {"is_binary": False, "lower_is_better": minutes_lower}, CALLS: {"is_binary": False}}}
+            "variance_method": "ses", "metrics": {MINUTES: {"is_binary": False, "lower_is_better": minutes_lower}, CALLS: {"is_binary": False}}}
 
 
 def watch_state(minutes_lower: bool = True, **kwargs) -> WatchState:
@@ -147,7 +148,8 @@ def test_burn_in_rows_show_no_lift():
     for row in covid_results()[:4]:  # the first interval: too few units, interval (-inf, inf)
         state.apply("results", row)
     text = export(render(state))
-    assert "burn-in" in text and "[-inf, +inf]" in text and "not significant" in text
+    assert "burn-in" in text and "0.00%" not in text and "inf" not in text
+    assert "not significant" not in text  # burn-in is not a result
 
 
 @pytest.mark.parametrize("module", ["watch", "report"])
@@ -158,6 +160,84 @@ def test_main_needs_kafka_bootstrap(module, monkeypatch, capsys):
     args = argparse.Namespace(experiment=["x"] if module == "watch" else "x", html="x.html", refresh=1.0, once=True)
     assert importlib.import_module(f"stream_app.console.{module}").main(args) == 2
     assert "KAFKA_BOOTSTRAP" in capsys.readouterr().err
+
+
+def srm_alert(experiment: str, ts: float = 1600082520.0) -> dict:
+    return Alert("srm", experiment, ts, "sample ratio mismatch: observed shares ...").to_dict()
+
+
+def program_state() -> WatchState:
+    """covid (significant regressions), an SRM experiment, a burn-in one and twelve quiet ones."""
+    state = watch_state()
+    for row in covid_results("split"):
+        state.apply("results", row)
+    state.apply("alerts", srm_alert("split"))
+    for row in covid_results("early")[:4]:
+        state.apply("results", row)
+    for i in range(12):
+        for row in covid_results(f"quiet-{i:02d}")[:8]:
+            state.apply("results", dict(row, rejected=False))
+    return state
+
+
+def test_watch_puts_problems_first_and_summary_mode_is_one_line_per_experiment():
+    state = program_state()
+    order = state.experiment_ids()
+    assert order[:3] == ["split", "covid", "early"]  # SRM, a regression, burn-in, then the merely running ones
+    assert order[3:] == [f"quiet-{i:02d}" for i in range(12)]
+    text = export(render(state, summary=True)).split("latest alerts")[0]
+    lines = [line for line in text.splitlines() if any(e in line for e in order)]
+    assert len(lines) == len(order) and lines[0].split()[:2] == ["SRM", "split"]
+    assert lines[1].split()[:2] == ["regression", "covid"]
+    assert "burn-in" in lines[2] and "early" in lines[2] and lines[-1].split()[:2] == ["running", "quiet-11"]
+    paged = [export(render(state, width=80, height=29, page=page, summary=True)) for page in range(3)]
+    assert "(page 1 of 3)" in paged[0] and "split" in paged[0] and "quiet-11" in paged[2] and paged[0] != paged[1]
+
+
+def test_watch_pages_when_the_experiments_do_not_fit_and_srm_is_on_the_first_page():
+    state = program_state()
+    first = export(render(state, width=160, height=50, page=0))
+    assert "page 1 of" in first and "split" in first and "SAMPLE RATIO MISMATCH" in first
+    pages = int(re.search(r"page 1 of (\d+)", first).group(1))
+    assert pages > 1
+    seen = set()
+    for page in range(pages):
+        screen = export(render(state, width=160, height=50, page=page))
+        seen |= {e for e in state.experiment_ids() if re.search(rf"^\s*{re.escape(e)}\s+vs", screen, re.M)}
+        assert len(screen.splitlines()) <= 50 + 30  # the alerts table below the page
+    assert seen == set(state.experiment_ids())  # every experiment on some page
+
+
+def test_watch_alerts_are_in_time_order_not_arrival_order():
+    state = WatchState(alert_limit=3)
+    for ts in (5, 1, 4, 2, 3):
+        state.apply("alerts", Alert("stats_reset", "covid", 1600082460.0 + 60 * ts, f"at {ts}").to_dict())
+    assert [a["message"] for a in state.alerts] == ["at 3", "at 4", "at 5"]
+    text = export(render(state))
+    assert text.index("at 5") < text.index("at 4") < text.index("at 3")  # newest first
+
+
+def test_watch_shows_dead_letters_and_flags_every_row_of_an_srm_experiment():
+    state = watch_state()
+    for i in range(3):
+        state.apply("deadletter", {"key": "covid", "reason": f"field 'unit_count': bad {i}", "error": "invalid_input"})
+    state.apply("deadletter", {"key": "other", "reason": "x"})
+    state.apply("alerts", srm_alert("covid"))
+    text = export(render(state))
+    assert "3 dead-lettered, not in these results; latest: field 'unit_count': bad 2" in text
+    rows = [line for line in text.splitlines() if "message_" in line]
+    assert len(rows) == 4 and all("SRM!" in line for line in rows)
+
+
+def test_watch_at_80_columns_keeps_variation_names_whole():
+    state = watch_state()
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(render(state, width=80))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    rows = [line for line in text.splitlines() if "message" in line and "%" in line]
+    assert sum("message_1" in line for line in rows) == 2 and sum("message_2" in line for line in rows) == 2
+    assert "message…" not in text and "message..." not in text
 
 
 # -------------------------------------------------------------------------------------- report
@@ -235,7 +315,10 @@ def test_report_of_early_rows_handles_burn_in_and_duplicates():
     html = build_report("covid", early + early, {"covid": config()})  # re-emitted rows count once
     assert "1 look(s) after 1 in burn-in" in html
     burn_in = build_report("covid", early[:4], None)
-    assert "no estimate yet" in burn_in and "[-inf, +inf]" in burn_in
+    assert "no estimate yet" in burn_in and "of 100 units per arm before a first estimate" in burn_in
+    rows = table_rows(metric_section(burn_in, MINUTES))
+    assert [cells[5] for _, cells in rows[1:]] == ["burn-in", "burn-in"]  # not a 0.00% improvement
+    assert "0.00%" not in "".join(c for _, cells in rows for c in cells)
     with pytest.raises(ValueError):
         build_report("missing", early, None)
 
@@ -306,7 +389,9 @@ def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     screen, alerts = out.split("latest alerts", 1)
     screen = screen.split("\n", 1)[1]  # below the header and its colour legend
-    assert experiment in screen and screen.count("improvement") == 2 and screen.count("regression") == 2
+    table = "\n".join(line for line in screen.splitlines() if "message_" in line)
+    assert experiment in screen and table.count("improvement") == 2 and table.count("regression") == 2
+    assert "Significant regression" in screen  # the experiment's status, in its title
     assert "-44.48%" in screen and "significance_reached" in alerts
 
     code, out, err = done["tail"]
@@ -322,10 +407,117 @@ def test_cli_on_a_real_broker(broker, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     readable = [line for line in out.splitlines() if line.strip()]
     assert len(readable) == len(expected)
-    assert all(experiment in line and "lift" in line and " CI [" in line for line in readable)
+    assert all(experiment in line and "lift" in line for line in readable)
+    burn_in = [line for line in readable if "burn-in" in line]
+    assert burn_in and all(" CI \u2014 " in line for line in burn_in)  # no 0% lift, no (-inf, inf)
+    assert all(" CI [" in line for line in readable if line not in burn_in)
     assert sum("not significant" in line for line in readable) < len(readable)  # some are significant
 
     code, out, err = done["publish"]
     assert code == 1 and "line 3" in err and "nothing sent" in err
     sent = collect(settings, "observations", timeout=1.0)
     assert sent and not [m for m in sent if m.get("experiment_id") == "bad-csv"]
+
+
+@pytest.mark.timeout(120)
+def test_watch_in_a_pseudo_terminal_of_80_columns_keeps_variations_distinct(broker, tmp_path):
+    """The real command on a real broker, its screen an 80 x 50 pseudo-terminal: every row names
+    its variation whole, nothing is wider than the terminal, the SRM experiment comes first and
+    the dead letters are counted."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from stream_app.codec import config_message, deadletter_message, encode_row
+    from tests.stream_support import isolated_settings, produce
+
+    settings = isolated_settings(broker, tmp_path)
+    messages = [("experiments", b"covid", config_message("covid", 1, {}, config()["metrics"]))]
+    messages += [("results", r["experiment_id"].encode(), encode_row(r)) for r in covid_results() + covid_results("zz-split")]
+    messages += [("alerts", b"zz-split", orjson.dumps(srm_alert("zz-split")))]
+    messages += [("deadletter", b"covid", deadletter_message("field 'unit_count': bad", settings.topic("observations"), 0, i,
+                                                             b"covid", b"{}")) for i in range(2)]
+    produce(settings, messages)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env.update(settings.to_env(), TERM="xterm-256color")
+    process = subprocess.Popen([sys.executable, "-m", "stream_app", "watch", "--once"], env=env, stdin=follower,
+                               stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(30) == 0, process.stderr.read()
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
+    lines = screen.splitlines()
+    assert lines and all(len(line) <= 80 for line in lines), max(lines, key=len)
+    rows = [line for line in lines if re.match(r"\s*message_[12]\s", line)]
+    assert len(rows) == 8, screen  # 2 experiments x 2 metrics x 2 variations, each named whole
+    assert sum(line.split()[0] == "message_1" for line in rows) == 4 and sum(line.split()[0] == "message_2" for line in rows) == 4
+    assert "…" not in "".join(rows)
+    assert screen.index("zz-split  vs control") < screen.index("covid  vs control")  # the SRM first, not by name
+    assert "2 dead-lettered" in screen
+
+
+def test_report_leads_with_health_and_has_a_guardrail_section_reset_marks_and_dead_letters():
+    rows = covid_results()
+    reset_at = sorted({r["interval_timestamp"] for r in rows})[-5]
+    rows = [dict(r, stats_reset=r["interval_timestamp"] == reset_at) for r in rows]
+    guard = dict(config(), metrics={MINUTES: {"lower_is_better": True}, CALLS: {"in_fdr_family": False}})
+    alerts = [srm_alert("covid"), Alert("stats_reset", "covid", reset_at, "effect changed: statistics restarted").to_dict()]
+    dead = {"count": 4, "late": 1, "reasons": ["field 'unit_count': bad", "observation too late for its interval"]}
+    html = build_report("covid", rows, [guard], alerts=alerts, dead_letters=dead)
+    body = html.split("<body>", 1)[1]
+    assert body.index('class="banner srm alert"') < body.index("<section"), "health before the numbers"
+    assert "every result of this experiment may be biased" in body
+    assert "4 input message(s) dead-lettered (1 too late for their interval)" in body and "too late for its interval" in body
+    assert "significantly harmed" in body  # calls went up: harm on the guardrail
+    goals, guardrails = body.split('<h2 class="group">Guardrail metrics</h2>')
+    assert f"<h2>{MINUTES}</h2>" in goals and f"<h2>{CALLS}</h2>" in guardrails and CALLS not in goals.split("<section")[-1]
+    assert {cls for cls, _ in table_rows(metric_section(html, CALLS))[1:]} == {"regression harm"}
+    assert all("unreliable: sample ratio mismatch" in cells[-1] for _, cells in table_rows(metric_section(html, MINUTES))[1:])
+    assert html.count('<line class="reset"') == 4  # one per chart
+    assert 'class="pt improvement"' in html and 'class="pt harm"' in html
+
+    both_lower = dict(config(), metrics={MINUTES: {"lower_is_better": True}, CALLS: {"lower_is_better": True}})
+    healthy = build_report("covid", covid_results(), [both_lower])
+    assert 'class="banner ok"' in healthy and "banner srm" not in healthy and "Guardrail metrics" not in healthy
+
+
+def test_one_number_format_on_every_surface_with_relative_intervals_clipped_at_minus_100_percent():
+    from stream_app.console.cli import _table_line
+    from stream_app.console.demo import format_row, summary_table
+    from stream_app.formatting import CLIP_NOTE, fmt_interval
+    from stream_app.health import row_display
+
+    assert fmt_interval(-1.5, 0.2) == "[-100.00%*, +20.00%]" and fmt_interval(-1.5, 0.2, relative=False) == "[-1.5, +0.2]"
+    assert fmt_interval(-0.5, 0.2) == "[-50.00%, +20.00%]" and fmt_interval(-math.inf, math.inf) == "\u2014"
+    last = {(r["metric"], r["variation_id"]): r for r in covid_results()}
+    row = dict(last[(CALLS, "message_1")], corrected_conf_interval_lower=-1.7, corrected_p_value=0.0123)
+    shown = row_display(row, config())
+    assert (shown["lift"], shown["ci"], shown["p"]) == ("-33.45%", "[-100.00%*, -25.36%]", "0.0123") and shown["ci_clipped"]
+    state = watch_state()
+    state.apply("results", dict(row, interval_timestamp=row["interval_timestamp"] + 60))
+    surfaces = {
+        "watch": export(render(state)),
+        "watch at 80 columns": export(render(state, width=80)),
+        "report": html_lib.unescape(build_report("covid", covid_results()[:-4] + [row], [config()])),
+        "tail --table": _table_line("results", row).replace("\\[", "["),
+        "demo": format_row(row) + "\n" + summary_table({("covid", CALLS, "message_1"): row}, []),
+    }
+    for surface, text in surfaces.items():
+        for value in (shown["lift"], shown["ci"], shown["p"]):
+            assert value in text, (surface, value)
+    assert CLIP_NOTE in surfaces["report"]
+    # tolerated before the stream's lateness lands: a row that says it folded late data in
+    assert "arrived late" in row_display(dict(row, late_observations=2), config())["verdict"]
+    assert not shown["late"] and "late" not in shown["verdict"]

@@ -1,9 +1,14 @@
 """Reading observation files (CSV as the reference service's data, JSON lines) for the CLI and the
-demo."""
+demo, with errors a person can act on: a file that cannot be read is one :class:`FileError`
+line, and a bad row is a :class:`RowError` (line number and reason) that
+:func:`summarize_errors` folds by reason, so a file whose every row fails for one reason says it
+once with the count."""
 
 from __future__ import annotations
 
 import csv
+import io
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -14,6 +19,52 @@ from state import InvalidInput, parse_observation
 
 CSV_COLUMNS = ("variation_id", "interval_timestamp", "unit_count", "unit_observation_sum",
                "unit_observation_sum_of_squares", "metric_name")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+class FileError(ValueError):
+    """A file that cannot be used at all (missing, a directory, unreadable, binary, not UTF-8, no
+    header); ``str()`` is one line that starts with the path."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ObservationFile:
+    """What a file holds: the valid rows (after the metric filter), the bad ones, and every metric
+    name it mentions (to say which exist when a --metrics filter matches none)."""
+
+    rows: list[dict]
+    errors: list[RowError]
+    metrics: frozenset[str]
+
+
+def read_text(path: str | Path) -> str:
+    """The whole file as text, or a FileError saying in one line why it cannot be."""
+    p = Path(path)
+    if p.is_dir():
+        raise FileError(f"{path}: is a directory, not a file")
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise FileError(f"{path}: no such file") from None
+    except PermissionError:
+        raise FileError(f"{path}: not readable (permission denied)") from None
+    except OSError as exc:
+        raise FileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if b"\0" in data[:65536]:
+        raise FileError(f"{path}: looks like a binary file, not CSV or JSON lines")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FileError(f"{path}: is not UTF-8 text (byte {exc.start})") from None
 
 
 def _csv_timestamp(text: str) -> float:
@@ -25,58 +76,92 @@ def _csv_timestamp(text: str) -> float:
 
 
 def read_csv_observations(path: str | Path, experiment_id: str | None = None,
-                          metrics: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
-    """Rows of a CSV in the covid data's format as observation dicts, validated; returns
-    (rows, errors) with errors naming the line number."""
-    rows, errors = [], []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+                          metrics: Sequence[str] | None = None) -> ObservationFile:
+    """Rows of a CSV in the covid data's format as observation dicts, validated."""
+    rows, errors, seen = [], [], set()
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
+        header = reader.fieldnames or []
+        missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
-            return [], [f"{path}: missing column(s) {', '.join(missing)}"]
+            raise FileError(f"{path}: not a CSV in the covid data's format: missing column(s) {', '.join(missing)}")
+        if not experiment_id and "experiment_id" not in header:
+            raise FileError(f"{path}: has no experiment_id column: pass --experiment ID")
         for line, record in enumerate(reader, start=2):
+            seen.add(record["metric_name"])
             if metrics and record["metric_name"] not in metrics:
                 continue
             experiment = experiment_id or record.get("experiment_id")
             if not experiment:
-                errors.append(f"line {line}: no experiment_id column; pass --experiment")
+                errors.append(RowError(line, "empty experiment_id; pass --experiment"))
                 continue
             try:
                 row = {
                     "experiment_id": str(experiment),
                     "metric": record["metric_name"],
                     "variation_id": record["variation_id"],
-                    "interval_timestamp": _csv_timestamp(record["interval_timestamp"]),
-                    "unit_count": float(record["unit_count"]),
-                    "unit_observation_sum": float(record["unit_observation_sum"]),
-                    "unit_observation_sum_of_squares": float(record["unit_observation_sum_of_squares"]),
+                    "interval_timestamp": _csv_timestamp(record["interval_timestamp"] or ""),
+                    "unit_count": float(record["unit_count"] or "nan"),
+                    "unit_observation_sum": float(record["unit_observation_sum"] or "nan"),
+                    "unit_observation_sum_of_squares": float(record["unit_observation_sum_of_squares"] or "nan"),
                 }
                 if row["unit_count"].is_integer():
                     row["unit_count"] = int(row["unit_count"])
                 parse_observation(row)
-            except (ValueError, InvalidInput) as exc:
-                errors.append(f"line {line}: {exc}")
+            except (ValueError, TypeError, InvalidInput) as exc:
+                errors.append(RowError(line, str(exc)))
                 continue
             rows.append(row)
-    return rows, errors
+    except csv.Error as exc:
+        raise FileError(f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
+    return ObservationFile(rows, errors, frozenset(seen))
 
 
-def read_jsonl_observations(path: str | Path) -> tuple[list[dict], list[str]]:
-    rows, errors = [], []
-    with open(path, "rb") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = orjson.loads(raw)
-                parse_observation(row)
-                if not isinstance(row.get("experiment_id"), str) or not row["experiment_id"]:
-                    raise InvalidInput("must be a non-empty string", field="experiment_id")
-            except (orjson.JSONDecodeError, InvalidInput) as exc:
-                errors.append(f"line {line}: {exc}")
-                continue
-            rows.append(row)
-    return rows, errors
+def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = None) -> ObservationFile:
+    rows, errors, seen = [], [], set()
+    for line, raw in enumerate(read_text(path).splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = orjson.loads(raw)
+            if isinstance(row, dict) and isinstance(row.get("metric"), str):
+                seen.add(row["metric"])
+                if metrics and row["metric"] not in metrics:
+                    continue
+            parse_observation(row)
+            if not isinstance(row.get("experiment_id"), str) or not row["experiment_id"]:
+                raise InvalidInput("must be a non-empty string", field="experiment_id")
+        except (orjson.JSONDecodeError, InvalidInput) as exc:
+            errors.append(RowError(line, str(exc)))
+            continue
+        rows.append(row)
+    return ObservationFile(rows, errors, frozenset(seen))
+
+
+def read_observations(path: str | Path, experiment_id: str | None = None,
+                      metrics: Sequence[str] | None = None) -> ObservationFile:
+    """A CSV or, by its suffix, a JSON-lines file."""
+    if str(path).endswith(JSONL_SUFFIXES):
+        return read_jsonl_observations(path, metrics)
+    return read_csv_observations(path, experiment_id, metrics)
+
+
+def summarize_errors(errors: Sequence[RowError], limit: int = 10) -> list[str]:
+    """One line per distinct reason, in order of first appearance: ``line N: reason`` when one row
+    has it, ``K rows (lines a, b, c, ...): reason`` when several do; at most ``limit`` lines."""
+    by_reason: dict[str, list[int]] = {}
+    for error in errors:
+        by_reason.setdefault(error.reason, []).append(error.line)
+    lines = []
+    for reason, numbers in by_reason.items():
+        if len(numbers) == 1:
+            lines.append(f"line {numbers[0]}: {reason}")
+        else:
+            shown = ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
+            lines.append(f"{len(numbers)} rows (lines {shown}): {reason}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more kinds of error"]
+    return lines
 
 
 def by_interval(rows: Iterable[dict]) -> list[list[dict]]:
@@ -84,3 +169,44 @@ def by_interval(rows: Iterable[dict]) -> list[list[dict]]:
     for row in rows:
         groups.setdefault(float(row["interval_timestamp"]), []).append(row)
     return [groups[ts] for ts in sorted(groups)]
+
+
+# -- the example file of the README tour ----------------------------------------------------------
+
+EXAMPLE_START = 1_600_082_460.0  # 2020-09-14 11:21 UTC, the covid data's first interval
+
+
+def example_rows() -> list[dict]:
+    """The README tour's observations: the covid data's shape and metric names (3 variations x 5
+    metrics x 18 one-minute intervals), simulated with a seed, since the real file's repository
+    carries no licence to redistribute it. The messages cut support calls and minutes (metrics
+    where lower is better) and leave the rest alone."""
+    from state.simulate import ExperimentSpec, MetricSpec, simulate
+
+    fewer = {"message_1": -0.25, "message_2": -0.15}
+    spec = ExperimentSpec(
+        experiment_id="covid",
+        variations=("control", "message_1", "message_2"),
+        metrics=(
+            MetricSpec("Customer support calls per visitor", 0.30, is_binary=True, lifts=fewer),
+            MetricSpec("Total customer support minutes per visitor", 1.4, sd=3.0, lifts=fewer),
+            MetricSpec("Purchase conversion rate", 0.08, is_binary=True),
+            MetricSpec("Electronics revenue per visitor", 2.5, sd=12.0),
+            MetricSpec("Product detail page views per visitor", 3.0, sd=2.5),
+        ),
+        units_per_interval=560, intervals=18, start=EXAMPLE_START, interval_seconds=60.0,
+    )
+    return [row for interval in simulate(spec, seed=2020) for row in interval]
+
+
+def write_example_csv(path: str | Path) -> int:
+    """Write :func:`example_rows` as a CSV in the covid data's format; returns the row count."""
+    rows = example_rows()
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            when = datetime.fromtimestamp(row["interval_timestamp"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            writer.writerow([row["variation_id"], when, row["unit_count"], repr(row["unit_observation_sum"]),
+                             repr(row["unit_observation_sum_of_squares"]), row["metric"]])
+    return len(rows)

@@ -3,9 +3,13 @@
 Per metric, an overview table in the style of Optimizely's Stats Engine results page (the
 reference variation marked "baseline", then each variation with its subjects, total value,
 average value, improvement, always-valid confidence interval, corrected p-value and statistical
-significance), and per variation an inline SVG chart of the lift and its always-valid interval
-over the experiment's intervals. No scripts, fonts, images or style sheets are fetched: the file
-opens anywhere, offline.
+significance, and a plain-language verdict), and per variation an inline SVG chart of the lift and
+its always-valid interval over the experiment's intervals, with stats resets and config epochs
+marked and each look coloured by its own state. Health comes first: a banner for a sample ratio
+mismatch (every result flagged), guardrail harm, regressions and dead-lettered input; guardrail
+metrics (out of the FDR family) have their own section. Numbers, states and verdicts are those
+of every surface (stream_app.formatting, stream_app.health). No scripts, fonts, images or style
+sheets are fetched: the file opens anywhere, offline.
 
 ``build_report(experiment_id, rows, configs)`` is pure (rows are results rows as the worker emits
 them, non-finite numbers already decoded to floats); ``main(args)`` reads the topics.
@@ -24,8 +28,10 @@ from typing import Any, Iterable, Mapping, Sequence
 from aiokafka.errors import KafkaError
 
 from ..settings import broker_settings
-from ..formatting import (IMPROVEMENT, REGRESSION, finite, direction, fmt_count, fmt_effect, fmt_interval, fmt_p,
-                          fmt_significance, fmt_time, has_estimate, is_relative, lower_is_better, metric_options)
+from ..formatting import (CLIP_NOTE, IMPROVEMENT, REGRESSION, finite, fmt_time, has_estimate, is_relative, lower_is_better,
+                          metric_options)
+from ..health import BURN_IN, HARM, SRM_WARNING, experiment_health, is_guardrail, results_table, row_display
+from ..recent import DeadLetters, deadletter_experiment
 from .watch import MissingTopic, consume, latest_configs
 
 CSS = """
@@ -46,6 +52,16 @@ tr.improvement td:first-child{box-shadow:inset 4px 0 #2da44e}tr.regression td:fi
 figure{margin:0;border:1px solid #d1d9e0;border-radius:6px;padding:8px 10px}
 figcaption{font-weight:600;margin-bottom:4px}
 .alert{border:2px solid #cf222e;background:#ffebe9;border-radius:6px;padding:10px 14px;margin:14px 0}
+.banner{border-radius:6px;padding:12px 16px;margin:14px 0;font-size:15px}
+.banner.srm{background:#cf222e;color:#fff;font-weight:600}.banner.harm{background:#ffebe9;color:#cf222e;border:1px solid #ffcecb}
+.banner.dead{background:#fff8c5;color:#7d4e00;border:1px solid #eed888}.banner.ok{background:#dafbe1;color:#1a7f37}
+.banner ul{margin:4px 0 0 18px;padding:0}
+tr.harm td.effect,tr.harm td.sig{color:#cf222e;font-weight:600}tr.harm td:first-child{box-shadow:inset 4px 0 #cf222e}
+tr.burn_in td.effect{color:#59636e}
+.note{color:#59636e;font-size:12px}
+.overview td.verdict{white-space:normal;text-align:left;min-width:170px;font-size:13px;color:#444c56}
+.overview th{white-space:normal;vertical-align:bottom}.overview th:last-child{text-align:left}.overview th,.overview td{padding:7px 8px}
+.wrap{overflow-x:auto}
 .alerts li.srm{color:#cf222e;font-weight:600}
 footer{color:#59636e;margin-top:36px;font-size:12px}
 """
@@ -53,6 +69,7 @@ footer{color:#59636e;margin-top:36px;font-size:12px}
 CHART_W, CHART_H = 540, 220
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 58, 14, 12, 34
 BAND = {IMPROVEMENT: ("#2da44e", "#1a7f37"), REGRESSION: ("#cf222e", "#a40e26"), None: ("#8c959f", "#24292f")}
+POINT = {IMPROVEMENT: "#1a7f37", REGRESSION: "#cf222e", HARM: "#cf222e"}  # else the neutral stroke
 
 
 def _select_config(experiment_id: str, configs: Any) -> dict | None:
@@ -88,16 +105,6 @@ def _value(value: Any) -> str:
     return f"{number:,.0f}" if number.is_integer() else f"{number:,.2f}"
 
 
-def _average(total: Any, units: Any, binary: bool) -> str:
-    total, units = finite(total), finite(units)
-    if total is None or not units:
-        return "n/a"
-    average = total / units
-    if binary:
-        return f"{average * 100:.2f}%"
-    return f"{average:,.2f}" if abs(average) >= 100 else f"{average:.4f}"
-
-
 def _nice_step(span: float) -> float:
     raw = span / 4
     magnitude = 10 ** math.floor(math.log10(raw))
@@ -127,8 +134,11 @@ def _y_range(lifts: list[float], lows: list[float], highs: list[float]) -> tuple
     return lo - margin, hi + margin
 
 
-def lift_chart(points: Sequence[Mapping[str, Any]], relative: bool, verdict: str | None, label: str) -> str:
-    """Inline SVG: the lift (line) and its always-valid interval (band) per interval."""
+def lift_chart(points: Sequence[Mapping[str, Any]], relative: bool, verdict: str | None, label: str,
+               config: Mapping[str, Any] | None = None) -> str:
+    """Inline SVG: the lift (line) and its always-valid interval (band) per interval, each look's
+    dot in the colour of its own state, stats resets (amber, dashed) and config epochs (purple)
+    marked."""
     scale = 100.0 if relative else 1.0
     usable = [p for p in points if has_estimate(p)]
     waiting = len(points) - len(usable)
@@ -186,17 +196,26 @@ def lift_chart(points: Sequence[Mapping[str, Any]], relative: bool, verdict: str
     zero = y(0.0)
     out.append(f'<line x1="{MARGIN_L}" x2="{MARGIN_L + plot_w}" y1="{zero:.1f}" y2="{zero:.1f}" stroke="#57606a" '
                f'stroke-dasharray="4 3"/>')
+    epoch = usable[0].get("epoch")
     for p, t in zip(usable, ts):
         if p.get("stats_reset") is True:
-            out.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{MARGIN_T}" y2="{MARGIN_T + plot_h}" '
-                       f'stroke="#bf8700" stroke-dasharray="2 2"><title>stats reset</title></line>')
+            out.append(f'<line class="reset" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{MARGIN_T}" y2="{MARGIN_T + plot_h}" '
+                       f'stroke="#bf8700" stroke-width="1.5" stroke-dasharray="3 2"><title>stats reset at {escape(fmt_time(t))}'
+                       f'</title></line><text x="{x(t):.1f}" y="{MARGIN_T + 10}" text-anchor="middle" font-size="10" '
+                       f'fill="#bf8700">reset</text>')
+        if p.get("epoch") is not None and p.get("epoch") != epoch:
+            epoch = p.get("epoch")
+            out.append(f'<line class="epoch" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{MARGIN_T}" y2="{MARGIN_T + plot_h}" '
+                       f'stroke="#8250df" stroke-width="1.5"><title>config epoch {escape(str(epoch))} from '
+                       f'{escape(fmt_time(t))}</title></line>')
     out.append(f'<polyline points="{" ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in zip(ts, lifts))}" fill="none" '
                f'stroke="{stroke}" stroke-width="2"/>')
     for p, t, v in zip(usable, ts, lifts):
-        tip = (f"{fmt_time(t)}: lift {fmt_effect(p.get('lift_estimate'), relative)}, CI "
-               f"{fmt_interval(p.get('corrected_conf_interval_lower'), p.get('corrected_conf_interval_upper'), relative)}, "
-               f"p {fmt_p(p.get('corrected_p_value'))}")
-        out.append(f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="2.5" fill="{stroke}"><title>{escape(tip)}</title></circle>')
+        shown = row_display(p, config)
+        tip = f"{fmt_time(t)}: lift {shown['lift']}, CI {shown['ci']}, corrected p {shown['p']}"
+        colour = POINT.get(shown["state"], BAND[None][1])
+        out.append(f'<circle class="pt {shown["state"]}" cx="{x(t):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}">'
+                   f'<title>{escape(tip)}</title></circle>')
     same_day = time.gmtime(t0)[:3] == time.gmtime(t1)[:3]
     for t, anchor in ((t0, "start"), (t1, "end")) if t1 != t0 else ((t0, "middle"),):
         text = time.strftime("%H:%M" if same_day else "%m-%d %H:%M", time.gmtime(t))
@@ -213,14 +232,14 @@ def _cells(*cells: tuple[str, str]) -> str:
     return "".join(f'<td class="{cls}">{escape(text)}</td>' if cls else f"<td>{escape(text)}</td>" for cls, text in cells)
 
 
-def _metric_section(metric: str, series: dict[str, list[dict]], config: Mapping[str, Any] | None) -> str:
+def _metric_section(metric: str, series: dict[str, list[dict]], config: Mapping[str, Any] | None, srm: bool) -> str:
     options = metric_options(config, metric)
     lower_better = lower_is_better(config, metric)
     latest = {variation: points[-1] for variation, points in series.items()}
     newest = max(latest.values(), key=lambda r: r["interval_timestamp"])
-    reference = str(newest.get("reference_variation_id") or (config or {}).get("reference_variation_id") or "control")
+    (table,) = results_table(list(latest.values()), config, srm)
+    reference = table.reference_variation_id
     relative = is_relative(newest)
-    binary = options.get("is_binary") is True
     looks = len({r["interval_timestamp"] for points in series.values() for r in points})
     alpha = finite(newest.get("alpha"))
     meta = [("lower" if lower_better else "higher") + " is better",
@@ -229,48 +248,76 @@ def _metric_section(metric: str, series: dict[str, list[dict]], config: Mapping[
     if alpha is not None:
         meta.append(f"significance level {100 * (1 - alpha):g}%")
     if options.get("in_fdr_family") is False:
-        meta.append("not in the FDR family")
+        meta.append("guardrail: not in the FDR family, judged on harm only")
     head = ("Variation", "", "Subjects", "Value", "Average value", "Improvement", "Confidence interval", "p-value",
-            "Statistical significance")
+            "Statistical significance", "Verdict")
     body = ['<tr class="baseline">' + _cells(("", reference))
             + '<td class="mark"><span class="badge">baseline</span></td>'
-            + _cells(("", fmt_count(newest.get("control_unit_cumcount"))),
+            + _cells(("", table.baseline["units"]),
                      ("", _value(newest.get("control_observation_cumsum"))),
-                     ("", _average(newest.get("control_observation_cumsum"), newest.get("control_unit_cumcount"), binary)),
-                     ("effect", "\u2014"), ("", "\u2014"), ("", "\u2014"), ("sig", "\u2014")) + "</tr>"]
+                     ("", table.baseline["value"]),
+                     ("effect", "\u2014"), ("", "\u2014"), ("", "\u2014"), ("sig", "\u2014"), ("verdict", "reference arm")) + "</tr>"]
     charts = []
-    for variation, row in latest.items():
-        verdict = direction(row, lower_better)
-        row_relative = is_relative(row)
-        mark = f'<span class="verdict">{verdict}</span>' if verdict else ""
+    for shown in table.rows:
+        variation = shown["variation_id"]
+        row = latest[variation]
+        state = shown["state"]
+        verdict = {IMPROVEMENT: IMPROVEMENT, REGRESSION: REGRESSION, HARM: REGRESSION}.get(state)
+        word = {HARM: "harm", BURN_IN: "burn-in"}.get(state, verdict)
+        mark = f'<span class="verdict">{word}</span>' if word else ""
         body.append(
-            f'<tr class="{verdict or "inconclusive"}">'
+            f'<tr class="{verdict or "inconclusive"}{" harm" if state == HARM else ""}{" burn_in" if state == BURN_IN else ""}">'
             + _cells(("", variation))
             + f'<td class="mark">{mark}</td>'
-            + _cells(("", fmt_count(row.get("treatment_unit_cumcount"))),
+            + _cells(("", shown["units"]),
                      ("", _value(row.get("treatment_observation_cumsum"))),
-                     ("", _average(row.get("treatment_observation_cumsum"), row.get("treatment_unit_cumcount"), binary)),
-                     ("effect", fmt_effect(row.get("lift_estimate"), row_relative) if has_estimate(row) else "n/a"),
-                     ("", fmt_interval(row.get("corrected_conf_interval_lower"),
-                                       row.get("corrected_conf_interval_upper"), row_relative)),
-                     ("", fmt_p(row.get("corrected_p_value"))),
-                     ("sig", fmt_significance(row.get("corrected_p_value"))))
+                     ("", shown["value"]),
+                     ("effect", shown["lift"]), ("", shown["ci"]), ("", shown["p"]), ("sig", shown["significance"]),
+                     ("verdict", shown["verdict"]))
             + "</tr>")
         label = f"{metric}: lift of {variation} over {reference}"
         charts.append(f"<figure><figcaption>{escape(variation)} vs {escape(reference)}"
-                      f'{" · " + verdict if verdict else ""}</figcaption>'
-                      f"{lift_chart(series[variation], row_relative, verdict, label)}</figure>")
+                      f'{" · " + word if word else ""}</figcaption>'
+                      f"{lift_chart(series[variation], is_relative(row), verdict, label, config)}</figure>")
+    clip = f'<p class="note">{escape(CLIP_NOTE)}</p>' if any(r["ci_clipped"] for r in table.rows) else ""
     return (f'<section class="metric"><h2>{escape(metric)}</h2><p class="meta">{escape(" · ".join(meta))}</p>'
-            '<table class="overview"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+            '<div class="wrap"><table class="overview"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>" + clip
             + '<div class="charts">' + "".join(charts) + "</div></section>")
 
 
+def _banners(health: Mapping[str, Any], dead: Mapping[str, Any], srm: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Health first: SRM, harm and regressions, dead-lettered input; or that all is well."""
+    out = []
+    if health["srm"]:
+        when = "; ".join(f"{fmt_time(a.get('interval_timestamp'))}: {a.get('message', '')}" for a in srm[-3:])
+        out.append(f'<div class="banner srm alert" role="alert">{escape(SRM_WARNING)}'
+                   f'{"<br><small>" + escape(when) + "</small>" if when else ""}</div>')
+    problems = []
+    if health["guardrail_harms"]:
+        problems.append(f"{health['guardrail_harms']} guardrail metric x variation(s) significantly harmed")
+    if health["regressions"]:
+        problems.append(f"{health['regressions']} significant regression(s)")
+    if problems:
+        out.append(f'<div class="banner harm">{escape(" and ".join(problems))}: see the tables below.</div>')
+    if dead.get("count"):
+        late = f" ({dead['late']} too late for their interval)" if dead.get("late") else ""
+        reasons = "".join(f"<li>{escape(str(r))}</li>" for r in reversed(list(dead.get("reasons", ()))))
+        out.append(f'<div class="banner dead"><strong>{dead["count"]} input message(s) dead-lettered{escape(late)}</strong>: '
+                   f"these results do not include them. Latest reasons:<ul>{reasons}</ul></div>")
+    if not out:
+        out.append(f'<div class="banner ok">Health: no sample ratio mismatch, no regression or guardrail harm, '
+                   f'no dead-lettered input. Status: {escape(health["status_label"])}.</div>')
+    return out
+
+
 def build_report(experiment_id: str, rows: Iterable[Mapping[str, Any]], configs: Any = None, *,
-                 alerts: Iterable[Mapping[str, Any]] = (), generated_at: float | None = None) -> str:
+                 alerts: Iterable[Mapping[str, Any]] = (), dead_letters: Mapping[str, Any] | None = None,
+                 generated_at: float | None = None) -> str:
     """The HTML report of one experiment from its results rows (any order, duplicates allowed),
-    its config(s) (see ``_select_config``) and optionally its alerts. Raises ValueError when the
-    experiment has no results rows."""
+    its config(s) (see ``_select_config``), optionally its alerts and its dead-letter tally
+    (``{"count", "late", "reasons"}``, stream_app.recent.DeadLetterTally.to_dict). Raises
+    ValueError when the experiment has no results rows."""
     series = _series(rows, experiment_id)
     if not series:
         raise ValueError(f"no results rows for experiment {experiment_id!r}")
@@ -281,8 +328,14 @@ def build_report(experiment_id: str, rows: Iterable[Mapping[str, Any]], configs:
     all_rows = [r for points in series.values() for r in points]
     first = min(r["interval_timestamp"] for r in all_rows)
     last = max(r["interval_timestamp"] for r in all_rows)
-    alerts = [a for a in alerts if isinstance(a, Mapping) and a.get("experiment_id") == experiment_id]
+    alerts = sorted((a for a in alerts if isinstance(a, Mapping) and a.get("experiment_id") == experiment_id),
+                    key=lambda a: finite(a.get("interval_timestamp")) or 0.0)
     srm = [a for a in alerts if a.get("kind") == "srm"]
+    latest_rows = [points[-1] for points in series.values()]
+    dead = dict(dead_letters or {})
+    health = experiment_health(experiment_id, latest_rows, config, srm=bool(srm), alerts=alerts, dead_letters=dead)
+    goals = [m for m in metrics if not is_guardrail(config, m)]
+    guardrails = [m for m in metrics if is_guardrail(config, m)]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{escape(experiment_id)} · seqstream report</title><style>{CSS}</style></head><body>",
@@ -291,15 +344,19 @@ def build_report(experiment_id: str, rows: Iterable[Mapping[str, Any]], configs:
              f"stay valid however often you look. Intervals {escape(fmt_time(first))} to {escape(fmt_time(last))}"
              + (f"; config version {escape(str(config.get('version')))}" if config else "")
              + ". Green: significant improvement; red: significant regression.</p></header>"]
-    for alert in srm:
-        parts.append(f'<div class="alert"><strong>Sample ratio mismatch</strong> at '
-                     f'{escape(fmt_time(alert.get("interval_timestamp")))}: {escape(str(alert.get("message", "")))}. '
-                     "Results may be biased: check the assignment before trusting them.</div>")
-    parts.extend(_metric_section(metric, {v: pts for (m, v), pts in series.items() if m == metric}, config)
-                 for metric in metrics)
+    parts.extend(_banners(health, dead, srm))
+
+    def section(metric: str) -> str:
+        return _metric_section(metric, {v: pts for (m, v), pts in series.items() if m == metric}, config, bool(srm))
+
+    parts.extend(section(metric) for metric in goals)
+    if guardrails:
+        parts.append('<h2 class="group">Guardrail metrics</h2><p class="meta">Metrics this experiment must not harm: '
+                     "outside the FDR family, judged on harm only (a significant move in the wrong direction).</p>")
+        parts.extend(section(metric) for metric in guardrails)
     if alerts:
         parts.append('<h2>Alerts</h2><ul class="alerts">')
-        for alert in alerts[-50:]:
+        for alert in reversed(alerts[-50:]):  # newest first
             kind = str(alert.get("kind", ""))
             parts.append(f'<li class="{escape(kind)}">{escape(fmt_time(alert.get("interval_timestamp")))} '
                          f'<strong>{escape(kind)}</strong>: {escape(str(alert.get("message", "")))}</li>')
@@ -317,10 +374,15 @@ def main(args) -> int:
     rows: list[dict] = []
     configs: list[dict] = []
     alerts: list[dict] = []
+    dead = DeadLetters()
     others: set[str] = set()
 
     def apply(kind: str, message: Any) -> None:
         if not isinstance(message, dict):
+            return
+        if kind == "deadletter":  # keyed by experiment, without an experiment_id field
+            if deadletter_experiment(message.get("key")) == experiment:
+                dead.add(experiment, message)
             return
         if message.get("experiment_id") != experiment:
             if kind == "results" and isinstance(message.get("experiment_id"), str):
@@ -329,7 +391,7 @@ def main(args) -> int:
         {"results": rows, "experiments": configs, "alerts": alerts}[kind].append(message)
 
     try:
-        asyncio.run(consume(settings, ("experiments", "results", "alerts"), apply, idle=3.0))
+        asyncio.run(consume(settings, ("experiments", "results", "alerts", "deadletter"), apply, idle=3.0))
     except KeyboardInterrupt:
         return 130
     except KafkaError as exc:
@@ -345,7 +407,8 @@ def main(args) -> int:
         print(f"seqstream report: no results for experiment {experiment!r} on topic "
               f"{settings.topic('results')!r}{hint}", file=sys.stderr)
         return 1
-    html = build_report(experiment, rows, configs, alerts=alerts, generated_at=time.time())
+    html = build_report(experiment, rows, configs, alerts=alerts, dead_letters=dead.get(experiment).to_dict(),
+                        generated_at=time.time())
     try:
         Path(args.html).write_text(html, encoding="utf-8")
     except OSError as exc:

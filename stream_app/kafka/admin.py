@@ -32,6 +32,8 @@ __all__ = [
     "ensure_topics",
     "ensure_topics_sync",
     "topic_partitions",
+    "partition_counts",
+    "delete_topics",
     "topic_config",
     "group_members",
     "evict_group_members",
@@ -58,7 +60,12 @@ class KafkaAdminError(RuntimeError):
 
 
 class TopicSetupError(KafkaAdminError):
-    """A topic could not be created, or exists with the wrong partition count."""
+    """A topic could not be created, or exists with the wrong partition count: ``mismatches``
+    maps each such topic to (partitions found, partitions wanted)."""
+
+    def __init__(self, message: str, mismatches: Mapping[str, tuple[int, int]] | None = None) -> None:
+        super().__init__(message)
+        self.mismatches = dict(mismatches or {})
 
 
 def run_sync(coro_factory: Callable[[], Awaitable[T]]) -> T:
@@ -94,6 +101,24 @@ async def _partition_counts(client: AIOKafkaAdminClient) -> dict[str, int]:
     auto-creating broker create it with one partition, the very thing this module prevents.
     """
     return {t["topic"]: len(t["partitions"]) for t in await client.describe_topics(None)}
+
+
+async def partition_counts(bootstrap: str) -> dict[str, int]:
+    """Partition count of every existing topic (never auto-creates one)."""
+    async with _admin(bootstrap) as client:
+        return await _partition_counts(client)
+
+
+async def delete_topics(bootstrap: str, names: Sequence[str], *, timeout: float = 30.0) -> None:
+    """Delete topics and wait until metadata no longer lists them (Kafka deletes asynchronously,
+    and creating the same name again before that fails)."""
+    async with _admin(bootstrap) as client:
+        await client.delete_topics(list(names))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while set(names) & set(await _partition_counts(client)):
+            if asyncio.get_running_loop().time() > deadline:
+                raise KafkaAdminError(f"topics still listed {timeout:.0f} s after deletion: {sorted(names)}")
+            await asyncio.sleep(0.2)
 
 
 async def topic_partitions(bootstrap: str, name: str) -> int | None:
@@ -170,7 +195,8 @@ async def ensure_topics(
         details = ", ".join(f"{n} has {have} partitions, want {want}" for n, (have, want) in wrong.items())
         raise TopicSetupError(
             f"partition count mismatch: {details} (was it auto-created before ensure_topics ran? "
-            "delete and recreate it, or use a new name)"
+            "delete and recreate it, or use a new name)",
+            mismatches=wrong,
         )
     return {name: counts[name] for name in topics}
 

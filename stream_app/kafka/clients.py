@@ -4,6 +4,11 @@ sending the worker's outputs as record batches."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import socket
+import sys
+import time
 from typing import AsyncIterator, Iterable, Sequence
 
 import orjson
@@ -13,6 +18,88 @@ from . import long_poll, zstd_level
 from ..codec import decode_row
 from ..settings import Settings
 from .partitions import partition_for
+
+
+# While KAFKA_BOOTSTRAP is unset, a command waits this long for the local default broker, and up to
+# LOCAL_BROKER_STARTING while a worker says it is starting one (embedded_broker.starting_marker):
+# pasted as `seqstream worker & seqstream experiment set ...`, the second command starts while the
+# first is still bringing its embedded broker up.
+LOCAL_BROKER_GRACE = 2.0
+LOCAL_BROKER_STARTING = 20.0
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); ValueError for anything else."""
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
+def broker_answers(bootstrap: str, wait: float = 0.0) -> bool:
+    """Whether a TCP connection to one of the bootstrap addresses opens, retrying for ``wait`` s.
+
+    Only a pre-check, made before any Kafka client exists: an aiokafka client started against a
+    closed port logs an error per attempt and, if its start fails, warns about itself at exit.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        for address in bootstrap.split(","):
+            try:
+                host, port = split_address(address)
+                with socket.create_connection((host, port), timeout=1.0):
+                    return True
+            except (OSError, ValueError):
+                continue
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def no_broker_message(settings: Settings) -> str:
+    """What a command says when no broker answers where it looks."""
+    if settings.bootstrap:
+        return (f"no broker answers at {settings.bootstrap} (KAFKA_BOOTSTRAP): "
+                "start it, or unset KAFKA_BOOTSTRAP to use the local default broker")
+    return (f"no broker answers at {settings.local_broker} (KAFKA_BOOTSTRAP is unset): "
+            "start one with `seqstream worker` (it starts an embedded broker there) or `seqstream broker`, "
+            "or set KAFKA_BOOTSTRAP to your Kafka")
+
+
+def reachable_broker(command: str, settings: Settings) -> Settings | None:
+    """``settings`` pointed at KAFKA_BOOTSTRAP, or while it is unset at the local default broker;
+    None, after one line on stderr, when nothing answers there."""
+    from .embedded_broker import starting_marker
+
+    address = settings.bootstrap or settings.local_broker
+    answers = broker_answers(address, 0.0 if settings.bootstrap else LOCAL_BROKER_GRACE)
+    marker = starting_marker(settings.datadir)
+    deadline = time.monotonic() + LOCAL_BROKER_STARTING
+    while not answers and not settings.bootstrap and _fresh(marker) and time.monotonic() < deadline:
+        answers = broker_answers(address, 1.0)
+    if answers:
+        return dataclasses.replace(settings, bootstrap=address)
+    print(f"seqstream {command}: {no_broker_message(settings)}", file=sys.stderr)
+    return None
+
+
+def _fresh(marker, age: float = LOCAL_BROKER_STARTING) -> bool:
+    try:
+        return time.time() - marker.stat().st_mtime < age
+    except OSError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def started_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer, stopped on the way out even when starting it failed (aiokafka warns
+    "Unclosed AIOKafkaProducer" at exit about one that was never stopped)."""
+    prod = producer(settings)
+    try:
+        await prod.start()
+        yield prod
+    finally:
+        await prod.stop()
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:
@@ -65,28 +152,46 @@ async def send_config(prod: AIOKafkaProducer, settings: Settings, experiment_id:
     await prod.send_and_wait(settings.topic("experiments"), key=experiment_id.encode(), value=message)
 
 
+async def _read_to(consumer: AIOKafkaConsumer, ends: dict) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
+
+
+class NoSuchTopics(LookupError):
+    """None of the topics a reader was asked for exists (no worker or producer has created them)."""
+
+
 async def follow(settings: Settings, kinds: Sequence[str], *, from_beginning: bool = True,
-                 stop: asyncio.Event | None = None) -> AsyncIterator[tuple[str, dict]]:
-    """Yield (kind, decoded message) from the given output topics, without a consumer group."""
+                 stop: asyncio.Event | None = None, to_end: bool = False) -> AsyncIterator[tuple[str, dict]]:
+    """Yield (kind, decoded message) from the given output topics, without a consumer group.
+
+    ``to_end``: stop once every partition is read up to the end offset it had when reading began
+    (what was there, read as fast as the broker serves it, instead of waiting for a timeout).
+    """
     long_poll.install(settings.fetch_idle_wait)  # a caught-up reader must not busy-poll noida-db either
     topics = {settings.topic(kind): kind for kind in kinds}
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = []
         await consumer.topics()  # a metadata round trip, so partitions_for_topic knows the topics
         for topic in topics:
             for p in sorted(consumer.partitions_for_topic(topic) or ()):
                 partitions.append(TopicPartition(topic, p))
         if not partitions:
-            missing = ", ".join(topics)
-            raise SystemExit(f"no such topic(s) on {settings.bootstrap}: {missing} (is the topic prefix right?)")
+            raise NoSuchTopics(f"no such topic(s) on {settings.bootstrap}: {', '.join(topics)} "
+                               "(no worker or producer has run with this SEQSTREAM_TOPIC_PREFIX yet)")
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)
         else:
             await consumer.seek_to_end(*partitions)
+        ends = await consumer.end_offsets(partitions) if to_end else {}
         while stop is None or not stop.is_set():
+            if to_end and await _read_to(consumer, ends):
+                return
             batch = await consumer.getmany(timeout_ms=200)
             for tp, messages in batch.items():
                 for message in messages:

@@ -35,14 +35,30 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from .admin import run_sync
 
-__all__ = ["EmbeddedBroker", "BrokerStartError", "noida_executable", "free_port"]
+__all__ = ["EmbeddedBroker", "BrokerStartError", "EmbeddedBrokerMissing", "noida_executable", "free_port",
+           "LOCAL_EXTRA"]
 
 _HARMLESS_LOG_LINE = "GLIBC_2.39' not found"  # printed by every noida-db command; harmless
 LOG_NAME = "noida-db.log"
 
 
+# The extra that installs noida-db (pyproject.toml): production installs talk to a real Kafka and
+# need not carry a 12 MB broker binary built for one platform.
+LOCAL_EXTRA = "seqstream[local]"
+
+
 class BrokerStartError(RuntimeError):
     """The broker exited or never answered a metadata request; the message has the log tail."""
+
+
+class EmbeddedBrokerMissing(BrokerStartError):
+    """noida-db (the ``local`` extra) is not installed; the message says how to install it."""
+
+
+def starting_marker(datadir: str | os.PathLike[str]) -> Path:
+    """A file ``seqstream worker`` keeps in the local broker's data dir while it starts the broker
+    there, so that commands started at the same moment wait for it instead of failing."""
+    return Path(datadir) / "broker" / "starting"
 
 
 def noida_executable() -> Path:
@@ -50,9 +66,13 @@ def noida_executable() -> Path:
 
     Wheels do not always preserve the exec bit (the package's own CLI chmods it too).
     """
-    path = Path(str(files("noida_db") / "noida-db"))
+    try:
+        path = Path(str(files("noida_db") / "noida-db"))
+    except ModuleNotFoundError:
+        raise EmbeddedBrokerMissing(f"the embedded broker is not installed: pip install '{LOCAL_EXTRA}', "
+                                    "or set KAFKA_BOOTSTRAP to a Kafka broker") from None
     if not path.is_file():
-        raise FileNotFoundError(f"noida-db binary not found at {path}; pip install noida-db")
+        raise EmbeddedBrokerMissing(f"noida-db binary not found at {path}: pip install --force-reinstall '{LOCAL_EXTRA}'")
     mode = path.stat().st_mode
     if not mode & stat.S_IXUSR:
         path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -143,9 +163,10 @@ class EmbeddedBroker:
     def _spawn(self) -> None:
         if self.is_running():
             return
+        executable = noida_executable()  # before making the data dir: nothing is left if it is missing
         self._data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            str(noida_executable()), "start",
+            str(executable), "start",
             "--data-dir", str(self._data_dir),
             "--host", self.host,
             "--only", "kafka",

@@ -16,7 +16,7 @@ from faust.web.exceptions import ServiceUnavailable
 from state.live import LiveExperiment
 
 from ..metrics import Metrics
-from ..recent import RecentAlerts, RecentResults
+from ..recent import DeadLetters, RecentAlerts, RecentResults
 from ..settings import Settings
 
 
@@ -27,6 +27,7 @@ class WorkerReadModel(Protocol):
     metrics: Metrics
     recent: RecentResults
     recent_alerts: RecentAlerts
+    dead_letters: DeadLetters
     table_name: str  # the experiment table: requests for an experiment go to its partition's owner
 
     def current_experiment(self, experiment_id: str) -> LiveExperiment | None: ...
@@ -34,6 +35,7 @@ class WorkerReadModel(Protocol):
     def local_experiments(self) -> list[str]: ...
     def assigned_partitions(self) -> list[int]: ...
     def group_member_id(self) -> str | None: ...
+    def rebuilding(self) -> bool: ...
     async def publish_config(self, experiment_id: str, message: bytes) -> None: ...
 
 

@@ -9,18 +9,30 @@
   SEQSTREAM_HISTORY_MB of rows over all experiments: stream_app/recent.py), only those after
   interval timestamp ``TS`` when given; answered by the worker that owns the experiment's
   partition. Non-finite numbers are the strings "inf", "-inf", "nan", as everywhere in the API.
+  Each interval also carries ``display``: per row, its state and formatted numbers
+  (stream_app.health.row_display), so the charts colour each point by its own state and write
+  numbers as every other surface does.
+- ``GET /experiments/{id}/export?format=csv|json``: the same rows, every held interval, as a CSV
+  (columns in state.results.ROW_COLUMNS order, then any others; non-finite numbers as in the API)
+  or a JSON array, for download.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
 
 import orjson
 from faust.web import Request, Response
 
+from state.results import ROW_COLUMNS
+
+from ..codec import decode_row
+from ..health import row_display
 from .context import WorkerView, owner_routed
-from .views import NotFound, _error, _json, _json_array, live_experiment, page
+from .views import NotFound, _error, _json, _json_array, config_doc, has_srm, live_experiment, page
 
 STATIC = Path(__file__).resolve().parent / "static"
 DASHBOARD_HTML = STATIC / "dashboard.html"
@@ -53,19 +65,69 @@ class History(WorkerView):
     @owner_routed(match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
         try:
-            state = live_experiment(self, experiment_id).state
+            live = live_experiment(self, experiment_id)
         except NotFound as exc:
             return _error(self, 404, str(exc))
+        state = live.state
         since = _since(request)
         if isinstance(since, str):
             return _error(self, 400, since)
+        config = config_doc(live)
+        srm = has_srm(self.worker, experiment_id, live)
         head = {
             "experiment_id": experiment_id,
             "reference_variation_id": state.config.reference_variation_id,
             "alpha": state.config.alpha,
             # which direction is an improvement, per metric (rows do not carry it)
             "lower_is_better": {m: bool(state.metric_config(m).lower_is_better) for m in state.metrics},
+            "metrics": list(config["metrics"]),  # config order
+            "rebuilding": self.worker.rebuilding(),
         }
+
+        def display(rows) -> bytes:
+            return orjson.dumps([row_display(decode_row(raw), config, srm) for raw in rows])
+
         parts = (b'{"interval_timestamp":' + orjson.dumps(interval.interval_timestamp) + b',"rows":'
-                 + _json_array(interval.rows) + b"}" for interval in self.worker.recent.history(experiment_id, since))
+                 + _json_array(interval.rows) + b',"display":' + display(interval.rows) + b"}"
+                 for interval in self.worker.recent.history(experiment_id, since))
         return _json(self, orjson.dumps(head)[:-1] + b',"intervals":' + _json_array(parts) + b"}")
+
+
+def _csv_cell(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def rows_csv(rows: list[dict]) -> str:
+    """Rows as they are on the results topic (non-finite numbers as "inf", "-inf", "nan")."""
+    columns = [c for c in ROW_COLUMNS if any(c in r for r in rows)]
+    columns += list(dict.fromkeys(k for r in rows for k in r if k not in columns))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    return out.getvalue()
+
+
+@page("/experiments/{experiment_id}/export")
+class Export(WorkerView):
+    @owner_routed(match_info="experiment_id")
+    async def get(self, request: Request, experiment_id: str) -> Response:
+        if not self.worker.has_experiment(experiment_id):
+            return _error(self, 404, f"no experiment {experiment_id!r}")
+        kind = request.query.get("format", "csv")
+        if kind not in ("csv", "json"):
+            return _error(self, 400, f"format must be csv or json, got {kind!r}")
+        raw = [row for interval in self.worker.recent.history(experiment_id) for row in interval.rows]
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_id)
+        headers = {"Content-Disposition": f'attachment; filename="{safe}-results.{kind}"'}
+        if kind == "json":
+            return self.bytes(_json_array(raw), content_type="application/json", headers=headers)
+        text = rows_csv([orjson.loads(r) for r in raw])
+        return self.bytes(text.encode(), content_type="text/csv", headers=headers)

@@ -3,9 +3,17 @@
 - ``POST /stats-engine/v0/batch``: the reference service's batch call (state.evaluate); the
   response is a JSON list (one list of rows per metric) with non-finite numbers as the strings
   "inf", "-inf", "nan".
-- ``GET /experiments``: experiments whose state this worker holds.
-- ``GET /experiments/{id}/results`` and ``/alerts``: latest rows and recent alerts, answered by the
-  worker that owns the experiment's partition (faust table routing).
+- ``GET /experiments``: experiments whose state this worker holds: ``experiments`` (their ids,
+  sorted) and ``summaries`` (one health summary each, stream_app.health.experiment_health: status,
+  wins, regressions, guardrail harm, SRM, stats resets, burn-in, dead letters, last interval;
+  most urgent first).
+- ``GET /experiments/{id}/results``: the latest rows (``rows``, as on the results topic), their
+  results table (``table``: per metric in config order, baseline and variations with their
+  formatted numbers and verdicts, stream_app.health.results_table), the experiment's ``health``,
+  its ``dead_letters`` tally and whether the views are still ``rebuilding`` after a takeover.
+  ``/alerts``: recent alerts, in time order. ``/export?format=csv|json``: every held interval's
+  rows as a download. All answered by the worker that owns the experiment's partition (faust
+  table routing).
 - ``PUT /experiments/{id}/config``: publish a config version (bearer token SEQSTREAM_API_TOKEN).
 - ``GET /health``, ``GET /metrics`` (Prometheus text).
 Errors are JSON ``{"error": message}`` with a 4xx/5xx status; request bodies are limited to
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import NamedTuple
 
 import orjson
 from faust.web import Request, Response, View
@@ -23,8 +32,10 @@ from faust.web import Request, Response, View
 from state import InvalidInput, evaluate
 from state.live import LiveExperiment
 
-from ..codec import checked_config_message, encode_row
-from .context import WorkerView, owner_routed
+from ..codec import checked_config_message, decode_row, encode_row
+from ..formatting import CLIP_NOTE
+from ..health import SRM_WARNING, by_urgency, experiment_health, results_table
+from .context import WorkerReadModel, WorkerView, owner_routed
 
 PAGES: list[tuple[str, type[View]]] = []  # (path, view), registered on the app by stream_app.web.register
 
@@ -140,10 +151,54 @@ class Batch(WorkerView):
         return _json(self, response)
 
 
+def config_doc(live: LiveExperiment) -> dict:
+    """The experiment's config as a config message writes it (what stream_app.health reads),
+    metrics in config order."""
+    state = live.state
+    metrics = list(dict.fromkeys(list(state.metric_configs) + list(state.metrics)))
+    return {"version": live.config_version, "reference_variation_id": state.config.reference_variation_id,
+            "min_units": state.config.min_units, "alpha": state.config.alpha,
+            "metrics": {m: state.metric_config(m).to_dict() for m in metrics}}
+
+
+class ExperimentView(NamedTuple):
+    summary: dict
+    config: dict
+    rows: list[dict]  # the latest interval's, decoded
+    alerts: list[dict]
+    dead_letters: dict
+    health: dict
+
+
+def has_srm(worker: WorkerReadModel, experiment_id: str, live: LiveExperiment) -> bool:
+    """The engine's SRM flag for the experiment, or an SRM alert among those held."""
+    return bool(live.state.srm_alerted) or any(a.get("kind") == "srm" for a in worker.recent_alerts.get(experiment_id))
+
+
+def experiment_view(worker: WorkerReadModel, experiment_id: str, live: LiveExperiment) -> ExperimentView:
+    summary = live.summary()
+    config = config_doc(live)
+    rows = [decode_row(raw) for raw in worker.recent.latest(experiment_id)]
+    alerts = worker.recent_alerts.get(experiment_id)
+    dead = worker.dead_letters.get(experiment_id).to_dict()
+    srm = has_srm(worker, experiment_id, live)
+    health = experiment_health(experiment_id, rows, config, srm=srm, alerts=alerts, dead_letters=dead,
+                               intervals_closed=summary.get("intervals_closed"), last_interval=summary.get("last_interval"))
+    return ExperimentView(summary, config, rows, alerts, dead, health)
+
+
 @page("/experiments")
 class Experiments(WorkerView):
     async def get(self, request: Request) -> Response:
-        return _json(self, {"experiments": self.worker.local_experiments()})
+        worker = self.worker
+        names = worker.local_experiments()
+        summaries = []
+        for name in names:
+            live = worker.current_experiment(name)
+            if live is not None:
+                summaries.append(experiment_view(worker, name, live).health)
+        return _json(self, {"experiments": names, "summaries": by_urgency(summaries),
+                            "rebuilding": worker.rebuilding()})
 
 
 @page("/experiments/{experiment_id}/results")
@@ -151,11 +206,17 @@ class Results(WorkerView):
     @owner_routed(match_info="experiment_id")
     async def get(self, request: Request, experiment_id: str) -> Response:
         try:
-            summary = live_experiment(self, experiment_id).summary()
+            live = live_experiment(self, experiment_id)
         except NotFound as exc:
             return _error(self, 404, str(exc))
+        view = experiment_view(self.worker, experiment_id, live)
+        srm = view.health["srm"]
+        head = {"summary": view.summary, "health": view.health, "dead_letters": view.dead_letters,
+                "table": [t.to_dict() for t in results_table(view.rows, view.config, srm)],
+                "config": view.config, "srm_warning": SRM_WARNING if srm else None, "clip_note": CLIP_NOTE,
+                "rebuilding": self.worker.rebuilding()}
         rows = _json_array(self.worker.recent.latest(experiment_id))
-        return _json(self, b'{"summary":' + orjson.dumps(summary) + b',"rows":' + rows + b"}")
+        return _json(self, orjson.dumps(head)[:-1] + b',"rows":' + rows + b"}")
 
 
 @page("/experiments/{experiment_id}/alerts")
@@ -164,7 +225,8 @@ class Alerts(WorkerView):
     async def get(self, request: Request, experiment_id: str) -> Response:
         if not self.worker.has_experiment(experiment_id):
             return _error(self, 404, f"no experiment {experiment_id!r}")
-        return _json(self, {"experiment_id": experiment_id, "alerts": self.worker.recent_alerts.get(experiment_id)})
+        return _json(self, {"experiment_id": experiment_id, "alerts": self.worker.recent_alerts.get(experiment_id),
+                            "rebuilding": self.worker.rebuilding()})
 
 
 @page("/experiments/{experiment_id}/config")
