@@ -134,6 +134,13 @@ class LiveExperiment:
         """The oldest open interval (the next to be emitted), None when none is open."""
         return min(self.open) if self.open else None
 
+    def arm_count(self) -> int:
+        """(metric, variation) arms the experiment has: registered, open, or folded."""
+        return len(self._keys)
+
+    def knows_arm(self, metric: str, variation: str) -> bool:
+        return (metric, variation) in self._keys
+
     @property
     def watermark(self) -> float | None:
         """The latest interval taken: open, or emitted."""
