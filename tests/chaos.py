@@ -131,13 +131,19 @@ class SessionExpiry(threading.Thread):
         while not self.stopped.wait(0.5):
             try:
                 members = set(asyncio.run(group_members(self.broker, self.group)))
-                claimed = {_member_id(w) for w in list(self.workers.values()) if w.process.poll() is None}
+                running = [w for w in list(self.workers.values()) if w.process.poll() is None]
+                claimed = {_member_id(w) for w in running}
                 now = time.monotonic()
                 for member in members - claimed:
                     unclaimed_since.setdefault(member, now)
-                expired = [m for m in members - claimed if now - unclaimed_since[m] >= self.timeout]
                 for member in set(unclaimed_since) - (members - claimed):
                     del unclaimed_since[member]
+                # Never more than the members in excess of the running workers, the longest
+                # unclaimed first: a live worker whose /health was slow to answer, or that
+                # reported its id a moment late, keeps its membership.
+                excess = max(0, len(members) - len(running))
+                expired = sorted((m for m in members - claimed if now - unclaimed_since[m] >= self.timeout),
+                                 key=unclaimed_since.__getitem__)[:excess]
                 if expired:
                     asyncio.run(evict_group_members(self.broker, self.group, expired))
                     self.evicted += len(expired)
