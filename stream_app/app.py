@@ -30,17 +30,20 @@ from typing import NamedTuple
 import faust
 from faust.exceptions import ConsumerNotStarted
 
+from state.live import Lateness
+
 from . import web
+from .web import install_security_headers
 from .kafka import long_poll, zstd_level
 from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
-from .kafka.faust_io import BatchedSender, consumer_lag
-from .kafka.tables import PromptTableManager, write_under_event
+from .kafka.faust_io import BatchedSender, consumer_lag, group_member_id
+from .kafka.tables import PromptTableManager, StateWriteFailed, write_acked
 from .metrics import Metrics
 from .outputs import OutputSender
 from .processor import BatchProcessor
 from .recent import DeadLetters, RecentAlerts, RecentResults
 from .settings import Settings
-from .kafka.topics import TABLE_NAME, create_topics_async
+from .kafka.topics import TABLE_NAME, changelog_topic, create_topics_async
 from .kafka.view_rebuild import ViewRebuilder
 
 settings = Settings.from_env()
@@ -72,6 +75,7 @@ class RoutineBackpressure(logging.Filter):
 
 
 logging.getLogger("faust.transport.producer").addFilter(RoutineBackpressure())
+log = logging.getLogger("seqstream.worker")
 
 
 class SeqstreamApp(faust.App):
@@ -80,6 +84,11 @@ class SeqstreamApp(faust.App):
         when nothing blocks it and saves the changed states before it commits offsets
         (stream_app/kafka/delivery.py)."""
         return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics, before_commit=save_states)
+
+    def on_webserver_init(self, web) -> None:
+        """Every response, the dashboard's and the API's, with the security headers."""
+        super().on_webserver_init(web)
+        install_security_headers(web)
 
     async def on_first_start(self) -> None:
         """Create every topic with its partition count before the consumer subscribes: a broker
@@ -107,6 +116,9 @@ app = SeqstreamApp(
     web_bind=settings.web_host,
     web_port=settings.web_port,
     web_in_thread=False,
+    # faust's raw table view (/table/...) would serve any experiment's serialised state to anyone
+    # who can reach the port; the API's views say what a user may see.
+    web_tables_enabled=False,
     Worker=SeqstreamWorker,
     TableManager=PromptTableManager,
     producer_max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
@@ -141,6 +153,8 @@ processor = BatchProcessor(
     idle_timeout=settings.idle_timeout,
     metrics=metrics,
     cache_size=settings.cache_experiments,
+    lateness=Lateness(settings.watermark_delay, settings.allowed_lateness, settings.max_future_skew),
+    max_arms=settings.max_arms,
 )
 
 # What this worker has seen lately, for the web views (the owner of an experiment answers):
@@ -185,8 +199,51 @@ def has_experiment(experiment_id: str) -> bool:
 batched = BatchedSender(app)
 
 
-async def _forget_live_on_rebalance(app, partitions, **kwargs) -> None:
+# Fencing, so that a state never claims input it has not applied. The per-experiment offset
+# high-water marks (state.live) skip a redelivered message as "already processed"; that is only
+# sound if every partition reaches the processor in order and without gaps from the committed
+# offset on. Across a rebalance it did not: events fetched before it (in the agent's take buffer,
+# or taken while partitions were being revoked) were processed after the states were reloaded
+# from the table, so a state's high-water mark jumped past messages the consumer then fetched
+# again from the committed offset, and every later owner skipped them (issue 17: offsets
+# 1203-1231 lost with no dead letter). Now an event is processed only if it was fetched in the
+# current consumer generation and no revocation happened since: anything else is dropped
+# unprocessed and its offset never acknowledged (so never committed); the consumer, whose
+# positions a rebalance resets to the committed offsets, fetches it again.
+# Between the end of a revocation (unsaved states dropped) and the next assignment: every event
+# is from before it, and no offset is committed (save_states refuses), since acks of events
+# whose effects were just dropped may be recorded meanwhile.
+_fenced = False
+
+
+async def _on_revoked(app, revoked, **kwargs) -> None:
+    global _fenced
+    _fenced = True
     processor.invalidate()  # partitions may move: the table is the truth again
+
+
+async def _on_assigned(app, assigned, **kwargs) -> None:
+    global _fenced
+    processor.invalidate()
+    _fenced = False
+
+
+def _current_events(events: list) -> list:
+    """The events fetched in this consumer generation since the last assignment; the others are
+    marked acknowledged without faust recording their offsets (Message.acked set first makes
+    faust's ack a no-op), so they can never be committed, and are fetched again."""
+    generation = app.consumer_generation_id
+    if not _fenced and all(event.message.generation_id == generation for event in events):
+        return events
+    fresh = []
+    for event in events:
+        message = event.message
+        if _fenced or message.generation_id != generation:
+            message.acked = True
+            metrics.stale_events_dropped += 1
+        else:
+            fresh.append(event)
+    return fresh
 
 
 async def _reindex_open_intervals(app, **kwargs) -> None:
@@ -201,8 +258,8 @@ async def _rebuild_views(app, assigned, **kwargs) -> None:
     await view_rebuilder.on_assigned(app, assigned)
 
 
-app.on_partitions_revoked.connect(_forget_live_on_rebalance)
-app.on_partitions_assigned.connect(_forget_live_on_rebalance)
+app.on_partitions_revoked.connect(_on_revoked)
+app.on_partitions_assigned.connect(_on_assigned)
 app.on_partitions_assigned.connect(_rebuild_views)
 app.on_rebalance_complete.connect(_reindex_open_intervals)
 
@@ -212,29 +269,47 @@ app.on_rebalance_complete.connect(_reindex_open_intervals)
 # sees a batch half done, so it never writes a state whose outputs are not acked.
 _batch_in_flight = asyncio.Lock()
 _latest_event: dict[int, object] = {}  # partition -> the latest input event on it
+CHANGELOG_TOPIC = changelog_topic(settings)
+# States taken for a save whose changelog write failed: written first at the next save, and
+# until then no offset is committed (experiment -> (bytes, partition)).
+_failed_writes: dict[str, tuple[bytes, int]] = {}
 
 
-async def save_states() -> None:
-    """Write every experiment state changed since the last save; faust runs this before each
-    offset commit (stream_app.kafka.delivery.SeqstreamConsumer), so the offsets it then commits are
-    never ahead of the saved states. States of partitions this worker no longer holds are
-    dropped: their new owner starts from the last saved state and the committed offsets. If a
-    save raises, faust commits nothing and treats it as it treats a failed send: the worker
-    crashes, and a restart resumes from the last saved states and committed offsets."""
+async def save_states() -> bool:
+    """Write every experiment state changed since the last save, durably; faust runs this before
+    each offset commit (stream_app.kafka.delivery.SeqstreamConsumer), and commits only if it
+    returns True, so the offsets it then commits are never ahead of the saved states.
+
+    Durably: the states' changelog records are acknowledged by the broker before this returns
+    (kafka.tables.write_acked), whatever faust's producer buffer does. A write that fails is
+    logged with its reason, kept, and retried at the next save; until one succeeds this returns
+    False and nothing is committed, so a crash meanwhile resumes from states and offsets that
+    agree. States of partitions this worker no longer holds are dropped: their new owner starts
+    from the last saved state and the committed offsets."""
     async with _batch_in_flight:
+        if _fenced:  # revoked, states dropped, not assigned yet: no ack of now may be committed
+            return False
         t0 = time.perf_counter()
         await outputs.flush()
         held = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
-        states = processor.take_states(held)
-        _write_states(states)
+        for experiment in [e for e, (_, partition) in _failed_writes.items() if partition not in held]:
+            del _failed_writes[experiment]
+        states = {**_failed_writes, **processor.take_states(held)}
+        _failed_writes.clear()
+        try:
+            await write_acked(live_table, CHANGELOG_TOPIC,
+                              ((e.encode(), blob, _latest_event[p]) for e, (blob, p) in states.items()),
+                              batched.send)
+        except StateWriteFailed as exc:
+            _failed_writes.update(states)
+            metrics.state_write_failures += 1
+            log.error("offsets NOT committed: %s; experiments %s; retried at the next commit, and a restart "
+                      "resumes from the last committed offsets", exc, ", ".join(sorted(states)[:10]))
+            return False
+        finally:
+            metrics.seconds_writing_state += time.perf_counter() - t0
         metrics.states_saved += len(states)
-        metrics.seconds_writing_state += time.perf_counter() - t0
-
-
-def _write_states(states: dict[str, tuple[bytes, int]]) -> None:
-    """Write each experiment's state under an event of its own partition (kafka.tables)."""
-    for experiment, (blob, partition) in states.items():
-        write_under_event(live_table, experiment.encode(), blob, _latest_event[partition])
+        return True
 
 
 YOUNG_COLLECTION_ALLOCATIONS = 200_000  # the worker's gc threshold 0 (see process)
@@ -307,6 +382,9 @@ async def process(stream):
     gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *gc.get_threshold()[1:])
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
         received = time.time()
+        events = _current_events(events)
+        if not events:
+            continue
         async with _batch_in_flight:  # waits while save_states writes (its time is counted there)
             t0 = clock()
             for event in events:
@@ -343,14 +421,24 @@ async def close_idle_intervals():
         _open_index_built = True
     now = time.time()
     candidates = [e for e, seen in open_intervals.items() if now - seen >= settings.idle_timeout]
-    due, waiting = processor.idle_status(_TableView(), candidates)
-    for experiment in due:
-        await ticks_topic.send(key=experiment.encode(), value=b"{}")
-    for experiment in candidates:
-        open_intervals.pop(experiment, None)
-    # Open but not idle yet: an experiment indexed from the table (after a start or a rebalance)
-    # gets no batch to refresh its entry, so it must keep one with its real last activity.
-    open_intervals.update(waiting)
+    # In slices, yielding between them: after a start with 50,000 experiments in the table every
+    # one is a candidate, and decoding them all at once held the event loop (and with it the
+    # stream and the heartbeats) for tens of seconds.
+    for start in range(0, len(candidates), IDLE_CHECK_SLICE):
+        chunk = candidates[start:start + IDLE_CHECK_SLICE]
+        due, waiting = processor.idle_status(_TableView(), chunk)
+        for experiment in due:
+            await ticks_topic.send(key=experiment.encode(), value=b"{}")
+        for experiment in chunk:
+            open_intervals.pop(experiment, None)
+        # Open but not idle yet: an experiment indexed from the table (after a start or a
+        # rebalance) gets no batch to refresh its entry, so it must keep one with its real last
+        # activity.
+        open_intervals.update(waiting)
+        await asyncio.sleep(0)
+
+
+IDLE_CHECK_SLICE = 500  # experiments whose idle state is decoded between two yields to the loop
 
 
 class WorkerReadModel:
@@ -382,6 +470,10 @@ class WorkerReadModel:
         except ConsumerNotStarted:
             return []
         return sorted(tp.partition for tp in assignment if tp.topic == observations)
+
+    @staticmethod
+    def group_member_id() -> str | None:
+        return group_member_id(app.consumer)
 
     @staticmethod
     async def publish_config(experiment_id: str, message: bytes) -> None:

@@ -16,6 +16,7 @@ them back.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from typing import Any, Mapping
 
@@ -83,18 +84,45 @@ def decode_observations(key: bytes | None, value: bytes | None, is_binary_of):
         try:
             out.append((index, _observation(element, experiment, is_binary_of)))
         except InvalidInput as exc:
+            exc.element = element  # what its dead letter shows, without parsing the message again
             out.append((index, exc))
     return experiment, out
 
 
-def element_bytes(value: bytes, index: int) -> bytes:
-    """The original JSON of one element of an array message (for its dead letter)."""
-    return orjson.dumps(orjson.loads(value)[index])
+MAX_DEPTH = 32  # JSON nested deeper than this is invalid input (configs; a bad element's report)
+
+
+def too_deep(doc: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``doc`` nests containers deeper than ``limit`` (iterative: no recursion limit)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return False
+
+
+def element_bytes(element: Any) -> bytes | None:
+    """The JSON of one element of an array message, already decoded (for its dead letter; the
+    message is never parsed again). None when it nests too deep to be written back."""
+    if too_deep(element):
+        return None
+    try:
+        return orjson.dumps(element)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
 
 
 def decode_config(key: bytes | None, value: bytes | None) -> tuple[str, int, EngineConfig, dict[str, MetricConfig]]:
     experiment = experiment_key(key)
     doc = loads_object(value, "experiment config")
+    if too_deep(doc):
+        raise InvalidInput(f"experiment config nests deeper than {MAX_DEPTH} levels")
     if doc.pop("experiment_id", experiment) != experiment:
         raise InvalidInput("experiment_id does not match the message key", field="experiment_id")
     version = doc.pop("version", None)
@@ -103,8 +131,15 @@ def decode_config(key: bytes | None, value: bytes | None) -> tuple[str, int, Eng
     metrics = doc.pop("metrics", {}) or {}
     if not isinstance(metrics, Mapping):
         raise InvalidInput("must be an object mapping metric name to its options", field="metrics")
-    metric_configs = {name: MetricConfig.from_dict({**(opts or {}), "name": name}) for name, opts in metrics.items()}
-    return experiment, version, EngineConfig.from_dict(doc), metric_configs
+    for name, opts in metrics.items():
+        if opts is not None and not isinstance(opts, Mapping):
+            raise InvalidInput(f"options of metric {name!r} must be an object, got {type(opts).__name__}",
+                               field="metrics")
+    try:
+        metric_configs = {name: MetricConfig.from_dict({**(opts or {}), "name": name}) for name, opts in metrics.items()}
+        return experiment, version, EngineConfig.from_dict(doc), metric_configs
+    except (TypeError, ValueError, AttributeError) as exc:  # an option of the wrong type: the user's to fix
+        raise InvalidInput(f"experiment config has an option of the wrong type: {exc}") from None
 
 
 def config_message(experiment_id: str, version: int, config: EngineConfig | Mapping[str, Any] | None = None,
@@ -175,12 +210,23 @@ def decode_row(value: bytes) -> dict[str, Any]:
     return {k: decode_number(v) for k, v in orjson.loads(value).items()}
 
 
+# A dead letter carries at most this many bytes of the original message (and of its key), and
+# at most this many characters of reason: far below any broker's message limit (Kafka's default
+# is 1 MiB), so a dead letter is never refused, however large the input that caused it. A longer
+# original is cut, and its size and SHA-256 are given to find it on its topic.
+DEADLETTER_VALUE_BYTES = 8192
+DEADLETTER_REASON_CHARS = 2000
+
+
 def deadletter_message(reason: str, topic: str, partition: int, offset: int, key: bytes | None,
-                       value: bytes | None, error: str = "invalid_input", element: int | None = None) -> bytes:
-    """The original bytes (UTF-8 text when they decode, else base64), the reason and the source."""
+                       value: bytes | None, error: str = "invalid_input", element: int | None = None,
+                       **extra: Any) -> bytes:
+    """The original bytes (UTF-8 text when they decode, else base64; a prefix when longer than
+    DEADLETTER_VALUE_BYTES, with ``value_bytes`` and ``value_sha256``), the reason and the source."""
     def carry(raw: bytes | None) -> tuple[str | None, str]:
         if raw is None:
             return None, "none"
+        raw = raw[:DEADLETTER_VALUE_BYTES]
         try:
             return raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -188,8 +234,13 @@ def deadletter_message(reason: str, topic: str, partition: int, offset: int, key
 
     key_text, key_encoding = carry(key)
     value_text, value_encoding = carry(value)
+    if len(reason) > DEADLETTER_REASON_CHARS:
+        reason = reason[:DEADLETTER_REASON_CHARS] + "..."
     doc = {"reason": reason, "error": error, "topic": topic, "partition": partition, "offset": offset,
            "key": key_text, "key_encoding": key_encoding, "value": value_text, "value_encoding": value_encoding}
+    if value is not None and len(value) > DEADLETTER_VALUE_BYTES:
+        doc.update(value_truncated=True, value_bytes=len(value), value_sha256=hashlib.sha256(value).hexdigest())
     if element is not None:
         doc["element"] = element  # index in the array message; value holds that element
+    doc.update(extra)
     return orjson.dumps(doc)

@@ -38,6 +38,12 @@ class Metrics:
     # producer buffer to ebb, or room in a full stream queue).
     deliveries_at_once: int = 0
     deliveries_waited: int = 0
+    # Exactly-once bookkeeping (stream_app/app.py): events fetched before a rebalance, dropped
+    # unprocessed to be fetched again; saves whose changelog write was not acked (no commit).
+    stale_events_dropped: int = 0
+    late_rows_folded: int = 0
+    ticks_ignored: int = 0
+    state_write_failures: int = 0
 
     _HELP = {
         "observations_in": ("counter", "Observation messages consumed"),
@@ -61,6 +67,10 @@ class Metrics:
         "gc_collections": ("counter", "Garbage collections of the oldest generation"),
         "deliveries_at_once": ("counter", "Messages the consumer delivered without waiting"),
         "deliveries_waited": ("counter", "Messages the consumer delivered after waiting (flow control, producer buffer, full queue)"),
+        "ticks_ignored": ("counter", "Ticks for experiments this worker does not hold, ignored"),
+        "late_rows_folded": ("counter", "Late rows (within the allowed lateness) counted in a later interval"),
+        "stale_events_dropped": ("counter", "Events fetched before a rebalance, dropped unprocessed (fetched again)"),
+        "state_write_failures": ("counter", "State saves the changelog did not acknowledge (offsets not committed)"),
     }
 
     def track_gc(self) -> None:

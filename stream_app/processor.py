@@ -20,10 +20,10 @@ from typing import Callable, Container, Mapping, MutableMapping, NamedTuple
 import orjson
 
 from state import InvalidInput, IntervalResult
-from state.live import Duplicate, LiveExperiment, score_all
+from state.live import DEFAULT_LATENESS, Duplicate, Lateness, LiveExperiment, score_all
 
-from .codec import (decode_config, decode_observations, deadletter_message, element_bytes, encode_alert,
-                    encode_rows, experiment_key)
+from .codec import (MAX_DEPTH, decode_config, decode_observations, deadletter_message, element_bytes,
+                    encode_alert, encode_row, encode_rows, experiment_key)
 from .kafka.partitions import partition_for
 from .metrics import Metrics
 from .settings import DEFAULT_CACHE_EXPERIMENTS
@@ -68,11 +68,13 @@ class BatchProcessor:
 
     def __init__(self, topic_kinds: Mapping[str, str], partitions: int, *, max_message_bytes: int = 65536,
                  idle_timeout: float = 30.0, clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
-                 cache_size: int = CACHE_SIZE):
+                 cache_size: int = CACHE_SIZE, lateness: Lateness = DEFAULT_LATENESS, max_arms: int = 1000):
         self.topic_kinds = dict(topic_kinds)
         self.partitions = partitions
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        self.lateness = lateness  # when intervals are emitted, how late a row may be (state.live)
+        self.max_arms = max_arms  # (metric, variation) arms per experiment: its state stays bounded
         self.clock = clock
         self.metrics = metrics or Metrics()
         # This worker is the only writer of the experiments on its partitions, so between
@@ -128,6 +130,7 @@ class BatchProcessor:
         out = Outputs()
         live: dict[str, LiveExperiment] = {}
         now = self.clock()
+        wall = time.time()  # rows dated past it by more than the future skew are refused (state.live)
 
         cache = self._cache
 
@@ -156,20 +159,25 @@ class BatchProcessor:
                     experiment = None  # its state lives on another partition: never touch it from here
                     raise InvalidInput(f"key {msg.key!r} belongs on partition {expected}, not {msg.partition}: "
                                        "produce with the default (murmur2) partitioner, keyed by experiment_id")
+                if kind == "ticks" and experiment not in live and not self.holds(experiment, store):
+                    self.metrics.ticks_ignored += 1  # ticks only punctuate experiments held here
+                    experiment = None
+                    continue
                 state = load(experiment)
                 if state.already_processed(source, msg.offset):
                     self.metrics.redelivered += 1
                     continue
                 if kind == "observations":
                     _, elements = decode_observations(msg.key, msg.value, is_binary)
-                    self._offer_all(state, elements, msg, now, out)
+                    self._offer_all(state, elements, msg, now, wall, out)
                 elif kind == "experiments":
                     _, version, config, metric_configs = decode_config(msg.key, msg.value)
-                    if version > state.config_version:  # intervals closed before it are scored under the old one
-                        self._emit(state.score_closed(), out)
+                    if version > state.config_version:  # intervals due before it are scored under the old one
+                        state.advance(self.lateness)
+                        self._emit(state.score_closed(), out, live)
                     state.configure(version, config, metric_configs)
                 else:  # ticks: close an idle open interval
-                    state.close_idle(now, self.idle_timeout)
+                    state.close_idle(now, self.idle_timeout, self.lateness)
                 touched.add(experiment)
             except InvalidInput as exc:
                 self.metrics.deadletters += 1
@@ -188,6 +196,8 @@ class BatchProcessor:
                 live[experiment].mark_processed(source, msg.offset)
                 touched.add(experiment)
                 out.partitions[experiment] = msg.partition
+        for experiment in touched:  # judged once the whole batch is in, never row by row
+            live[experiment].advance(self.lateness)
         self._score(live, touched, out)
         unsaved = self._unsaved
         for experiment in touched:
@@ -208,7 +218,7 @@ class BatchProcessor:
         unaffected. What it took since the last save is then lost from its state: its results
         went out, and the error log says which experiment to replay."""
         try:
-            self._emit(score_all(live.values()), out)
+            self._emit(score_all(live.values()), out, live)
             return
         except Exception:
             log.exception("internal error scoring a batch; scoring experiment by experiment")
@@ -217,7 +227,7 @@ class BatchProcessor:
             if not closing:
                 continue
             try:
-                self._emit(state.score_closed(), out)
+                self._emit(state.score_closed(), out, live)
             except Exception as exc:
                 log.exception("internal error scoring %s", experiment)
                 rows = [[_row(experiment, o) for o in observations] for _, observations in closing]
@@ -233,24 +243,55 @@ class BatchProcessor:
                     f"internal error scoring {len(rows)} interval(s): {exc!r}", "", out.partitions.get(experiment, -1),
                     -1, experiment.encode(), orjson.dumps(rows), error="internal_error")))
 
-    def _offer_all(self, state: LiveExperiment, elements, msg: InMessage, now: float, out: Outputs) -> None:
+    def _offer_all(self, state: LiveExperiment, elements, msg: InMessage, now: float, wall: float,
+                   out: Outputs) -> None:
         """Take a message's observations; a single one's error fails the message (dead-lettered
-        whole by the caller), an array element's error dead-letters just that element."""
+        whole by the caller). The bad elements of an array message are dead-lettered together:
+        one dead letter for the message, however many (see :meth:`_deadletter_elements`)."""
+        bad = []
         for index, obs in elements:
             try:
                 if isinstance(obs, InvalidInput):
                     raise obs
                 self.metrics.observations_in += 1
-                state.take(obs, now)
+                if state.arm_count() >= self.max_arms and not state.knows_arm(obs.metric, obs.variation_id):
+                    raise InvalidInput(f"experiment {state.experiment_id!r} already has {state.arm_count()} "
+                                       f"(metric, variation) arms, the limit (SEQSTREAM_MAX_ARMS={self.max_arms}): "
+                                       f"({obs.metric!r}, {obs.variation_id!r}) not added")
+                state.take(obs, now, self.lateness, wall)
             except Duplicate:
                 self.metrics.duplicates += 1
             except InvalidInput as exc:
                 if index is None:
                     raise
-                self.metrics.deadletters += 1
-                out.deadletters.append((msg.key, deadletter_message(
-                    f"element {index}: {exc}", msg.topic, msg.partition, msg.offset, msg.key,
-                    element_bytes(msg.value, index), element=index)))
+                if not hasattr(exc, "element"):  # refused by the state (conflict, too late): the row itself
+                    exc.element = _row(state.experiment_id, obs)
+                bad.append((index, exc))
+        if bad:
+            self._deadletter_elements(bad, len(elements), msg, out)
+
+    FIRST_REASONS = 10  # reasons a dead letter of many bad elements lists
+
+    def _deadletter_elements(self, bad: list, total: int, msg: InMessage, out: Outputs) -> None:
+        """One bad element: its own JSON and reason. Several: one dead letter of the message, with
+        how many were bad and the first reasons (30,000 bad elements are one dead letter, not
+        30,000, and the message is never parsed again)."""
+        self.metrics.deadletters += 1
+        if len(bad) == 1:
+            index, exc = bad[0]
+            element = element_bytes(exc.element)
+            reason = f"element {index}: {exc}" if element is not None else \
+                f"element {index}: nested deeper than {MAX_DEPTH} levels ({exc})"
+            out.deadletters.append((msg.key, deadletter_message(
+                reason, msg.topic, msg.partition, msg.offset, msg.key,
+                element if element is not None else msg.value, element=index)))
+            return
+        first = bad[:self.FIRST_REASONS]
+        reason = f"{len(bad)} of {total} elements invalid (the others were applied); first: " + "; ".join(
+            f"element {index}: {exc}" for index, exc in first)
+        out.deadletters.append((msg.key, deadletter_message(
+            reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+            invalid_elements=len(bad), first_invalid=[index for index, _ in first])))
 
     def current(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
         """The experiment's latest state: the cached or unsaved object, else read from the table,
@@ -279,10 +320,16 @@ class BatchProcessor:
                 waiting[experiment] = state.last_activity
         return due, waiting
 
-    def _emit(self, closed: list[IntervalResult], out: Outputs) -> None:
+    def _emit(self, closed: list[IntervalResult], out: Outputs, live: Mapping[str, LiveExperiment]) -> None:
         for result in closed:
             key = result.experiment_id.encode()
-            rows = encode_rows(result)
+            folded = live[result.experiment_id].folded.pop(result.interval_timestamp, None)
+            if folded:  # late rows counted here, not in their own interval: say so on the rows
+                self.metrics.late_rows_folded += sum(folded.values())
+                rows = [encode_row(dict(row, late_rows_folded=folded[row["metric"]]) if row["metric"] in folded
+                                   else row) for row in result.rows]
+            else:
+                rows = encode_rows(result)
             out.closed.append(EmittedInterval(result, rows))
             out.results.extend((key, row) for row in rows)
             out.alerts.extend((key, encode_alert(alert)) for alert in result.alerts)

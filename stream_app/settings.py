@@ -45,6 +45,18 @@ ENVIRONMENT = {
     # broker stores and serves about an eighth of the bytes (on the embedded broker, half its CPU).
     "SEQSTREAM_COMPRESSION": ("compression", str, "zstd"),
     "SEQSTREAM_API_TOKEN": ("api_token", str, None),
+    # --- stream correctness (issue 17): event time, lateness and bounds (docs/lateness.md) ---
+    # An interval that is not complete is emitted once more than this many later intervals of its
+    # experiment are open (absorbs rows displaced by up to two intervals, a producer lagging 1.5).
+    "SEQSTREAM_WATERMARK_DELAY": ("watermark_delay", int, 2),
+    # Rows for any of an experiment's last this-many emitted intervals are still applied (folded
+    # into its next emission, flagged there); older ones are dead-lettered as too late.
+    "SEQSTREAM_ALLOWED_LATENESS": ("allowed_lateness", int, 12),
+    # Seconds an interval_timestamp may lie after the wall clock; later is dead-lettered.
+    "SEQSTREAM_MAX_FUTURE_SKEW": ("max_future_skew", float, 86_400.0),
+    # (metric, variation) arms per experiment; a row of one more is dead-lettered (bounds a state,
+    # about 200 bytes an arm, below the changelog's message limit).
+    "SEQSTREAM_MAX_ARMS": ("max_arms", int, 1000),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
     # --- results surfaces (issue 19) ---
     # On taking a partition over, the web views are rebuilt from the results, alerts and
@@ -83,6 +95,10 @@ class Settings:
     cache_experiments: int
     compression: str
     api_token: str | None
+    watermark_delay: int
+    allowed_lateness: int
+    max_future_skew: float
+    max_arms: int
     log_level: str
     rebuild_messages: int = 2_000_000
     # -- the local default broker (issue 18) --

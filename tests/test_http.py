@@ -14,6 +14,7 @@ import pytest
 
 from state import evaluate
 from stream_app.codec import decode_number
+from stream_app.web.views import BATCH_BODY_BYTES
 from tests.conftest import covid_request
 from tests.stream_support import (collect, covid_stream_rows, isolated_settings, observation_messages, produce,
                                   start_worker, until_keys)
@@ -62,7 +63,7 @@ def test_batch_endpoint_returns_exactly_what_evaluate_returns(api):
 @pytest.mark.parametrize("body, status, message", [
     (b"{not json", 400, "not valid JSON"),
     (json.dumps({"config": {"alhpa": 1}, "metrics": []}).encode(), 400, "unknown option"),
-    (b"x" * (16 * 65536 + 10), 413, "exceeds"),
+    (b"x" * (BATCH_BODY_BYTES + 10), 413, "exceeds"),  # batch bodies: 32 MB (100,000 rows), issue 17
 ], ids=["malformed", "unknown-option", "oversized"])
 def test_bad_batch_requests_get_json_errors(api, body, status, message):
     _, url = api

@@ -26,6 +26,9 @@ PRIVATE = [
     ("aiokafka.admin", "AIOKafkaAdminClient._send_request", "kafka/admin.py"),
     ("faust.tables", "TableManager._update_channels", "kafka/tables.py"),
     ("faust.streams", "_current_event", "kafka/tables.py"),
+    ("faust.tables.base", "Collection.data", "kafka/tables.py"),
+    ("faust.stores.base", "Store.set_persisted_offset", "kafka/tables.py"),
+    ("faust.transport.consumer", "Consumer.on_partitions_assigned", "kafka/delivery.py"),
     ("faust.transport.drivers.aiokafka", "Producer._ensure_producer", "kafka/faust_io.py"),
 ]
 
@@ -51,6 +54,14 @@ def test_instance_attributes_the_worker_reads():
 
     assert "self._records" in inspect.getsource(Fetcher.__init__), "aiokafka Fetcher._records is gone (kafka/long_poll.py)"
     assert "self._read_offset" in inspect.getsource(Consumer.__init__), "faust Consumer._read_offset is gone (kafka/faust_io.py)"
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ThreadDelegateConsumer
+
+    assert "self.member_id" in inspect.getsource(GroupCoordinator.__init__), "aiokafka coordinator member_id is gone (kafka/faust_io.py)"
+    assert "self._thread" in inspect.getsource(ThreadDelegateConsumer.__init__), "faust Consumer._thread is gone (kafka/faust_io.py)"
+    assert "_consumer" in inspect.getsource(AIOKafkaConsumerThread), "faust AIOKafkaConsumerThread._consumer is gone (kafka/faust_io.py)"
+    for attribute in ("self._acked ", "self._acked_index"):  # kafka/delivery.py
+        assert attribute in inspect.getsource(Consumer.__init__), f"faust Consumer.{attribute[5:]} is gone (kafka/delivery.py)"
 
 
 def test_pinned_versions_are_the_installed_ones():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from state import EngineConfig, MetricConfig, evaluate, parse_observation
-from state.live import Duplicate, LiveExperiment, Rejected
+from state.live import Duplicate, Lateness, LiveExperiment, Rejected
+
+AT_ONCE = Lateness(delay=0)  # an incomplete interval is emitted as soon as a later one is open
 from tests.conftest import COVID_METRICS, covid_request
 
 
@@ -30,8 +32,8 @@ def _run(live, observations, duplicate_each=False):
                     out += result.rows
             except Duplicate:
                 duplicates += 1
-    if live.open_interval is not None:
-        out += live.close().rows
+    for result in live.close_all():
+        out += result.rows
     return out, duplicates
 
 
@@ -55,14 +57,30 @@ def obs(ts, variation="t", n=10, s=5.0, q=5.0, metric="m"):
                               "unit_count": n, "unit_observation_sum": s, "unit_observation_sum_of_squares": q})
 
 
-def test_interval_closes_when_complete_or_when_a_later_one_arrives():
+def test_interval_is_emitted_when_complete_or_when_the_watermark_passes_it():
     live = LiveExperiment.new("e")
     assert live.offer(obs(0, "control")) == []
     assert live.offer(obs(0, "t")) == []  # arms unknown yet: cannot know it is complete
-    closed = live.offer(obs(60, "control"))
-    assert [r.interval_timestamp for r in closed] == [0]
-    closed = live.offer(obs(60, "t"))  # both known arms reported: complete
-    assert [r.interval_timestamp for r in closed] == [60] and live.open_interval is None
+    assert live.offer(obs(60, "control")) == [] and live.offer(obs(120, "control")) == []  # within the delay
+    closed = live.offer(obs(180, "control"))  # three later intervals open: the watermark passed it
+    assert [r.interval_timestamp for r in closed] == [0] and sorted(live.open) == [60, 120, 180]
+    closed = live.offer(obs(60, "t"))  # both known arms reported, next in line: complete
+    assert [r.interval_timestamp for r in closed] == [60] and sorted(live.open) == [120, 180]
+
+
+def test_a_complete_interval_waits_while_an_earlier_one_may_still_come():
+    """Intervals come 60 s apart; 180 is complete but 120 has not been seen: 180 is not emitted
+    on completeness (rows of 120 may be on their way), only once the watermark passes it."""
+    live = LiveExperiment.new("e")
+    for ts in (0, 60):
+        for v in ("control", "t"):
+            live.offer(obs(ts, v))
+    live.close_all()
+    assert live.offer(obs(180, "control")) == [] and live.offer(obs(180, "t")) == []
+    closed = live.offer(obs(120, "t"))  # 120 arrives after 180: not late, not lost
+    assert closed == [] and sorted(live.open) == [120, 180]
+    closed = live.offer(obs(120, "control"))
+    assert [r.interval_timestamp for r in closed] == [120, 180]
 
 
 def test_closed_but_unscored_intervals_count_their_arms_as_expected():
@@ -72,8 +90,9 @@ def test_closed_but_unscored_intervals_count_their_arms_as_expected():
     scored_each_time, deferred = LiveExperiment.new("e"), LiveExperiment.new("e")
     closes = []
     for row in rows:
-        scored_each_time.offer(row)
-        deferred.take(row)
+        scored_each_time.offer(row, policy=AT_ONCE)
+        deferred.take(row, policy=AT_ONCE)
+        deferred.advance(AT_ONCE)
         closes.append((scored_each_time.state.intervals, [ts for ts, _ in deferred.unscored]))
     # (t, 60) alone does not complete interval 60: (control) is expected although never seen yet
     assert closes == [(0, []), (1, [0.0]), (2, [0.0, 60.0]), (2, [0.0, 60.0]), (3, [0.0, 60.0, 120.0])]
@@ -98,9 +117,10 @@ def test_the_cached_expected_arms_always_equal_a_rebuild():
         metric = rng.choice(["m1", "m2", "m3"][: 1 + step // 200])
         variation = rng.choice(["control", "t1", "t2", "t3"][: 2 + step // 150])
         try:
-            live.take(obs(ts, variation, metric=metric))
+            live.take(obs(ts, variation, metric=metric), policy=AT_ONCE)
         except (Duplicate, Rejected):
             pass
+        live.advance(AT_ONCE)
         if rng.random() < 0.3:
             score_all([live])
         if step in (250, 450):
@@ -120,21 +140,35 @@ def test_declared_arms_let_the_first_interval_close_on_completeness():
     assert [r.interval_timestamp for r in live.offer(obs(0, "t"))] == [0]
 
 
-def test_conflicts_and_late_rows_are_rejected_without_changing_state():
+def test_conflicts_are_rejected_and_late_rows_folded_into_the_next_emission():
+    policy = Lateness(delay=0, lateness=2)
     live = LiveExperiment.new("e")
-    live.offer(obs(0, "control"))
+    live.offer(obs(0, "control"), policy=policy)
     with pytest.raises(Rejected, match="conflicts"):
-        live.offer(obs(0, "control", n=11))
-    live.offer(obs(0, "t"))
-    live.offer(obs(60, "control"))  # closes 0
+        live.offer(obs(0, "control", n=11), policy=policy)
+    live.offer(obs(0, "t"), policy=policy)
+    live.offer(obs(60, "control"), policy=policy)  # emits 0
     before = live.to_bytes()
     with pytest.raises(Duplicate):
-        live.offer(obs(0, "t"))  # a producer duplicate of an applied row
-    with pytest.raises(Rejected, match="conflicts with the row applied"):
-        live.offer(obs(0, "t", s=6.0, q=6.0))
-    with pytest.raises(Rejected, match="late"):
-        live.offer(obs(0, "other"))
-    assert live.to_bytes() == before
+        live.offer(obs(0, "t"), policy=policy)  # a producer duplicate of an applied row
+    with pytest.raises(Rejected, match="conflicts with the row already received"):
+        live.offer(obs(0, "t", s=6.0, q=6.0), policy=policy)
+    assert live.to_bytes() == before  # neither changed anything
+    assert live.offer(obs(0, "other", n=7), policy=policy) == []  # late, within the lateness: taken
+    with pytest.raises(Duplicate):
+        live.offer(obs(0, "other", n=7), policy=policy)  # and its copy is a duplicate
+    (result,) = live.offer(obs(60, "t"), policy=policy)  # 60 complete: emitted with the late row
+    assert result.interval_timestamp == 60 and live.folded == {60: {"m": 1}}
+    counts = {r["variation_id"]: r["treatment_unit_cumcount"] for r in result.rows}
+    assert counts == {"t": 20, "other": 7}  # the late row of interval 0 is counted at 60
+    for ts in (120, 180):
+        for v in ("control", "t", "other"):
+            live.offer(obs(ts, v), policy=policy)
+    with pytest.raises(Rejected, match=r"too late: interval 0.0 .*the watermark is at interval 180.0"):
+        live.offer(obs(0, "another"), policy=policy)  # two intervals remembered: 120 and 180
+    with pytest.raises(Rejected, match="after the wall clock"):
+        live.take(obs(4e9, "t"), wall=1.7e9, policy=policy)
+    assert live.watermark == 180
 
 
 def test_offsets_recognise_redelivery():
@@ -167,7 +201,7 @@ def test_round_trip_mid_interval():
     live = LiveExperiment.new("e")
     for o in covid_observations()[:40]:
         try:
-            live.offer(o, now=1.5)
+            live.offer(o, now=1.7e9)
         except Duplicate:
             pass
     live.mark_processed("observations:2", 41)
@@ -189,7 +223,7 @@ def test_the_open_and_recent_intervals_share_one_key_per_arm():
                                   "unit_count": 100, "unit_observation_sum": 50, "unit_observation_sum_of_squares": 40})
 
     def keys_by_arm(live):
-        keys = [k for closed in live.recent.values() for k in closed.keys] + list(live.pending)
+        keys = [k for closed in live.recent.values() for k in closed.keys] + [k for rows in live.open.values() for k in rows]
         by_arm: dict[tuple, set] = {}
         for k in keys:
             by_arm.setdefault(k, set()).add(id(k))
@@ -200,6 +234,7 @@ def test_the_open_and_recent_intervals_share_one_key_per_arm():
     for ts in (0, 60, 120):
         for metric, variation in arms:
             live.offer(row(ts, metric, variation))
+    live.close_all()
     assert len(live.recent) == 3 and live.open_interval is None
     assert {arm: len(ids) for arm, ids in keys_by_arm(live).items()} == {arm: 1 for arm in arms}
     restored = LiveExperiment.from_bytes(live.to_bytes())
@@ -207,4 +242,5 @@ def test_the_open_and_recent_intervals_share_one_key_per_arm():
         restored.offer(row(180, metric, variation))  # the open interval, after a restore
     by_arm = keys_by_arm(restored)
     assert {arm: len(ids) for arm, ids in by_arm.items()} == {arm: 1 for arm in arms}
-    assert restored.pending and all(id(k) in by_arm[k] for k in restored.pending)
+    (pending,) = restored.open.values()
+    assert pending and all(id(k) in by_arm[k] for k in pending)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state import evaluate
+from state.live import Lateness
 from stream_app.codec import encode_row
 from stream_app.processor import BatchProcessor, InMessage
 from tests.stream_support import covid_stream_rows, request_for
@@ -121,8 +122,8 @@ bad_elements = bad_values().filter(lambda v: len(v) < 4096 and _is_json(v))
 @given(st.lists(st.tuples(bad_elements, st.integers(0, 5)), max_size=6), st.integers(1, 6))
 def test_array_messages_count_good_elements_and_dead_letter_bad_ones(bad, per_message):
     """An experiment's rows packed into array messages (per_message rows each), with bad
-    elements mixed in: every bad element is one dead letter naming its index; the results are
-    evaluate's on the good rows."""
+    elements mixed in: a message's one bad element is a dead letter naming its index, several are
+    one dead letter counting them; the results are evaluate's on the good rows."""
     rows = good_rows()
     part = partition_of(b"fz")
     elements: list = [orjson.dumps(r) for r in rows]
@@ -134,9 +135,10 @@ def test_array_messages_count_good_elements_and_dead_letter_bad_ones(bad, per_me
     store: dict[str, bytes] = {}
     out = processor.process(decodable, store)
     dead = [orjson.loads(v) for _, v in out.deadletters]
-    bad_elements = sum(1 for m in decodable for e in orjson.loads(m.value) if not _valid(e))
-    assert len(dead) == bad_elements
-    assert all(d["reason"].startswith(f"element {d['element']}:") for d in dead)
+    bad_per_message = [n for m in decodable if (n := sum(1 for e in orjson.loads(m.value) if not _valid(e)))]
+    assert len(dead) == len(bad_per_message)  # one dead letter per message with bad elements
+    assert [d.get("invalid_elements", 1) for d in dead] == bad_per_message
+    assert all(d["reason"].startswith(f"element {d['element']}:") for d in dead if "element" in d)
     results = [orjson.loads(v) for _, v in out.results]
     assert {(r["metric"], r["variation_id"], r["interval_timestamp"]) for r in results} == _expected_keys(rows)
 
@@ -163,11 +165,11 @@ def test_an_internal_error_is_dead_lettered_and_the_batch_goes_on(monkeypatch):
     original = LiveExperiment.take
     calls = {"n": 0}
 
-    def flaky(self, obs, now=0.0):
+    def flaky(self, obs, now=0.0, *policy):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return original(self, obs, now)
+        return original(self, obs, now, *policy)
 
     monkeypatch.setattr(LiveExperiment, "take", flaky)
     processor = BatchProcessor(TOPICS, PARTITIONS)
@@ -189,7 +191,7 @@ def test_an_internal_error_while_scoring_spares_the_other_experiments(monkeypatc
         part = partition_of(key)
         messages += [InMessage("obs", part, 100 * (key == b"bad") + i, key, orjson.dumps(r))
                      for i, r in enumerate(good_rows(key.decode(), intervals=3))]
-    clean_processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0)
+    clean_processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0, lateness=Lateness(delay=0))
     clean = clean_processor.process(messages, {})
 
     def failing_batch(items):
@@ -204,7 +206,7 @@ def test_an_internal_error_while_scoring_spares_the_other_experiments(monkeypatc
 
     monkeypatch.setattr(state.live, "update_many", failing_batch)
     monkeypatch.setattr(ExperimentState, "update", failing_for_bad)
-    processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0)
+    processor = BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.0, lateness=Lateness(delay=0))
     out = processor.process(messages, {})
     assert out.results == [kv for kv in clean.results if kv[0] == b"ok"]
     states = processor.take_states()
@@ -348,7 +350,7 @@ def test_unsaved_states_are_served_and_saved_only_for_partitions_still_held():
     rows = good_rows(intervals=3)
     part = partition_of(b"fz")
     messages = [InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)]
-    processor = BatchProcessor(TOPICS, PARTITIONS, cache_size=0)
+    processor = BatchProcessor(TOPICS, PARTITIONS, cache_size=0, lateness=Lateness(delay=0))
     store: dict[str, bytes] = {}
     processor.process(messages[:12], store)
     assert store == {} and processor.unsaved_experiments() == ["fz"]
@@ -365,3 +367,66 @@ def test_unsaved_states_are_served_and_saved_only_for_partitions_still_held():
     processor.process(messages[12:], store)
     processor.invalidate()  # a rebalance: never saved, so gone; its offsets were not committed either
     assert processor.current("fz", store) is None and processor.unsaved_experiments() == []
+
+
+def test_thirty_thousand_bad_elements_are_one_dead_letter_with_a_count_and_the_first_reasons():
+    """Within the 64 KB message limit: 30,000 elements that are not objects, and one good row.
+    One dead letter (not 30,000), the count, the first ten reasons; the good row is applied."""
+    part = partition_of(b"fz")
+    good = good_rows()[0]
+    value = b"[" + b"1," * 30_000 + orjson.dumps(good) + b"]"
+    processor = BatchProcessor(TOPICS, PARTITIONS)
+    out = processor.process([InMessage("obs", part, 0, b"fz", value)], {})
+    (dead,) = [orjson.loads(v) for _, v in out.deadletters]
+    assert dead["invalid_elements"] == 30_000 and dead["first_invalid"] == list(range(10))
+    assert dead["reason"].startswith("30000 of 30001 elements invalid") and dead["reason"].count("element ") == 10
+    assert processor.metrics.observations_in == 1 and out.changed == {"fz"}
+    assert processor.current("fz", {}).open  # the good row is in its open interval
+
+
+def test_deep_nesting_and_wrongly_typed_options_are_invalid_input_not_internal_errors():
+    part = partition_of(b"fz")
+    deep = b"1"
+    for _ in range(300):
+        deep = b"[" + deep + b"]"
+    row = orjson.dumps(good_rows()[0])
+    nested_row = row.replace(b'"metric":"', b'"metric":' + deep + b',"x":"', 1)
+    values = [("obs", nested_row), ("obs", b"[" + nested_row + b"]"), ("obs", b"[" + nested_row + b"," + nested_row + b"]"),
+              ("cfg", b'{"experiment_id":"fz","version":1,"metrics":{"m":[1,2]}}'),
+              ("cfg", b'{"experiment_id":"fz","version":1,"metrics":{"m":"binary"}}'),
+              ("cfg", b'{"experiment_id":"fz","version":1,"metrics":{"m":{"is_binary":[1]}}}'),
+              ("cfg", b'{"experiment_id":"fz","version":1,"alpha":' + deep + b"}")]
+    processor = BatchProcessor(TOPICS, PARTITIONS)
+    out = processor.process([InMessage(topic, part, i, b"fz", v) for i, (topic, v) in enumerate(values)], {})
+    dead = [orjson.loads(v) for _, v in out.deadletters]
+    assert len(dead) == len(values)
+    assert [d["error"] for d in dead] == ["invalid_input"] * len(values), [d["reason"] for d in dead]
+    assert "nested deeper than 32" in dead[1]["reason"] and "must be an object" in dead[3]["reason"]
+
+
+def test_a_dead_letter_keeps_a_prefix_of_a_large_original_with_its_size_and_hash():
+    import hashlib
+
+    from stream_app.codec import DEADLETTER_VALUE_BYTES
+
+    part = partition_of(b"fz")
+    value = b'{"not json' + b"x" * 900_000
+    out = BatchProcessor(TOPICS, PARTITIONS).process([InMessage("obs", part, 0, b"fz", value)], {})
+    ((_, raw),) = out.deadletters
+    dead = orjson.loads(raw)
+    assert len(raw) < 2 * DEADLETTER_VALUE_BYTES + 4096  # far below any broker's limit
+    assert dead["value_truncated"] and dead["value_bytes"] == len(value)
+    assert dead["value_sha256"] == hashlib.sha256(value).hexdigest() and value.startswith(dead["value"].encode())
+    assert "exceeds" in dead["reason"]
+
+
+def test_ticks_for_experiments_not_held_create_nothing_and_arms_past_the_limit_are_dead_lettered():
+    part = partition_of(b"fz")
+    processor = BatchProcessor(TOPICS, PARTITIONS, max_arms=3)
+    out = processor.process([InMessage("tick", part, 0, b"fz", b"{}")], {})
+    assert out.changed == set() and processor.take_states() == {} and processor.metrics.ticks_ignored == 1
+    rows = [dict(good_rows()[0], variation_id=f"v{i}") for i in range(5)]
+    out = processor.process([InMessage("obs", part, i, b"fz", orjson.dumps(r)) for i, r in enumerate(rows)], {})
+    dead = [orjson.loads(v) for _, v in out.deadletters]
+    assert [d["offset"] for d in dead] == [3, 4] and all("SEQSTREAM_MAX_ARMS=3" in d["reason"] for d in dead)
+    assert processor.current("fz", {}).arm_count() == 3

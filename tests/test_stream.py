@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import urllib.error
 import urllib.request
 
 import orjson
@@ -313,8 +314,9 @@ def test_bad_input_is_dead_lettered_with_reason_and_source(broker, tmp_path):
         ("observations", b"other", orjson.dumps(first)),  # key does not match the experiment_id
         ("observations", None, orjson.dumps(first)),
         ("experiments", b"mixed", b'{"version": "one"}'),
-        # late: a new arm for the first interval, long closed when this arrives
-        ("observations", b"mixed", orjson.dumps({**first, "variation_id": "latecomer"})),
+        # dated in 2100: refused, and the watermark does not move (a late row within the allowed
+        # lateness is applied instead: tests/test_lateness.py)
+        ("observations", b"mixed", orjson.dumps({**first, "variation_id": "future", "interval_timestamp": 4.1e9})),
     ]
     messages = [bad[0]] + observation_messages(good[:30]) + bad[1:] + observation_messages(good[30:])
     metadata = produce(settings, messages)
@@ -330,7 +332,7 @@ def test_bad_input_is_dead_lettered_with_reason_and_source(broker, tmp_path):
     assert alive
     assert {(d["topic"], d["partition"], d["offset"]) for d in dead} == bad_sources
     assert all(d["reason"] for d in dead)
-    assert any("late" in d["reason"] and "latecomer" in d["value"] for d in dead)
+    assert any("after the wall clock" in d["reason"] and '"future"' in d["value"] for d in dead)
     originals = {m[2].decode() for m in bad}
     assert {d["value"] for d in dead} == originals  # the original bytes travel with the reason
     expected = expected_for(good, "mixed", {}, {})
@@ -483,4 +485,176 @@ def test_a_batch_touching_many_experiments_logs_no_producer_buffer_warnings(brok
     counts = {name: int(float(value)) for name, value in
               (line.split() for line in text.splitlines() if line.startswith("seqstream_deliveries_"))}
     assert counts["seqstream_deliveries_at_once_total"] > 0, counts
-    assert sum(counts.values()) == len(messages), counts
+    ticks = collect(settings, "ticks", timeout=2)  # interval 0 has no expected arms: closed when idle
+    assert sum(counts.values()) == len(messages) + len(ticks), (counts, len(ticks))
+
+
+def _settings_with_topic_limit(broker, tmp_path, kind: str, max_bytes: int, **overrides):
+    """Isolated settings whose topic ``kind`` (or the changelog) refuses records over max_bytes."""
+    import dataclasses as dc
+
+    from stream_app.kafka.admin import ensure_topics_sync
+    from stream_app.kafka.topics import topic_specs
+
+    settings = isolated_settings(broker, tmp_path, create=False, **overrides)
+    specs = topic_specs(settings)
+    name = changelog_topic(settings) if kind == "changelog" else settings.topic(kind)
+    specs[name] = dc.replace(specs[name], config={**specs[name].config, "max.message.bytes": str(max_bytes)})
+    ensure_topics_sync(settings.bootstrap, specs)
+    return settings
+
+
+def test_a_dead_letter_over_the_brokers_limit_is_cut_and_the_worker_goes_on(broker, tmp_path):
+    """A 300 KB malformed message, outputs uncompressed, a dead-letter topic that refuses records
+    over 100 KB: its dead letter carries a prefix, the size and the hash (no refusal, so no crash
+    loop), and the experiment's good rows after it are all counted."""
+    import hashlib
+
+    settings = _settings_with_topic_limit(broker, tmp_path, "deadletter", 100_000, compression="none")
+    bad = b'{"experiment_id": "big", "metric": ' + b"9" * 300_000
+    rows = covid_stream_rows("big")
+    produce(settings, config_messages("big", 1, COVID_CONFIG, COVID_METRIC_OPTIONS)
+            + [("observations", b"big", bad)] + observation_messages(rows))
+    expected = expected_covid("big")
+    worker = start_worker(settings, tmp_path)
+    try:
+        results = collect(settings, "results", until_keys(len(expected)), timeout=90)
+        dead = collect(settings, "deadletter", lambda out: len(out) >= 1, timeout=30)
+        alive = worker.process.poll() is None
+    finally:
+        worker.stop()
+    assert alive, worker.log_tail()
+    assert distinct_results(results) == expected
+    (letter,) = dead
+    assert letter["value_truncated"] and letter["value_bytes"] == len(bad)
+    assert letter["value_sha256"] == hashlib.sha256(bad).hexdigest() and bad.startswith(letter["value"].encode())
+    assert "Traceback" not in worker.log_tail(2000)
+
+
+def test_a_state_write_the_changelog_refuses_commits_no_offset_past_it(broker, tmp_path):
+    """The changelog refuses records over 20 KB; one experiment's state grows past that (300
+    metrics). Its write fails: the worker says so, commits no offset from then on, and keeps
+    serving; a restart resumes from the committed offsets, before the refused state's input."""
+    settings = _settings_with_topic_limit(broker, tmp_path, "changelog", 20_000, commit_interval=0.3, compression="none")
+    small = [("observations", b"small", orjson.dumps(r)) for r in covid_stream_rows("small")[:24]]
+    metadata = produce(settings, small)
+    worker = start_worker(settings, tmp_path)
+    try:
+        wait_for_counter(worker, "states_saved", 1)  # the small experiment's state was written
+        committed_before = committed_offsets(settings)
+        big = [{"experiment_id": "wide", "metric": f"m{i}", "variation_id": v, "interval_timestamp": ts,
+                "unit_count": 100, "unit_observation_sum": 50.0, "unit_observation_sum_of_squares": 40.0}
+               for ts in (0.0, 60.0) for i in range(300) for v in ("control", "t")]
+        wide = produce(settings, [("observations", b"wide", orjson.dumps(big[j:j + 100])) for j in range(0, len(big), 100)])
+        wait_for_counter(worker, "state_write_failures", 2, timeout=60)  # refused, and refused again at the retry
+        produce(settings, small[:1])  # more input: still nothing may be committed past the refused state
+        time.sleep(1.5)
+        committed_after = committed_offsets(settings)
+        alive = worker.process.poll() is None
+        log = worker.log_tail(400)
+    finally:
+        worker.kill()
+    assert alive, log
+    assert "offsets NOT committed" in log and "wide" in log
+    wide_partition, first_wide = wide[0].partition, min(m.offset for m in wide)
+    assert committed_after[wide_partition] <= first_wide, (committed_before, committed_after, first_wide)
+    assert committed_before[metadata[0].partition] > 0  # commits did happen before the refusal
+
+
+def test_a_fresh_worker_answers_404_for_an_unknown_experiment_sends_security_headers_and_no_table_view(broker, tmp_path):
+    settings = isolated_settings(broker, tmp_path)
+    worker = start_worker(settings, tmp_path)
+    try:
+        answers = {}
+        for path in ("/experiments/nope/results", "/experiments/nope/alerts", "/table/live/", "/dashboard", "/health"):
+            try:
+                with urllib.request.urlopen(worker.url + path, timeout=10) as response:
+                    answers[path] = (response.status, dict(response.headers))
+            except urllib.error.HTTPError as exc:
+                answers[path] = (exc.code, dict(exc.headers))
+    finally:
+        worker.stop()
+    assert answers["/experiments/nope/results"][0] == 404 and answers["/experiments/nope/alerts"][0] == 404
+    assert answers["/table/live/"][0] == 404  # faust's raw table view is not served
+    for status, headers in answers.values():
+        assert headers.get("X-Content-Type-Options") == "nosniff" and headers.get("X-Frame-Options") == "DENY"
+        assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", "")
+
+
+def test_a_100000_row_batch_request_does_not_hold_back_stream_results(broker, tmp_path):
+    """Results of an experiment published every 0.1 s keep coming within 1 s of their input while
+    the worker scores a 100,000-row batch request (it runs off the event loop)."""
+    import threading
+
+    from aiokafka import AIOKafkaConsumer
+
+    settings = isolated_settings(broker, tmp_path, partitions=1)
+    options = {"conv": {"is_binary": True}, "revenue": {}}
+    produce(settings, config_messages("steady", 1, {"reference_variation_id": "control",
+                                                    "weights": {"control": 1, "treatment": 1}}, options))
+    data = _experiments(1, intervals=400)["exp-0"]
+    by_ts: dict[float, list] = {}
+    for row in data:
+        by_ts.setdefault(row["interval_timestamp"], []).append(dict(row, experiment_id="steady"))
+    published: dict[float, float] = {}
+    arrived: dict[float, float] = {}
+    stop = threading.Event()
+
+    def publish():
+        async def run():
+            producer = io.producer(settings)
+            await producer.start()
+            try:
+                for ts, rows in sorted(by_ts.items()):
+                    if stop.is_set():
+                        return
+                    published[ts] = time.monotonic()
+                    await (await producer.send(settings.topic("observations"), key=b"steady", value=orjson.dumps(rows)))
+                    await asyncio.sleep(0.1)
+            finally:
+                await producer.stop()
+        asyncio.run(run())
+
+    def consume():
+        async def run():
+            consumer = AIOKafkaConsumer(settings.topic("results"), bootstrap_servers=settings.bootstrap,
+                                        auto_offset_reset="earliest", enable_auto_commit=False)
+            await consumer.start()
+            try:
+                while not stop.is_set():
+                    for records in (await consumer.getmany(timeout_ms=100)).values():
+                        for record in records:
+                            arrived.setdefault(orjson.loads(record.value)["interval_timestamp"], time.monotonic())
+            finally:
+                await consumer.stop()
+        asyncio.run(run())
+
+    request = {"experiment_id": "big", "config": {"reference_variation_id": "control"}, "metrics": [
+        {"config": {"name": f"m{j}"}, "data": [
+            {"interval_timestamp": 1.6e9 + 60 * i, "variation_id": v, "unit_count": 100,
+             "unit_observation_sum": 50.0 + i % 7, "unit_observation_sum_of_squares": 40.0 + i % 5}
+            for i in range(5000) for v in ("control", "t")]} for j in range(10)]}
+    worker = start_worker(settings, tmp_path)
+    threads = [threading.Thread(target=publish), threading.Thread(target=consume)]
+    try:
+        wait_until_held([worker], {"steady"})
+        for t in threads:
+            t.start()
+        time.sleep(3.0)
+        started = time.monotonic()
+        body = urllib.request.urlopen(urllib.request.Request(worker.url + "/stats-engine/v0/batch",
+                                                             data=orjson.dumps(request), method="POST"), timeout=300).read()
+        finished = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        worker.stop()
+    response = orjson.loads(body)
+    assert [len(rows) for rows in response] == [5000] * 10  # one row per interval and metric (one treatment)
+    assert response[0][-1]["treatment_unit_cumcount"] == 5000 * 100 and response[9][-1]["metric"] == "m9"
+    during = [ts for ts, at in published.items() if started <= at and at + 1.0 <= finished]
+    assert len(during) >= 5, (finished - started, len(published))  # the request took long enough to tell
+    late = {ts: arrived.get(ts, math.inf) - published[ts] for ts in during if arrived.get(ts, math.inf) - published[ts] > 1.0}
+    assert not late, f"{len(late)} of {len(during)} intervals took over 1 s while the request ran ({finished - started:.1f} s)"

@@ -1,5 +1,5 @@
-"""Private faust and mode internals: ``Consumer._drain_messages``' ``wait_first`` race and
-``faust._cython.streams.sleep`` (checked against faust-streaming 0.15.3 and mode-streaming 0.7.1;
+"""Private faust and mode internals: ``Consumer._drain_messages``' ``wait_first`` race,
+``Consumer._read_offset``, ``_acked``, ``_acked_index`` and ``faust._cython.streams.sleep`` (checked against faust-streaming 0.15.3 and mode-streaming 0.7.1;
 tests/test_internals.py fails when they are gone).
 
 faust's per-message delivery without four tasks per message.
@@ -187,8 +187,9 @@ class EagerDelivery:
 
 
 class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
-    """faust's aiokafka consumer with :func:`eager` delivery, counted in ``transport.counts``, and
-    ``transport.before_commit`` awaited before every offset commit."""
+    """faust's aiokafka consumer with :func:`eager` delivery, counted in ``transport.counts``,
+    ``transport.before_commit`` awaited before every offset commit (none when it returns False),
+    and no read offsets or acks from before an assignment kept past it."""
 
     def __init__(self, transport: "SeqstreamTransport", *args: Any, callback: Callable[[Any], Coroutine],
                  **kwargs: Any):
@@ -197,11 +198,29 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Every commit path (the commit timer, commit-every-N, rebalances, shutdown) ends here;
         faust picks the offsets to commit only after ``before_commit`` returns, with no await in
-        between, so they cover nothing acked after it. If it raises, nothing is committed."""
+        between, so they cover nothing acked after it. If it raises or returns False (a state
+        write the broker did not acknowledge), nothing is committed."""
         before_commit = self.transport.before_commit
-        if before_commit is not None:
-            await before_commit()
+        if before_commit is not None and await before_commit() is False:
+            return False
         return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        """Forget faust's per-partition bookkeeping of the assigned partitions from before the
+        assignment. A delivery interrupted by the revocation records its offset as read
+        (``_read_offset``) after faust cleared it; the drain loop then drops every message below
+        it as already read when the partition is fetched again from its committed offset (a
+        gap; robinhood/faust#115). Acks recorded between the revocation and now are of events
+        fetched before it, whose effects the worker dropped with its unsaved states
+        (stream_app.app), and must not let a commit pass them."""
+        for tp in assigned:
+            self._read_offset.pop(tp, None)
+        # Every ack recorded so far is of an event of the previous generation, on any partition,
+        # assigned again or not: a commit must not carry one (the group accepts a commit for a
+        # partition now owned by another member, which would overwrite the new owner's offset).
+        self._acked.clear()
+        self._acked_index.clear()
+        await super().on_partitions_assigned(assigned, generation_id)
 
 
 class SeqstreamTransport(faust_aiokafka.Transport):

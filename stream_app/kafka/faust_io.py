@@ -1,5 +1,7 @@
-"""Private faust internals: ``Producer._ensure_producer`` and ``Consumer._read_offset`` (checked
-against faust-streaming 0.15.3; tests/test_internals.py fails when they are gone).
+"""Private faust and aiokafka internals: ``Producer._ensure_producer``, ``Consumer._read_offset``,
+``Consumer._thread._consumer`` and aiokafka's ``AIOKafkaConsumer._coordinator.member_id`` (checked
+against faust-streaming 0.15.3 and aiokafka 0.14.0; tests/test_internals.py fails when they are
+gone).
 
 The aiokafka producer behind faust's, for sending record batches that faust flushes before it
 commits offsets, and the consumer's last delivered offsets, for the lag metric.
@@ -48,3 +50,12 @@ def consumer_lag(consumer: Any, topics: Iterable[str]) -> int:
             if highwater is not None:
                 lag += max(0, highwater - (read + 1 if read is not None else 0))
     return lag
+
+
+def group_member_id(consumer: Any) -> str | None:
+    """This worker's member id in its consumer group (GET /health: which member a process is),
+    None before it has joined."""
+    try:
+        return consumer._thread._consumer._coordinator.member_id or None
+    except AttributeError:
+        return None

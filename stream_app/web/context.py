@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Protocol
 
+import orjson
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
 
 from state.live import LiveExperiment
 
@@ -32,6 +34,7 @@ class WorkerReadModel(Protocol):
     def has_experiment(self, experiment_id: str) -> bool: ...
     def local_experiments(self) -> list[str]: ...
     def assigned_partitions(self) -> list[int]: ...
+    def group_member_id(self) -> str | None: ...
     def rebuilding(self) -> bool: ...
     async def publish_config(self, experiment_id: str, message: bytes) -> None: ...
 
@@ -57,6 +60,13 @@ def owner_routed(match_info: str) -> Callable[[Handler], Handler]:
                 return await view.app.router.route_req(view.worker.table_name, key, view.web, request)
             except SameNode:
                 return await handler(view, request, *args, **kwargs)
+            except ServiceUnavailable:
+                # No worker holds the key's partition yet (a fresh worker before its first
+                # assignment): an experiment this worker does not hold is unknown, not unavailable.
+                if view.worker.has_experiment(key):
+                    raise
+                return view.bytes(orjson.dumps({"error": f"no experiment {key!r}"}), status=404,
+                                  content_type="application/json")
 
         routed.__name__, routed.__doc__ = handler.__name__, handler.__doc__
         return routed

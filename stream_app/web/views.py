@@ -17,11 +17,12 @@
 - ``PUT /experiments/{id}/config``: publish a config version (bearer token SEQSTREAM_API_TOKEN).
 - ``GET /health``, ``GET /metrics`` (Prometheus text).
 Errors are JSON ``{"error": message}`` with a 4xx/5xx status; request bodies are limited to
-SEQSTREAM_MAX_MESSAGE_BYTES x 16.
+SEQSTREAM_MAX_MESSAGE_BYTES x 16, batch requests to 32 MB (BATCH_BODY_BYTES).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import NamedTuple
 
@@ -64,7 +65,15 @@ class RequestError(Exception):
 async def _body(view: WorkerView, request: Request):
     """The JSON body; RequestError for one too large (checked before reading it all) or malformed.
     Bodies are limited to SEQSTREAM_MAX_MESSAGE_BYTES x 16."""
-    MAX_BODY = 16 * view.worker.settings.max_message_bytes
+    body = await _raw_body(view, request, 16 * view.worker.settings.max_message_bytes)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+
+
+async def _raw_body(view: WorkerView, request: Request, MAX_BODY: int) -> bytes:
+    """The body's bytes; RequestError for one over MAX_BODY (checked before reading it all)."""
     length = request.content_length
     if length is not None and length > MAX_BODY:
         raise RequestError(413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
@@ -74,10 +83,7 @@ async def _body(view: WorkerView, request: Request):
         if size > MAX_BODY:
             raise RequestError(413, f"request body exceeds the {MAX_BODY}-byte limit")
         chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+    return b"".join(chunks)
 
 
 class NotFound(Exception):
@@ -107,7 +113,7 @@ class Health(WorkerView):
     async def get(self, request: Request) -> Response:
         worker = self.worker
         return _json(self, {"status": "ok", "app_id": worker.settings.app_id, "partitions": worker.assigned_partitions(),
-                            "experiments_local": len(worker.recent)})
+                            "member_id": worker.group_member_id(), "experiments_local": len(worker.recent)})
 
 
 @page("/metrics")
@@ -116,16 +122,33 @@ class PrometheusMetrics(WorkerView):
         return self.text(self.worker.metrics.prometheus(), content_type="text/plain; version=0.0.4")
 
 
+BATCH_BODY_BYTES = 32 * 1_048_576  # a batch request of 100,000 rows is about 15 MB
+
+
+def _evaluate_encoded(body: bytes) -> bytes:
+    """Parse, score and encode a batch request (state.evaluate): all of it in a worker thread."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+    return _json_array(_rows_json(rows) for rows in evaluate(request))
+
+
 @page("/stats-engine/v0/batch")
 class Batch(WorkerView):
     async def post(self, request: Request) -> Response:
+        """Run off the event loop, which the stream shares: a 100,000-row request takes seconds
+        to score and encode, and on the loop it would hold back results and heartbeats that
+        long. In a thread the loop keeps its turn (the GIL is handed over every few ms, and
+        numpy releases it), so stream results keep flowing (tests/test_stream.py)."""
         try:
-            response = evaluate(await _body(self, request))
+            body = await _raw_body(self, request, max(BATCH_BODY_BYTES, 16 * self.worker.settings.max_message_bytes))
+            response = await asyncio.to_thread(_evaluate_encoded, body)
         except RequestError as exc:
             return _error(self, exc.status, str(exc))
         except InvalidInput as exc:
             return _error(self, 400, str(exc))
-        return _json(self, _json_array(_rows_json(rows) for rows in response))
+        return _json(self, response)
 
 
 def config_doc(live: LiveExperiment) -> dict:
