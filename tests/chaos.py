@@ -27,7 +27,9 @@ from stream_app.kafka.worker_process import WorkerProcess
 from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings, produce,
                                   request_for, result_key, wait_until_held)
 
-CONFIG = {"reference_variation_id": "control"}
+# The method named, so the stream (whose default is "fieller") and evaluate (whose default is the
+# reference service's "ses") compute the same statistics, resets included.
+CONFIG = {"reference_variation_id": "control", "variance_method": "fieller"}
 METRIC_OPTIONS = {"conv": {"is_binary": True}}
 
 
