@@ -491,3 +491,73 @@ def test_zstd_batches_are_written_at_level_1():
         batch = MemoryRecords(raw).next_batch()
         assert batch.compression_type == DefaultRecordBatch.CODEC_ZSTD
         assert [record.value for record in batch] == values
+
+
+# -- settings values (a value of the right type that cannot be used) --------------------------
+
+@pytest.mark.parametrize("name,value,wanted", [
+    ("SEQSTREAM_PARTITIONS", "0", "a whole number >= 1"),
+    ("SEQSTREAM_PARTITIONS", "-3", "a whole number >= 1"),
+    ("SEQSTREAM_REPLICATION", "0", "a whole number >= 1"),
+    ("SEQSTREAM_WEB_PORT", "0", "a port number, 1 to 65535"),
+    ("SEQSTREAM_WEB_PORT", "70000", "a port number, 1 to 65535"),
+    ("SEQSTREAM_IDLE_TIMEOUT", "0", "a positive number of seconds"),
+    ("SEQSTREAM_SESSION_TIMEOUT", "nan", "a positive number of seconds"),
+    ("SEQSTREAM_COMMIT_INTERVAL", "-1", "a positive number of seconds"),
+    ("SEQSTREAM_BATCH_SIZE", "0", "a whole number >= 1"),
+    ("SEQSTREAM_FETCH_IDLE_WAIT", "inf", "zero or a positive number of seconds"),
+    ("SEQSTREAM_LOG_LEVEL", "loud", "one of crit, error, warn, info, debug"),
+    ("SEQSTREAM_LOCAL_BROKER", "localhost", "HOST:PORT"),
+])
+@pytest.mark.parametrize("argv", [["topics", "create", "--recreate"], ["worker"]], ids=" ".join)
+def test_a_setting_out_of_its_range_is_refused_in_one_line_before_anything_runs(
+        name, value, wanted, argv, capsys, monkeypatch, tmp_path):
+    from stream_app.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match=f"^{name}='{value}' must be "):
+        Settings.from_env()
+    code, out, err = cli(capsys, *argv)
+    assert_one_line_error(code, err, f"seqstream {argv[0]}: {name}='{value}' must be {wanted}", exit_code=2)
+    assert out == "" and list(tmp_path.iterdir()) == []  # no data dir, no broker started
+
+
+def test_the_log_level_is_case_insensitive_as_faust_s():
+    from stream_app.settings import Settings
+
+    assert Settings.from_env({"SEQSTREAM_LOG_LEVEL": "WARN"}).log_level == "warn"
+
+
+def test_recreate_deletes_nothing_unless_the_replacement_would_be_created(on_broker, capsys, monkeypatch):
+    """`topics create --recreate` with a spec the broker refuses (here a replication factor above
+    its one broker) must leave the old topic and its messages alone: it used to delete first and
+    then fail to create."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream_app.kafka.admin import TopicSpec, ensure_topics_sync, partition_counts
+
+    broker = os.environ["KAFKA_BOOTSTRAP"]
+    wrong = f"{on_broker}.experiments"
+    ensure_topics_sync(broker, {wrong: TopicSpec(partitions=1)})
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker)
+        await producer.start()
+        try:
+            await producer.send_and_wait(wrong, b'{"kept": true}', key=b"e")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    monkeypatch.setenv("SEQSTREAM_REPLICATION", "3")
+    code, out, err = cli(capsys, "topics", "create", "--recreate")
+    assert_one_line_error(code, err, "seqstream topics: the broker would refuse to create topics: ", wrong,
+                          "error 38", exit_code=1)
+    counts = asyncio.run(partition_counts(broker))
+    assert counts.get(wrong) == 1  # not deleted
+    assert not [name for name in counts if name.startswith(on_broker) and name != wrong]  # nothing created
+    assert not [name for name in counts if "seqstream-validate" in name]  # the probe created nothing
+    monkeypatch.delenv("SEQSTREAM_REPLICATION")
+    code, out, _ = cli(capsys, "topics", "create", "--recreate")  # a spec it accepts: recreated
+    assert code == 0 and f"recreated {wrong}: 1 -> 4 partition(s)" in out

@@ -661,6 +661,11 @@ def run(args) -> int:
         if str(exc):
             print(f"seqstream {command}: {exc}", file=sys.stderr)
         return exc.code
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):  # an exit code (faust's own, or sys.exit(0) on SIGTERM)
+            raise
+        print(f"seqstream {command}: {exc.code}", file=sys.stderr)  # Settings.from_env refusing a value
+        return 2
     except KeyboardInterrupt:
         print(f"seqstream {command}: interrupted", file=sys.stderr)
         return 130
