@@ -561,3 +561,60 @@ def test_recreate_deletes_nothing_unless_the_replacement_would_be_created(on_bro
     monkeypatch.delenv("SEQSTREAM_REPLICATION")
     code, out, _ = cli(capsys, "topics", "create", "--recreate")  # a spec it accepts: recreated
     assert code == 0 and f"recreated {wrong}: 1 -> 4 partition(s)" in out
+
+
+# -- a second worker on the same machine --------------------------------------------------------
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+lock = open(sys.argv[1], "a+")
+fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+lock.truncate(0); lock.write(f"{os.getpid()}\\n"); lock.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_worker_on_a_taken_port_or_data_dir_is_one_line_before_faust_starts(
+        on_broker, capsys, monkeypatch, tmp_path):
+    """Same port: faust used to fail 3 s in with 161 lines and 3 tracebacks; same data dir:
+    RocksDB's LOCK error inside faust, and the worker kept running."""
+    from stream_app.console import cli as cli_module
+
+    monkeypatch.setenv("SEQSTREAM_DATADIR", str(tmp_path / "data"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        monkeypatch.setenv("SEQSTREAM_WEB_PORT", str(taken.getsockname()[1]))
+        code, _, err = cli(capsys, "worker")
+        assert_one_line_error(code, err, f"seqstream worker: port {taken.getsockname()[1]} on 127.0.0.1 is in use",
+                              "set SEQSTREAM_WEB_PORT", exit_code=2)
+        assert not (tmp_path / "data").exists()  # refused before anything was written
+    finally:
+        taken.close()
+
+    monkeypatch.setenv("SEQSTREAM_WEB_PORT", str(free_port()))
+    (tmp_path / "data").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "data" / cli_module.WORKER_LOCK)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = cli(capsys, "worker")
+        assert_one_line_error(code, err, f"seqstream worker: the data dir {tmp_path / 'data'} is used by another "
+                              f"worker (pid {holder.pid}): set SEQSTREAM_DATADIR", exit_code=2)
+        # with KAFKA_BOOTSTRAP unset, a broker answering at the local default: still that one line only
+        monkeypatch.setenv("SEQSTREAM_LOCAL_BROKER", os.environ.pop("KAFKA_BOOTSTRAP"))
+        code, _, err = cli(capsys, "worker")
+        assert_one_line_error(code, err, "is used by another worker", exit_code=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the dead holder's lock: the next worker takes it, with its own pid
+    from stream_app.settings import Settings
+
+    cli_module._lock_data_dir(Settings.from_env())
+    try:
+        assert (tmp_path / "data" / cli_module.WORKER_LOCK).read_text() == f"{os.getpid()}\n"
+    finally:
+        cli_module._held_locks.pop().close()

@@ -104,13 +104,65 @@ def _local_broker(settings: Settings):
         marker.unlink(missing_ok=True)
 
 
+def _check_web_port(settings: Settings) -> None:
+    """Bind the web port once before faust starts: taken, faust fails three seconds in with a
+    hundred and sixty lines and three tracebacks (aiohttp's OSError 98)."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(f"port {settings.web_port} on {settings.web_host} is in use (another worker?): "
+                                   "set SEQSTREAM_WEB_PORT to a free one", code=2) from None
+            raise CommandError(f"cannot serve on {settings.web_host}:{settings.web_port} ({exc.strerror or exc}): "
+                               "set SEQSTREAM_WEB_HOST / SEQSTREAM_WEB_PORT", code=2) from None
+
+
+WORKER_LOCK = "worker.lock"
+_held_locks: list = []  # the open lock files of this process: flock holds while they stay open
+
+
+def _lock_data_dir(settings: Settings) -> None:
+    """Hold an exclusive flock on SEQSTREAM_DATADIR/worker.lock for the worker's life (the kernel
+    drops it when the process dies, even by kill -9). A second worker on the same data dir would
+    otherwise crash inside faust on RocksDB's own lock, with a traceback, and keep running."""
+    import fcntl
+    from pathlib import Path
+
+    path = Path(settings.datadir) / WORKER_LOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")
+    except OSError as exc:
+        raise CommandError(f"cannot use the data dir {settings.datadir} ({exc.strerror or exc}): "
+                           "set SEQSTREAM_DATADIR", code=2) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise CommandError(f"the data dir {settings.datadir} is used by another worker{by}: set SEQSTREAM_DATADIR "
+                           "to another directory for a second worker", code=2) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _held_locks.append(lock)
+
+
 def cmd_worker(args) -> int:
     from ..kafka.admin import run_sync
     from ..kafka.clients import broker_answers, no_broker_message
     from ..kafka.topics import ensure_app_topics
 
     settings = Settings.from_env()
-    broker = None
+    _check_web_port(settings)  # nothing written yet: a taken port leaves no data dir behind
+    broker, local = None, not settings.bootstrap
     if settings.bootstrap:
         if not broker_answers(settings.bootstrap):
             raise CommandError(no_broker_message(settings), code=2)
@@ -118,13 +170,14 @@ def cmd_worker(args) -> int:
         broker = _local_broker(settings)
         settings = dataclasses.replace(settings, bootstrap=settings.local_broker)
         os.environ["KAFKA_BOOTSTRAP"] = settings.bootstrap  # stream_app.app reads it at import
-        if broker is None:
-            print(f"seqstream worker: KAFKA_BOOTSTRAP is unset: using the broker that answers at {settings.bootstrap}",
-                  file=sys.stderr)
-        else:
+    try:
+        _lock_data_dir(settings)  # before faust opens the tables (RocksDB) under the data dir
+        if broker is not None:
             print(f"seqstream worker: KAFKA_BOOTSTRAP is unset: started an embedded broker on {broker.bootstrap} "
                   f"(data in {broker.data_dir}; it stops with the worker)", file=sys.stderr, flush=True)
-    try:
+        elif local:
+            print(f"seqstream worker: KAFKA_BOOTSTRAP is unset: using the broker that answers at {settings.bootstrap}",
+                  file=sys.stderr)
         # Before faust starts: a wrong partition count is one line here, a traceback in there.
         run_sync(lambda: ensure_app_topics(settings))
         from ..app import app  # creates the topics again before consuming (SeqstreamApp.on_first_start)
