@@ -100,6 +100,15 @@ def test_a_file_that_cannot_be_read_is_one_line(kind, command, tmp_path, capsys,
     assert out == ""
 
 
+@pytest.mark.parametrize("kind,reason", [("directory", "Is a directory"), ("no-folder", "No such file or directory"),
+                                         ("disk-full", "No space left on device")])
+def test_example_to_a_path_that_cannot_be_written_is_one_line(kind, reason, tmp_path, capsys):
+    path = {"directory": str(tmp_path), "no-folder": str(tmp_path / "nope" / "x.csv"), "disk-full": "/dev/full"}[kind]
+    code, out, err = cli(capsys, "example", path)
+    assert_one_line_error(code, err, f"seqstream example: cannot write {path}: {reason}", exit_code=1)
+    assert out == ""
+
+
 def test_experiment_set_with_a_file_that_is_not_a_json_config(tmp_path, capsys, no_kafka):
     (tmp_path / "c.json").write_text("{not json")
     (tmp_path / "list.json").write_text("[1, 2]")

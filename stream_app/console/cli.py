@@ -227,9 +227,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_example(args) -> int:
-    from .files import write_example_csv
+    from .files import FileError, write_example_csv
 
-    rows = write_example_csv(args.file)
+    try:
+        rows = write_example_csv(args.file)
+    except FileError as exc:
+        raise CommandError(str(exc)) from None
     print(f"wrote {args.file}: {rows} rows in the covid data's format (it has no experiment_id column: "
           "publish it with --experiment ID)", file=sys.stderr)
     return 0

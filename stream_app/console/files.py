@@ -200,13 +200,19 @@ def example_rows() -> list[dict]:
 
 
 def write_example_csv(path: str | Path) -> int:
-    """Write :func:`example_rows` as a CSV in the covid data's format; returns the row count."""
+    """Write :func:`example_rows` as a CSV in the covid data's format; returns the row count. A
+    path that cannot be written (a directory, a missing folder, a full disk) is a FileError line."""
     rows = example_rows()
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for row in rows:
-            when = datetime.fromtimestamp(row["interval_timestamp"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            writer.writerow([row["variation_id"], when, row["unit_count"], repr(row["unit_observation_sum"]),
-                             repr(row["unit_observation_sum_of_squares"]), row["metric"]])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        when = datetime.fromtimestamp(row["interval_timestamp"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        writer.writerow([row["variation_id"], when, row["unit_count"], repr(row["unit_observation_sum"]),
+                         repr(row["unit_observation_sum_of_squares"]), row["metric"]])
+    try:
+        with open(path, "w", newline="") as f:  # the text is whole first: an error comes from the OS alone
+            f.write(text.getvalue())
+    except OSError as exc:  # IsADirectoryError, FileNotFoundError (its folder), ENOSPC (at write or close)
+        raise FileError(f"cannot write {path}: {exc.strerror or exc}") from None
     return len(rows)
