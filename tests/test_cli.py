@@ -96,7 +96,7 @@ def test_a_file_that_cannot_be_read_is_one_line(kind, command, tmp_path, capsys,
     code, out, err = cli(capsys, *argv)
     want = {"missing": "no such file", "directory": "is a directory", "binary": "binary",
             "unreadable": "cannot read it", "not-utf8": "not UTF-8"}[kind]
-    assert_one_line_error(code, err, f"seqstream {command.split()[0]}: {path}: ", want, exit_code=1)
+    assert_one_line_error(code, err, f"seqstream {command}: {path}: ", want, exit_code=1)
     assert out == ""
 
 
@@ -107,6 +107,16 @@ def test_example_to_a_path_that_cannot_be_written_is_one_line(kind, reason, tmp_
     code, out, err = cli(capsys, "example", path)
     assert_one_line_error(code, err, f"seqstream example: cannot write {path}: {reason}", exit_code=1)
     assert out == ""
+
+
+def test_experiment_set_with_a_binary_file_says_a_json_config_was_expected(tmp_path, capsys, no_kafka):
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02" * 50)
+    code, _, err = cli(capsys, "experiment", "set", str(tmp_path / "bin.dat"))
+    assert_one_line_error(code, err, f"seqstream experiment set: {tmp_path / 'bin.dat'}: looks like a binary file, "
+                          "not a JSON config", exit_code=1)
+    (tmp_path / "c.json").write_text('{"experiment_id": "e", "reference_variation_id": "ctl", "weights": {"a": 1}}')
+    code, _, err = cli(capsys, "experiment", "set", str(tmp_path / "c.json"))
+    assert_one_line_error(code, err, f"{tmp_path / 'c.json'}: reference_variation_id 'ctl' has no weight", exit_code=2)
 
 
 def test_experiment_set_with_a_file_that_is_not_a_json_config(tmp_path, capsys, no_kafka):
@@ -163,6 +173,12 @@ def test_zero_rows_to_send_is_an_error(tmp_path, capsys, no_kafka):
     (["experiment", "set", "--experiment", "e", "--metric", ":lower"], "no metric name"),
     (["experiment", "set", "--experiment", "e", "--weights", "control:1"], "--weights: expected name=number"),
     (["experiment", "set", "--reference", "control"], "name the experiment"),
+    (["experiment", "set", "--experiment", "e", "--reference", "ctl", "--weights", "control=1,t=1"],
+     "seqstream experiment set: --reference 'ctl' has no weight (weights: control, t)"),
+    (["experiment", "set", "--experiment", "e", "--metric", "m:binary:binary:lower"],
+     "seqstream experiment set: --metric 'm:binary:binary:lower': flag 'binary' given twice"),
+    (["experiment", "set", "--experiment", "e", "--alpha", "2"], "seqstream experiment set: argument --alpha: "),
+    (["experiment", "show"], "seqstream experiment show: the following arguments are required"),
     (["demo", "--metric", "conversion:lower"], "--metric sets the options of a --data file's metrics"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_a_bad_flag_is_one_line(argv, fragment, capsys, no_kafka):
@@ -172,6 +188,11 @@ def test_a_bad_flag_is_one_line(argv, fragment, capsys, no_kafka):
 
 
 # -- no broker --------------------------------------------------------------------------------
+
+def command_name(argv) -> str:
+    """What errors are prefixed with: `seqstream experiment set: ...`, `seqstream publish: ...`."""
+    return " ".join(argv[:2]) if argv[0] in ("experiment", "topics") else argv[0]
+
 
 BROKER_COMMANDS = [
     ["worker"],
@@ -203,7 +224,7 @@ def test_no_broker_at_the_local_default_says_how_to_start_one(argv, capsys, no_k
         assert_one_line_error(code, err, "seqstream worker: KAFKA_BOOTSTRAP is unset and the embedded broker is not "
                               "installed: pip install 'seqstream[local]'", exit_code=2)
     else:
-        assert_one_line_error(code, err, f"seqstream {argv[0]}: no broker answers at {local} (KAFKA_BOOTSTRAP is unset)",
+        assert_one_line_error(code, err, f"seqstream {command_name(argv)}: no broker answers at {local} (KAFKA_BOOTSTRAP is unset)",
                               "`seqstream worker`", "`seqstream broker`", exit_code=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.csv"]  # nothing written
 
@@ -214,7 +235,7 @@ def test_kafka_bootstrap_down_is_one_line(argv, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KAFKA_BOOTSTRAP", down)
     csv = write_csv(tmp_path / "obs.csv", good_rows())
     code, _, err = cli(capsys, *[a.format(csv=csv) for a in argv])
-    assert_one_line_error(code, err, f"seqstream {argv[0]}: no broker answers at {down} (KAFKA_BOOTSTRAP)", exit_code=2)
+    assert_one_line_error(code, err, f"seqstream {command_name(argv)}: no broker answers at {down} (KAFKA_BOOTSTRAP)", exit_code=2)
 
 
 class RefusingKafka:
@@ -380,7 +401,7 @@ def test_topics_check_and_create(on_broker, capsys, monkeypatch):
     for argv in (["topics", "check"], ["topics", "create"], ["worker"],
                  ["experiment", "set", "--experiment", "e"]):
         code, _, err = cli(capsys, *argv)
-        assert_one_line_error(code, err, f"seqstream {argv[0]}: {fix}", exit_code=1)
+        assert_one_line_error(code, err, f"seqstream {command_name(argv)}: {fix}", exit_code=1)
     code, out, _ = cli(capsys, "topics", "create", "--recreate")
     assert code == 0 and f"recreated {wrong}: 1 -> 4 partition(s)" in out
     assert asyncio.run(topic_partitions(broker, wrong)) == 4
@@ -528,7 +549,7 @@ def test_a_setting_out_of_its_range_is_refused_in_one_line_before_anything_runs(
     with pytest.raises(SystemExit, match=f"^{name}='{value}' must be "):
         Settings.from_env()
     code, out, err = cli(capsys, *argv)
-    assert_one_line_error(code, err, f"seqstream {argv[0]}: {name}='{value}' must be {wanted}", exit_code=2)
+    assert_one_line_error(code, err, f"seqstream {command_name(argv)}: {name}='{value}' must be {wanted}", exit_code=2)
     assert out == "" and list(tmp_path.iterdir()) == []  # no data dir, no broker started
 
 
@@ -561,7 +582,7 @@ def test_recreate_deletes_nothing_unless_the_replacement_would_be_created(on_bro
     asyncio.run(produce())
     monkeypatch.setenv("SEQSTREAM_REPLICATION", "3")
     code, out, err = cli(capsys, "topics", "create", "--recreate")
-    assert_one_line_error(code, err, "seqstream topics: the broker would refuse to create topics: ", wrong,
+    assert_one_line_error(code, err, "seqstream topics create: the broker would refuse to create topics: ", wrong,
                           "error 38", exit_code=1)
     counts = asyncio.run(partition_counts(broker))
     assert counts.get(wrong) == 1  # not deleted

@@ -364,9 +364,11 @@ def _parse_metric(text: str) -> tuple[str, dict]:
     if not name.strip():
         raise CommandError(f"--metric {text!r}: no metric name before the flags", code=2)
     options = {}
-    for flag in flags:
+    for i, flag in enumerate(flags):
         if flag not in known:
             raise CommandError(f"--metric {text!r}: unknown flag {flag!r} (binary, lower, guardrail, absolute)", code=2)
+        if flag in flags[:i]:
+            raise CommandError(f"--metric {text!r}: flag {flag!r} given twice", code=2)
         key, value = known[flag]
         options[key] = value
     return name, options
@@ -398,7 +400,7 @@ def cmd_experiment(args) -> int:
     from .files import FileError, read_text
 
     if args.action == "show":
-        settings = _broker("experiment")
+        settings = _broker(f"experiment {args.action}")
         configs = asyncio.run(_latest_configs(settings))
         if args.experiment not in configs:
             known = f"experiments with configs: {', '.join(sorted(configs)[:20])}" if configs else "no configs at all"
@@ -409,7 +411,7 @@ def cmd_experiment(args) -> int:
 
     if args.file:
         try:
-            doc = orjson.loads(read_text(args.file))
+            doc = orjson.loads(read_text(args.file, kind="a JSON config"))
         except FileError as exc:
             raise CommandError(str(exc)) from None
         except orjson.JSONDecodeError as exc:
@@ -429,6 +431,13 @@ def cmd_experiment(args) -> int:
         version = None
     if not experiment:
         raise CommandError("name the experiment (--experiment or experiment_id in the file)", code=2)
+    weights, reference = doc.get("weights"), doc.get("reference_variation_id", "control")
+    if isinstance(weights, dict) and weights and reference not in weights:
+        # results compare every arm with the reference: without its weight the SRM check has no
+        # expected share for it, so the config could never be what was meant
+        where = f"{args.file}: reference_variation_id" if args.file else "--reference"
+        raise CommandError(f"{where} {reference!r} has no weight (weights: {', '.join(map(str, weights))}): "
+                           "name the reference among them", code=2)
     version = args.version if args.version is not None else version
     if version is None:
         version = int(time.time() * 1000)  # increasing across calls, so the newest set wins
@@ -436,7 +445,7 @@ def cmd_experiment(args) -> int:
         message = checked_config_message(experiment, version, doc)
     except InvalidInput as exc:
         raise CommandError(f"invalid config: {exc}") from None
-    settings = _broker("experiment")
+    settings = _broker(f"experiment {args.action}")
 
     async def publish() -> int:
         await ensure_app_topics(settings)  # before the first write: never an auto-created topic
@@ -453,7 +462,7 @@ def cmd_experiment(args) -> int:
 def cmd_topics(args) -> int:
     from ..kafka.topics import check_topics, ensure_app_topics, mismatch_line, recreate_mismatched
 
-    settings = _broker("topics")
+    settings = _broker(f"topics {args.action}")
     if args.action == "check":
         statuses = asyncio.run(check_topics(settings))
         width = max(len(s.name) for s in statuses)
@@ -707,8 +716,9 @@ def run(args) -> int:
     from ..kafka.clients import NoSuchTopics
     from ..kafka.embedded_broker import BrokerStartError
 
-    command = args.command
-    if command not in ("worker", "broker"):
+    # `seqstream experiment set: ...`, as argparse names a sub-command's usage errors (Parser.error)
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    if args.command not in ("worker", "broker"):
         # The CLI reports what went wrong itself; aiokafka would add a log line per retry.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:

@@ -46,8 +46,9 @@ class ObservationFile:
     metrics: frozenset[str]
 
 
-def read_text(path: str | Path) -> str:
-    """The whole file as text, or a FileError saying in one line why it cannot be."""
+def read_text(path: str | Path, kind: str = "CSV or JSON lines") -> str:
+    """The whole file as text, or a FileError saying in one line why it cannot be (``kind``: what
+    the file should have been, for a binary one)."""
     p = Path(path)
     if p.is_dir():
         raise FileError(f"{path}: is a directory, not a file")
@@ -60,7 +61,7 @@ def read_text(path: str | Path) -> str:
     except OSError as exc:
         raise FileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if b"\0" in data[:65536]:
-        raise FileError(f"{path}: looks like a binary file, not CSV or JSON lines")
+        raise FileError(f"{path}: looks like a binary file, not {kind}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
