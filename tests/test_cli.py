@@ -413,12 +413,13 @@ def test_topics_check_and_create(on_broker, capsys, monkeypatch):
 
 # -- help and version -------------------------------------------------------------------------
 
-COMMANDS = ["worker", "broker", "demo", "example", "publish", "experiment", "topics", "tail", "watch", "report"]
+COMMANDS = ["worker", "broker", "demo", "example", "publish", "experiment", "experiment set", "experiment show",
+            "topics", "topics check", "topics create", "tail", "watch", "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_a_description_an_example_and_its_environment(command, capsys):
-    code, out, _ = cli(capsys, command, "--help")
+    code, out, _ = cli(capsys, *command.split(), "--help")
     assert code == 0
     usage, description = out.split("\n\n")[:2]
     assert usage.startswith(f"usage: seqstream {command}") and len(description.strip()) > 30
@@ -427,6 +428,25 @@ def test_every_command_has_help_with_a_description_an_example_and_its_environmen
     build_parser().parse_args(__import__("shlex").split(example)[1:])  # the example parses
     environment = out.split("environment:\n", 1)[1]
     assert "none" in environment if command == "example" else "SEQSTREAM_" in environment
+
+
+def test_the_command_summaries_keep_the_case_of_names(capsys):
+    """`seqstream --help` used to lowercase every summary: "seqstream_local_broker", "csv"."""
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    summaries = out.split("COMMAND\n", 1)[1].split("\noptions:", 1)[0]
+    assert "KAFKA_BOOTSTRAP" in summaries and "CSV" in summaries and "HTML" in summaries
+    assert "kafka_bootstrap" not in summaries and " csv " not in summaries
+
+
+def test_worker_help_lists_every_variable_it_reads(capsys):
+    """pip users have no README: the worker's help names the variables themselves."""
+    from stream_app.settings import ENVIRONMENT
+
+    code, out, _ = cli(capsys, "worker", "--help")
+    environment = " ".join(out.split("environment:\n", 1)[1].split())
+    assert code == 0 and "README" not in out
+    assert [name for name in ENVIRONMENT if name not in environment] == []
 
 
 def test_version(capsys):

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import textwrap
+from typing import NamedTuple
 
 from ..settings import Settings, broker_settings
 
@@ -560,59 +561,116 @@ BROKER_ENV = "KAFKA_BOOTSTRAP (unset: the local default broker), SEQSTREAM_LOCAL
              "SEQSTREAM_TOPIC_PREFIX"
 TOPIC_ENV = BROKER_ENV + ", SEQSTREAM_PARTITIONS, SEQSTREAM_REPLICATION, SEQSTREAM_APP_ID (topics it creates)"
 
-# command -> (description, example, environment variables it reads)
+class CommandHelp(NamedTuple):
+    """A (sub-)command's help: the one-line summary of `seqstream --help` (kept as written: it
+    names variables such as KAFKA_BOOTSTRAP), the description, an example and what it reads."""
+
+    summary: str
+    description: str
+    example: str
+    env: str
+
+
+def _worker_env() -> str:
+    from ..settings import ENVIRONMENT  # every variable, so the list cannot drift from settings.py
+
+    return ", ".join(ENVIRONMENT)
+
+
+# command (or "command action") -> its help
 HELP = {
-    "worker": ("Run a stream worker: consumes observations and configs, writes results and alerts, "
-               "serves the HTTP API and dashboard. With KAFKA_BOOTSTRAP unset it uses the broker at "
-               "SEQSTREAM_LOCAL_BROKER, starting an embedded one there (data under SEQSTREAM_DATADIR) "
-               "if nothing answers.",
-               "seqstream worker",
-               "every variable of the README's configuration table, SEQSTREAM_LOCAL_BROKER"),
-    "broker": ("Run only the embedded Kafka-protocol broker (noida-db, the [local] extra) in the foreground "
-               "at SEQSTREAM_LOCAL_BROKER, its data under SEQSTREAM_DATADIR/broker; Ctrl-C stops it.",
-               "seqstream broker",
-               "SEQSTREAM_LOCAL_BROKER, SEQSTREAM_DATADIR"),
-    "demo": ("Run broker (if KAFKA_BOOTSTRAP is unset), worker and example traffic end to end, print "
-             "results and alerts as they arrive, then a summary; everything is stopped at the end.",
-             "seqstream demo --data covid.csv --experiment covid --metric 'Customer support calls per visitor:lower'",
-             "KAFKA_BOOTSTRAP (unset: an embedded broker of its own), SEQSTREAM_IDLE_TIMEOUT"),
-    "example": ("Write an example observations CSV in the format (and with the metric names) of "
-                "Optimizely's covid-messaging data: 3 variations x 5 metrics x 18 one-minute intervals, "
-                "simulated with a seed.",
-                "seqstream example covid.csv",
-                "none"),
-    "publish": ("Validate a CSV (the covid data's format) or JSON-lines file of observations, then publish "
-                "it one message per experiment and interval; nothing is sent if any row is bad, unless "
-                "--skip-bad.",
-                "seqstream publish covid.csv --experiment covid --pace 0.5",
-                TOPIC_ENV + ", SEQSTREAM_COMPRESSION"),
-    "experiment": ("Publish an experiment's config version, or print the latest one.",
-                   "seqstream experiment set --experiment covid --metric 'Customer support calls per visitor:lower'",
-                   TOPIC_ENV),
-    "topics": ("Check the topics against the configuration (partitions found against wanted), or create "
-               "the missing ones; --recreate deletes and recreates those with a wrong partition count.",
-               "seqstream topics check",
-               TOPIC_ENV),
-    "tail": ("Print the messages of the results, alerts or dead-letter topic as JSON lines (or --table).",
-             "seqstream tail results --experiment covid --from-beginning",
-             BROKER_ENV),
-    "watch": ("Live terminal view of results and alerts: lift, always-valid CI, corrected p and significance "
-              "per metric and variation.",
-              "seqstream watch --experiment covid",
-              BROKER_ENV),
-    "report": ("Write a static HTML report of an experiment's results (overview tables, lift and CI charts).",
-               "seqstream report --experiment covid --html covid.html",
-               BROKER_ENV),
+    "worker": CommandHelp(
+        "run a stream worker (on an embedded broker while KAFKA_BOOTSTRAP is unset)",
+        "Run a stream worker: consumes observations and configs, writes results and alerts, serves the HTTP API "
+        "and dashboard. With KAFKA_BOOTSTRAP unset it uses the broker at SEQSTREAM_LOCAL_BROKER, starting an "
+        "embedded one there (data under SEQSTREAM_DATADIR) if nothing answers.",
+        "seqstream worker",
+        _worker_env()),
+    "broker": CommandHelp(
+        "run only the embedded broker, in the foreground",
+        "Run only the embedded Kafka-protocol broker (noida-db, the [local] extra) in the foreground at "
+        "SEQSTREAM_LOCAL_BROKER, its data under SEQSTREAM_DATADIR/broker; Ctrl-C stops it.",
+        "seqstream broker",
+        "SEQSTREAM_LOCAL_BROKER, SEQSTREAM_DATADIR"),
+    "demo": CommandHelp(
+        "run broker, worker and example traffic end to end, then a summary",
+        "Run broker (if KAFKA_BOOTSTRAP is unset), worker and example traffic end to end, print results and alerts "
+        "as they arrive, then a summary; everything is stopped at the end.",
+        "seqstream demo --data covid.csv --experiment covid --metric 'Customer support calls per visitor:lower'",
+        "KAFKA_BOOTSTRAP (unset: an embedded broker of its own), SEQSTREAM_IDLE_TIMEOUT"),
+    "example": CommandHelp(
+        "write an example observations CSV in the covid data's format",
+        "Write an example observations CSV in the format (and with the metric names) of Optimizely's "
+        "covid-messaging data: 3 variations x 5 metrics x 18 one-minute intervals, simulated with a seed.",
+        "seqstream example covid.csv",
+        "none"),
+    "publish": CommandHelp(
+        "validate a CSV or JSON-lines file of observations, then publish it",
+        "Validate a CSV (the covid data's format) or JSON-lines file of observations, then publish it one message "
+        "per experiment and interval; nothing is sent if any row is bad, unless --skip-bad.",
+        "seqstream publish covid.csv --experiment covid --pace 0.5",
+        TOPIC_ENV + ", SEQSTREAM_COMPRESSION"),
+    "experiment": CommandHelp(
+        "publish an experiment's config version, or print the latest one",
+        "Publish an experiment's config version (`set`), or print the latest one (`show`).",
+        "seqstream experiment set --experiment covid --metric 'Customer support calls per visitor:lower'",
+        TOPIC_ENV),
+    "experiment set": CommandHelp(
+        "publish a config version (a JSON file, or flags)",
+        "Publish a config version (a JSON file, or flags); it governs what the worker reads after it.",
+        "seqstream experiment set --experiment covid --weights control=1,message_1=1 "
+        "--metric 'Customer support calls per visitor:lower'",
+        TOPIC_ENV),
+    "experiment show": CommandHelp(
+        "print the latest published config",
+        "Print the config version of an experiment the worker applies (the highest version published).",
+        "seqstream experiment show covid",
+        BROKER_ENV),
+    "topics": CommandHelp(
+        "check the topics against the configuration, or create the missing ones",
+        "Check the topics against the configuration (partitions found against wanted), or create the missing "
+        "ones; --recreate deletes and recreates those with a wrong partition count.",
+        "seqstream topics check",
+        TOPIC_ENV),
+    "topics check": CommandHelp(
+        "each topic's partitions against the configuration; exit 1 if any is missing or wrong",
+        "Print each topic of the configuration with the partitions found on the broker and the partitions "
+        "wanted; exit 1, naming the fix, if any is missing or has another count. Creates nothing.",
+        "seqstream topics check",
+        TOPIC_ENV),
+    "topics create": CommandHelp(
+        "create the missing topics",
+        "Create the missing topics with the configured partitions. With --recreate, also delete and recreate "
+        "those with a wrong partition count (their messages are lost); nothing is deleted unless the broker "
+        "would accept every replacement.",
+        "seqstream topics create --recreate",
+        TOPIC_ENV),
+    "tail": CommandHelp(
+        "print the results, alerts or dead-letter topic as JSON lines",
+        "Print the messages of the results, alerts or dead-letter topic as JSON lines (or --table).",
+        "seqstream tail results --experiment covid --from-beginning",
+        BROKER_ENV),
+    "watch": CommandHelp(
+        "live terminal view of results and alerts",
+        "Live terminal view of results and alerts: lift, always-valid CI, corrected p and significance per "
+        "metric and variation.",
+        "seqstream watch --experiment covid",
+        BROKER_ENV),
+    "report": CommandHelp(
+        "write a static HTML report of an experiment's results",
+        "Write a static HTML report of an experiment's results (overview tables, lift and CI charts).",
+        "seqstream report --experiment covid --html covid.html",
+        BROKER_ENV),
 }
 
 
 def _add(sub, name: str, func, **kwargs) -> argparse.ArgumentParser:
-    description, example, env = HELP[name]
-    epilog = f"example:\n  {example}\n\nenvironment:\n" + textwrap.fill(env, 96, initial_indent="  ",
-                                                                        subsequent_indent="  ")
-    parser = sub.add_parser(name, help=description.split(". ")[0].split(": ")[0].rstrip(".").lower(),
-                            description=textwrap.fill(description, 96), epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    """The parser of HELP[name] ("experiment set" under `experiment`'s sub-parsers is "set")."""
+    help_ = HELP[name]
+    epilog = f"example:\n  {help_.example}\n\nenvironment:\n" + textwrap.fill(help_.env, 96, initial_indent="  ",
+                                                                               subsequent_indent="  ")
+    parser = sub.add_parser(name.split()[-1], help=help_.summary, description=textwrap.fill(help_.description, 96),
+                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     parser.set_defaults(func=func)
     return parser
 
@@ -665,11 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = _add(sub, "experiment", cmd_experiment)
     actions = experiment.add_subparsers(dest="action", required=True, metavar="ACTION")
-    set_ = actions.add_parser("set", help="publish a config version (a JSON file, or flags)",
-                              description="Publish a config version (a JSON file, or flags); it governs what the "
-                                          "worker reads after it.",
-                              epilog=f"example:\n  {HELP['experiment'][1]} --weights control=1,message_1=1",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    set_ = _add(actions, "experiment set", cmd_experiment)
     set_.add_argument("file", nargs="?", help="JSON config file (see README)")
     set_.add_argument("--experiment", help="experiment id (default: experiment_id in the file)")
     set_.add_argument("--reference", default="control", help="reference variation (default control)")
@@ -677,22 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("--metric", action="append", help="NAME[:binary][:lower][:guardrail][:absolute], repeatable")
     set_.add_argument("--alpha", type=alpha, help="significance level, between 0 and 1 (default 0.1)")
     set_.add_argument("--version", type=int, help="config version (default: now in ms)")
-    set_.set_defaults(func=cmd_experiment)
-    show = actions.add_parser("show", help="print the latest published config",
-                              description="Print the config version of an experiment the worker applies.",
-                              epilog="example:\n  seqstream experiment show covid",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    show = _add(actions, "experiment show", cmd_experiment)
     show.add_argument("experiment")
-    show.set_defaults(func=cmd_experiment)
 
     topics = _add(sub, "topics", cmd_topics)
     topic_actions = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
-    topic_actions.add_parser("check", help="each topic's partitions against the configuration; exit 1 if any is "
-                                           "missing or wrong").set_defaults(func=cmd_topics)
-    create = topic_actions.add_parser("create", help="create the missing topics")
+    _add(topic_actions, "topics check", cmd_topics)
+    create = _add(topic_actions, "topics create", cmd_topics)
     create.add_argument("--recreate", action="store_true",
                         help="also delete and recreate topics with a wrong partition count (their messages are lost)")
-    create.set_defaults(func=cmd_topics)
 
     watch = _add(sub, "watch", cmd_watch)
     watch.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
