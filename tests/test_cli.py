@@ -142,9 +142,29 @@ def test_bad_rows_of_several_kinds_are_listed_by_kind_and_nothing_is_sent(tmp_pa
     code, _, err = cli(capsys, "publish", write_csv(tmp_path / "mixed.csv", rows), "--experiment", "e")
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err
-    assert len(lines) == 3 and lines[0].startswith(f"{tmp_path / 'mixed.csv'}: 3 rows (lines 6, 7, 8): ")
-    assert lines[1].startswith(f"{tmp_path / 'mixed.csv'}: line 9: ")
+    assert len(lines) == 3 and lines[0].startswith(f"seqstream publish: {tmp_path / 'mixed.csv'}: 3 rows (lines 6, 7, 8): ")
+    assert lines[1].startswith(f"seqstream publish: {tmp_path / 'mixed.csv'}: line 9: ")
     assert lines[2] == "seqstream publish: 4 bad row(s): nothing sent (--skip-bad sends the 4 valid one(s))"
+
+
+@pytest.mark.parametrize("row,reason", [
+    ("control,2020-09-14 11:21:00,abc,1,1,m", "field 'unit_count': 'abc' is not a number"),
+    ("control,2020-09-14 11:21:00,5,1e,1,m", "field 'unit_observation_sum': '1e' is not a number"),
+    ("control,yesterday,5,1,1,m", "field 'interval_timestamp': 'yesterday' is not a date and time"),
+    ("control,2020-09-14 11:21:00,-5,1,1,m", "field 'unit_count': must be a whole number >= 0, got -5"),
+    ("control,2020-09-14 11:21:00,5,1,,m", "field 'unit_observation_sum_of_squares': is empty"),
+], ids=["count", "sum", "timestamp", "negative", "empty"])
+def test_a_bad_cell_is_named_by_its_column_and_quoted_as_written(row, reason, tmp_path, capsys, no_kafka):
+    path = write_csv(tmp_path / "bad.csv", [row])
+    code, _, err = cli(capsys, "publish", path, "--experiment", "e")
+    assert_one_line_error(code, err, f"seqstream publish: {path}: line 2: {reason}", exit_code=1)
+    assert "convert string" not in err and "isoformat" not in err and "-5.0" not in err
+
+
+def test_a_line_that_is_not_json_says_so(tmp_path, capsys, no_kafka):
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    code, _, err = cli(capsys, "publish", str(tmp_path / "bad.jsonl"))
+    assert_one_line_error(code, err, f"{tmp_path / 'bad.jsonl'}: line 1: not a JSON object (", exit_code=1)
 
 
 def test_zero_rows_to_send_is_an_error(tmp_path, capsys, no_kafka):
@@ -336,6 +356,54 @@ def test_publish_creates_every_topic_before_it_writes(on_broker, capsys, tmp_pat
     counts = asyncio.run(partition_counts(os.environ["KAFKA_BOOTSTRAP"]))
     assert {name: counts.get(name) for name in topic_specs(Settings.from_env())} == \
         {name: spec.partitions for name, spec in topic_specs(Settings.from_env()).items()}
+
+
+def test_publish_says_one_row_and_one_interval_in_the_singular(on_broker, capsys, tmp_path):
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "one.csv", good_rows(1)), "--experiment", "e")
+    assert code == 0 and err.strip().endswith(f"sent 1 row in 1 interval to {on_broker}.observations")
+
+
+def test_ctrl_c_during_a_paced_publish_says_how_many_intervals_were_sent(broker, tmp_path):
+    """Part of the file is on the topic by then: "interrupted" alone left the user to guess."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {"KAFKA_BOOTSTRAP": broker, "SEQSTREAM_TOPIC_PREFIX": f"{run}.", "SEQSTREAM_APP_ID": run,
+           "SEQSTREAM_PARTITIONS": "1"}
+    rows = [f"control,2020-09-14 {11 + i // 60:02d}:{i % 60:02d}:00,100,10,10,conversion" for i in range(40)]
+    publish = subprocess.Popen([sys.executable, "-m", "stream_app", "publish", write_csv(tmp_path / "obs.csv", rows),
+                                "--experiment", "e", "--pace", "0.5"], env={**os.environ, **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    async def on_topic() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker)
+        await consumer.start()
+        try:
+            partition = TopicPartition(f"{run}.observations", 0)
+            return (await consumer.end_offsets([partition]))[partition]
+        finally:
+            await consumer.stop()
+
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and publish.poll() is None:
+            if run in str(asyncio.run(_topic_names(broker))) and asyncio.run(on_topic()) >= 2:
+                break
+            time.sleep(0.2)
+        publish.send_signal(signal.SIGINT)
+        _, err = publish.communicate(timeout=30)
+    finally:
+        publish.kill()
+    assert_one_line_error(publish.returncode, err, "seqstream publish: interrupted after ", " of 40 intervals (",
+                          "sent, the rest not)", exit_code=130)
+    sent = int(err.split("interrupted after ")[1].split()[0])
+    assert 2 <= sent < 40 and asyncio.run(on_topic()) in (sent, sent + 1)  # +1: a send the interrupt cut short
+
+
+async def _topic_names(bootstrap: str) -> list[str]:
+    from stream_app.kafka.admin import partition_counts
+
+    return list(await partition_counts(bootstrap))
 
 
 def test_tail_without_new_messages_says_how_to_see_older_ones(on_broker, capsys):

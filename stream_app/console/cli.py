@@ -268,18 +268,20 @@ def cmd_publish(args) -> int:
         if len(summary) == 1:  # every bad row for one reason: said once, with the count
             raise CommandError(f"{args.file}: {summary[0]}: nothing sent ({valid})")
         for line in summary:
-            print(f"{args.file}: {line}", file=sys.stderr)
+            print(f"seqstream publish: {args.file}: {line}", file=sys.stderr)
         raise CommandError(f"{len(data.errors)} bad row(s): nothing sent ({valid})")
     if not data.rows:
         raise CommandError(f"{args.file}: no valid row: nothing sent")
     settings = _broker("publish")
+    groups = by_interval(data.rows)
+    sent = 0  # intervals whose messages the broker acked
 
     async def run() -> int:
+        nonlocal sent
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         await ensure_app_topics(settings)
-        groups = by_interval(data.rows)
         columns = (TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn())
         stderr = Console(stderr=True)
         async with started_producer(settings) as prod:
@@ -287,14 +289,24 @@ def cmd_publish(args) -> int:
                 task = progress.add_task("rows", total=len(data.rows))
                 for i, group in enumerate(groups, start=1):
                     progress.advance(task, await send_observations(prod, settings, group))
+                    sent = i
                     if args.pace and i < len(groups):
                         await asyncio.sleep(args.pace)
         skipped = f", skipped {len(data.errors)} bad row(s)" if data.errors else ""
-        print(f"sent {len(data.rows)} rows in {len(groups)} intervals to {settings.topic('observations')}{skipped}",
-              file=sys.stderr)
+        print(f"sent {_count(len(data.rows), 'row')} in {_count(len(groups), 'interval')} to "
+              f"{settings.topic('observations')}{skipped}", file=sys.stderr)
         return 0
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        # Said exactly: a part of the file is on the topic, and publishing it all again sends it twice.
+        raise CommandError(f"interrupted after {sent} of {_count(len(groups), 'interval')} "
+                           f"({'those were' if sent != 1 else 'that one was'} sent, the rest not)", code=130) from None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- tail -----------------------------------------------------------------------------------------

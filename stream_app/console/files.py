@@ -70,10 +70,35 @@ def read_text(path: str | Path, kind: str = "CSV or JSON lines") -> str:
 
 def _csv_timestamp(text: str) -> float:
     """The covid CSV's naive timestamps are UTC; ISO strings with a zone are honoured."""
-    parsed = datetime.fromisoformat(text.strip())
+    if not text.strip():
+        raise InvalidInput("is empty", field="interval_timestamp")
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:  # Python's "Invalid isoformat string" names neither the column nor the format
+        raise InvalidInput(f"{text!r} is not a date and time (e.g. 2020-09-14 11:21:00)",
+                           field="interval_timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def _csv_number(record: dict, column: str) -> float:
+    """A numeric cell, or InvalidInput naming the column and quoting the cell as written."""
+    text = (record[column] or "").strip()
+    if not text:
+        raise InvalidInput("is empty", field=column)
+    try:
+        return float(text)
+    except ValueError:  # Python's "could not convert string to float" names no column
+        raise InvalidInput(f"{text!r} is not a number", field=column) from None
+
+
+def _csv_count(record: dict) -> int:
+    """unit_count as an int; checked here so the message quotes the cell ("-5", not "-5.0")."""
+    value = _csv_number(record, "unit_count")
+    if not (value.is_integer() and value >= 0):
+        raise InvalidInput(f"must be a whole number >= 0, got {record['unit_count'].strip()}", field="unit_count")
+    return int(value)
 
 
 def read_csv_observations(path: str | Path, experiment_id: str | None = None,
@@ -102,12 +127,10 @@ def read_csv_observations(path: str | Path, experiment_id: str | None = None,
                     "metric": record["metric_name"],
                     "variation_id": record["variation_id"],
                     "interval_timestamp": _csv_timestamp(record["interval_timestamp"] or ""),
-                    "unit_count": float(record["unit_count"] or "nan"),
-                    "unit_observation_sum": float(record["unit_observation_sum"] or "nan"),
-                    "unit_observation_sum_of_squares": float(record["unit_observation_sum_of_squares"] or "nan"),
+                    "unit_count": _csv_count(record),
+                    "unit_observation_sum": _csv_number(record, "unit_observation_sum"),
+                    "unit_observation_sum_of_squares": _csv_number(record, "unit_observation_sum_of_squares"),
                 }
-                if row["unit_count"].is_integer():
-                    row["unit_count"] = int(row["unit_count"])
                 parse_observation(row)
             except (ValueError, TypeError, InvalidInput) as exc:
                 errors.append(RowError(line, str(exc)))
@@ -132,7 +155,10 @@ def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = No
             parse_observation(row)
             if not isinstance(row.get("experiment_id"), str) or not row["experiment_id"]:
                 raise InvalidInput("must be a non-empty string", field="experiment_id")
-        except (orjson.JSONDecodeError, InvalidInput) as exc:
+        except orjson.JSONDecodeError as exc:
+            errors.append(RowError(line, f"not a JSON object ({exc})"))
+            continue
+        except InvalidInput as exc:
             errors.append(RowError(line, str(exc)))
             continue
         rows.append(row)
