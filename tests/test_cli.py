@@ -736,3 +736,76 @@ def test_a_second_worker_on_a_taken_port_or_data_dir_is_one_line_before_faust_st
         assert (tmp_path / "data" / cli_module.WORKER_LOCK).read_text() == f"{os.getpid()}\n"
     finally:
         cli_module._held_locks.pop().close()
+
+
+# -- the broker the worker started dies ------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry))
+    return found
+
+
+def _healthy_worker(env: dict, cwd) -> subprocess.Popen:
+    import urllib.request
+
+    from stream_app.kafka.worker_process import WORKER_ARGV
+
+    worker = subprocess.Popen(WORKER_ARGV, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            pytest.fail(f"worker exited with {worker.returncode}: {worker.communicate()[1][-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{env['SEQSTREAM_WEB_PORT']}/health", timeout=1) as response:
+                if response.status == 200:
+                    return worker
+        except OSError:
+            time.sleep(0.2)
+    os.killpg(worker.pid, signal.SIGKILL)
+    pytest.fail("worker not healthy in 60 s")
+
+
+def test_the_worker_stops_with_one_line_when_the_broker_it_started_dies(tmp_path):
+    """It used to log "Unable connect to node" some 40 times a second and keep running, and a
+    SIGTERM then took a minute. A worker stopped as usual stops its broker without that line."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    env.update({"SEQSTREAM_LOCAL_BROKER": f"127.0.0.1:{free_port()}", "SEQSTREAM_WEB_PORT": str(free_port()),
+                "SEQSTREAM_DATADIR": str(tmp_path / "data"), "SEQSTREAM_PARTITIONS": "1"})
+    worker = _healthy_worker(env, tmp_path)
+    try:
+        os.killpg(worker.pid, signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    assert worker.returncode == 0 and "exited (code" not in err, err[-3000:]
+
+    worker = _healthy_worker(env, tmp_path)
+    try:
+        [broker_pid] = [pid for pid in _children(worker.pid)
+                        if b"noida-db" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        os.kill(broker_pid, signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = worker.communicate(timeout=30)
+        took = time.monotonic() - killed
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    lines = err.strip().splitlines()
+    assert worker.returncode == 3, err[-3000:]
+    assert lines[-1].startswith(f"seqstream worker: the embedded broker it started on {env['SEQSTREAM_LOCAL_BROKER']} "
+                                "exited (code -9; log: "), lines[-1]
+    assert "Traceback" not in err
+    assert took < 15, took  # seconds: it polls the broker every 0.2 s

@@ -156,14 +156,44 @@ def _lock_data_dir(settings: Settings) -> None:
     _held_locks.append(lock)
 
 
+def _stop_with_broker(broker, worker_stopping) -> None:
+    """Watch the embedded broker this worker started (its child): if it exits while the worker
+    runs, say so in one line and end the worker with exit code 3.
+
+    Otherwise the worker logged "Unable connect to node" some 40 times a second for as long as it
+    ran, and a SIGTERM then took a minute (faust waits on commits and flushes no broker can
+    answer). Ending at once is what a crash is, and crashes are safe here: states are saved before
+    the offsets they reflect are committed (ARCHITECTURE.md), and with the broker gone nothing can
+    be committed or produced anyway."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while broker.is_running():
+            if worker_stopping.wait(0.2):
+                return  # the worker stops the broker itself (cmd_worker's finally)
+        if worker_stopping.is_set():
+            return
+        for name in ("aiokafka", "faust", "mode"):  # no retry lines after the one that explains
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        line = (f"seqstream worker: the embedded broker it started on {broker.bootstrap} exited (code "
+                f"{broker.returncode}; log: {broker.log_path}): stopping; `seqstream worker` starts both again\n")
+        os.write(2, line.encode())  # the fd itself: faust has sys.stderr redirected into its logging
+        os._exit(3)
+
+    threading.Thread(target=watch, name="seqstream-broker-watchdog", daemon=True).start()
+
+
 def cmd_worker(args) -> int:
+    import threading
+
     from ..kafka.admin import run_sync
     from ..kafka.clients import broker_answers, no_broker_message
     from ..kafka.topics import ensure_app_topics
 
     settings = Settings.from_env()
     _check_web_port(settings)  # nothing written yet: a taken port leaves no data dir behind
-    broker, local = None, not settings.bootstrap
+    broker, local, stopping = None, not settings.bootstrap, threading.Event()
     if settings.bootstrap:
         if not broker_answers(settings.bootstrap):
             raise CommandError(no_broker_message(settings), code=2)
@@ -185,9 +215,12 @@ def cmd_worker(args) -> int:
 
         sys.argv = ["seqstream", "worker", "-l", settings.log_level, "--web-port", str(settings.web_port),
                     "--web-bind", settings.web_host]
+        if broker is not None:
+            _stop_with_broker(broker, stopping)
         app.main()
         return 0
     finally:
+        stopping.set()
         if broker is not None:
             broker.stop()
 
@@ -206,7 +239,7 @@ def cmd_broker(args) -> int:
     try:
         while broker.is_running():
             time.sleep(0.2)
-        raise CommandError(f"the embedded broker exited (code {broker._proc.returncode}); log: {broker.log_path}")
+        raise CommandError(f"the embedded broker exited (code {broker.returncode}); log: {broker.log_path}")
     except KeyboardInterrupt:
         return 0  # the way to stop it
     finally:
