@@ -809,3 +809,26 @@ def test_the_worker_stops_with_one_line_when_the_broker_it_started_dies(tmp_path
                                 "exited (code -9; log: "), lines[-1]
     assert "Traceback" not in err
     assert took < 15, took  # seconds: it polls the broker every 0.2 s
+
+
+def test_tail_follow_says_once_that_the_broker_stopped_answering(tmp_path):
+    """It used to print nothing, for as long as it ran."""
+    from stream_app.kafka.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker(data_dir=tmp_path / "broker") as own:  # its own: this test kills it
+        env = {"KAFKA_BOOTSTRAP": own.bootstrap, "SEQSTREAM_TOPIC_PREFIX": "t.", "SEQSTREAM_APP_ID": "t"}
+        assert run_subprocess("topics", "create", env=env).returncode == 0
+        tail = subprocess.Popen([sys.executable, "-m", "stream_app", "tail", "results", "--follow"],
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(3)  # started and following
+            assert tail.poll() is None
+            os.kill(own.pid, signal.SIGKILL)
+            stopped = time.monotonic()
+            _, err = tail.communicate(timeout=30)
+            took = time.monotonic() - stopped
+        finally:
+            tail.kill()
+    assert_one_line_error(tail.returncode, err, f"seqstream tail: the broker at {own.bootstrap} stopped answering",
+                          exit_code=1)
+    assert took < 20, took

@@ -344,6 +344,9 @@ def _count(n: int, noun: str) -> str:
 
 # -- tail -----------------------------------------------------------------------------------------
 
+TAIL_UNREACHABLE = 3.0  # seconds without a broker before `tail` says so and exits 1
+
+
 def cmd_tail(args) -> int:
     import orjson
 
@@ -363,7 +366,8 @@ def cmd_tail(args) -> int:
 
             console = Console()
         printed, others = 0, set()
-        async for kind, message in follow(settings, [args.topic], from_beginning=args.from_beginning, stop=stop):
+        async for kind, message in follow(settings, [args.topic], from_beginning=args.from_beginning, stop=stop,
+                                          unreachable_after=TAIL_UNREACHABLE):
             experiment = message.get("experiment_id", _key_of(message)) if isinstance(message, dict) else None
             if args.experiment and experiment != args.experiment:
                 others.add(str(experiment))
@@ -805,7 +809,7 @@ def run(args) -> int:
     from aiokafka.errors import KafkaError
 
     from ..kafka.admin import KafkaAdminError
-    from ..kafka.clients import NoSuchTopics
+    from ..kafka.clients import BrokerUnreachable, NoSuchTopics
     from ..kafka.embedded_broker import BrokerStartError
 
     # `seqstream experiment set: ...`, as argparse names a sub-command's usage errors (Parser.error)
@@ -831,7 +835,7 @@ def run(args) -> int:
         # As the Python docs advise: point stdout at devnull so the exit-time flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (NoSuchTopics, KafkaAdminError, BrokerStartError) as exc:
+    except (NoSuchTopics, KafkaAdminError, BrokerStartError, BrokerUnreachable) as exc:
         print(f"seqstream {command}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     except (KafkaError, ConnectionError) as exc:
