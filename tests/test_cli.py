@@ -175,7 +175,44 @@ def test_zero_rows_to_send_is_an_error(tmp_path, capsys, no_kafka):
     assert_one_line_error(code, err, "holds no observations")
     (tmp_path / "empty.jsonl").write_text("\n\n")
     code, _, err = cli(capsys, "publish", str(tmp_path / "empty.jsonl"))
-    assert_one_line_error(code, err, "holds no observations")
+    assert_one_line_error(code, err, f"{tmp_path / 'empty.jsonl'}: is empty")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_an_empty_file_is_said_to_be_empty(suffix, tmp_path, capsys, no_kafka):
+    """Not "missing column(s) variation_id, ...", which sends one looking for a wrong header."""
+    (tmp_path / f"empty{suffix}").write_text("")
+    for argv in (["publish", str(tmp_path / f"empty{suffix}"), "--experiment", "e"],
+                 ["demo", "--data", str(tmp_path / f"empty{suffix}")]):
+        code, _, err = cli(capsys, *argv)
+        assert_one_line_error(code, err, f"{tmp_path / f'empty{suffix}'}: is empty", exit_code=1)
+
+
+def test_publish_reads_standard_input(on_broker, capsys, monkeypatch):
+    """`publish -` used to say "-: no such file"; CSV or, when it starts with {, JSON lines."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((CSV_HEADER + "\n".join(good_rows(4))).encode())))
+    code, _, err = cli(capsys, "publish", "-", "--experiment", "e")
+    assert code == 0 and err.strip().endswith(f"sent 4 rows in 2 intervals to {on_broker}.observations"), err
+    line = (b'{"experiment_id": "e", "metric": "m", "variation_id": "control", "interval_timestamp": 1600082460, '
+            b'"unit_count": 10, "unit_observation_sum": 1, "unit_observation_sum_of_squares": 1}\n')
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(line)))
+    code, _, err = cli(capsys, "publish", "-")
+    assert code == 0 and err.strip().endswith(f"sent 1 row in 1 interval to {on_broker}.observations"), err
+
+
+def test_demo_refuses_experiment_and_metrics_without_data(capsys, no_kafka):
+    for flag in (["--experiment", "x"], ["--metrics", "m"]):
+        code, _, err = cli(capsys, "demo", *flag)
+        assert_one_line_error(code, err, f"seqstream demo: {flag[0]} names what to replay from --data FILE", exit_code=1)
+
+
+def test_watch_once_with_no_results_at_all_is_an_error(on_broker, capsys):
+    assert cli(capsys, "topics", "create")[0] == 0
+    code, out, err = cli(capsys, "watch", "--once")
+    assert_one_line_error(code, err, f"seqstream watch: no results yet on {on_broker}.results", exit_code=1)
+    assert out == ""
 
 
 # -- flags ------------------------------------------------------------------------------------

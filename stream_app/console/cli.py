@@ -554,18 +554,24 @@ def cmd_watch(args) -> int:
             there = f"experiments there: {', '.join(sorted(known)[:20])}" if known else "no experiments at all"
             raise CommandError(f"no experiment {', '.join(map(repr, missing))} on {settings.bootstrap} "
                                f"with prefix {settings.topic_prefix!r} ({there})")
+    elif args.once:  # one snapshot of nothing used to say "waiting for results..." and exit 0
+        settings = _broker("watch")
+        if not asyncio.run(_experiments_with_results(settings, None)):
+            raise CommandError(f"no results yet on {settings.topic('results')}: a worker writes them as intervals "
+                               "of published observations close (`seqstream tail results --follow` waits for them)")
     return main(args)
 
 
 async def _experiments_with_results(settings: Settings, wanted) -> set[str]:
+    """Which of ``wanted`` have results on the topic (``wanted`` None: the first one found, if any)."""
     from ..kafka.clients import NoSuchTopics, follow
 
     found: set[str] = set()
     try:
         async for _, row in follow(settings, ["results"], to_end=True):
-            if isinstance(row, dict) and row.get("experiment_id") in wanted:
-                found.add(row["experiment_id"])
-                if found >= set(wanted):
+            if isinstance(row, dict) and (wanted is None or row.get("experiment_id") in wanted):
+                found.add(row.get("experiment_id"))
+                if wanted is None or found >= set(wanted):
                     break
     except NoSuchTopics:
         pass
@@ -744,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = _add(sub, "demo", cmd_demo)
     demo.add_argument("--data", help="replay a CSV in the covid data's format instead of simulated traffic")
-    demo.add_argument("--experiment", default="demo-experiment", help="experiment id for --data")
+    demo.add_argument("--experiment", help="experiment id for --data (default demo-experiment)")
     demo.add_argument("--metrics", help="comma-separated metric names to replay from --data (default: all)")
     demo.add_argument("--metric", action="append",
                       help="NAME[:binary][:lower][:guardrail][:absolute], a --data metric's options, repeatable")
@@ -755,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("file", help="the CSV to write (overwritten if it exists)")
 
     publish = _add(sub, "publish", cmd_publish)
-    publish.add_argument("file")
+    publish.add_argument("file", help="CSV or JSON-lines file; - reads standard input")
     publish.add_argument("--experiment", help="experiment id when the CSV has no experiment_id column")
     publish.add_argument("--metrics", help="comma-separated metric names to publish (default: all)")
     publish.add_argument("--pace", type=non_negative_float, default=0.0, help="seconds between intervals")

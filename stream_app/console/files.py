@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ from state import InvalidInput, parse_observation
 CSV_COLUMNS = ("variation_id", "interval_timestamp", "unit_count", "unit_observation_sum",
                "unit_observation_sum_of_squares", "metric_name")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+STDIN = "-"  # the path that means standard input, as for cat
 
 
 class FileError(ValueError):
@@ -53,7 +55,7 @@ def read_text(path: str | Path, kind: str = "CSV or JSON lines") -> str:
     if p.is_dir():
         raise FileError(f"{path}: is a directory, not a file")
     try:
-        data = p.read_bytes()
+        data = sys.stdin.buffer.read() if str(path) == STDIN else p.read_bytes()
     except FileNotFoundError:
         raise FileError(f"{path}: no such file") from None
     except PermissionError:
@@ -101,11 +103,19 @@ def _csv_count(record: dict) -> int:
     return int(value)
 
 
+def _not_empty(path: str | Path, text: str) -> str:
+    if not text.strip():  # else a CSV says "missing column(s)" of a file that has nothing at all
+        raise FileError(f"{path}: is empty")
+    return text
+
+
 def read_csv_observations(path: str | Path, experiment_id: str | None = None,
-                          metrics: Sequence[str] | None = None) -> ObservationFile:
-    """Rows of a CSV in the covid data's format as observation dicts, validated."""
+                          metrics: Sequence[str] | None = None, *, text: str | None = None) -> ObservationFile:
+    """Rows of a CSV in the covid data's format as observation dicts, validated (``text``: the
+    file's content when already read, as from standard input)."""
     rows, errors, seen = [], [], set()
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    text = _not_empty(path, read_text(path) if text is None else text)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = reader.fieldnames or []
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -141,9 +151,11 @@ def read_csv_observations(path: str | Path, experiment_id: str | None = None,
     return ObservationFile(rows, errors, frozenset(seen))
 
 
-def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = None) -> ObservationFile:
+def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = None, *,
+                            text: str | None = None) -> ObservationFile:
     rows, errors, seen = [], [], set()
-    for line, raw in enumerate(read_text(path).splitlines(), start=1):
+    text = _not_empty(path, read_text(path) if text is None else text)
+    for line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
@@ -167,7 +179,13 @@ def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = No
 
 def read_observations(path: str | Path, experiment_id: str | None = None,
                       metrics: Sequence[str] | None = None) -> ObservationFile:
-    """A CSV or, by its suffix, a JSON-lines file."""
+    """A CSV or, by its suffix, a JSON-lines file; ``-`` is standard input, JSON lines if it starts
+    with ``{``, else CSV."""
+    if str(path) == STDIN:
+        text = read_text(path)
+        if text.lstrip().startswith("{"):
+            return read_jsonl_observations(path, metrics, text=text)
+        return read_csv_observations(path, experiment_id, metrics, text=text)
     if str(path).endswith(JSONL_SUFFIXES):
         return read_jsonl_observations(path, metrics)
     return read_csv_observations(path, experiment_id, metrics)
