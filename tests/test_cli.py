@@ -558,7 +558,13 @@ def test_version(capsys):
     from importlib.metadata import version
 
     code, out, _ = cli(capsys, "--version")
-    assert code == 0 and out.strip() == f"seqstream {version('seqstream')}"
+    assert code == 0 and out.strip() == f"seqstream {version('seqstream')} (embedded broker: installed)"
+
+
+def test_version_says_when_the_local_extra_is_missing(tmp_path):
+    done = subprocess.run([sys.executable, "-c", BLOCK_NOIDA, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip().endswith(
+        "(embedded broker: not installed, pip install 'seqstream[local]' to have it)"), done
 
 
 WORKER_LOG_LEVEL = """

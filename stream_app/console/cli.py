@@ -739,11 +739,27 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _local_extra() -> str:
+    """Whether the embedded broker (the [local] extra) is there, without importing it."""
+    from importlib.util import find_spec
+
+    from ..kafka.embedded_broker import LOCAL_EXTRA
+
+    try:
+        if find_spec("noida_db") is not None:
+            return "embedded broker: installed"
+    except ImportError:  # a finder may refuse it outright instead of finding nothing
+        pass
+    return f"embedded broker: not installed, pip install '{LOCAL_EXTRA}' to have it"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Raw: argparse would wrap the --version line at the terminal's width, like a paragraph.
     parser = Parser(prog="seqstream", description="Live, always-valid experiment analysis on Kafka",
-                    epilog="`seqstream COMMAND --help` describes a command, with an example and the "
-                           "environment variables it reads.")
-    parser.add_argument("--version", action="version", version=f"seqstream {_version()}")
+                    epilog=textwrap.fill("`seqstream COMMAND --help` describes a command, with an example and the "
+                                         "environment variables it reads.", 96),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"seqstream {_version()} ({_local_extra()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add(sub, "worker", cmd_worker)
     _add(sub, "broker", cmd_broker)
