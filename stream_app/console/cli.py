@@ -334,6 +334,8 @@ def cmd_publish(args) -> int:
         return asyncio.run(run())
     except KeyboardInterrupt:
         # Said exactly: a part of the file is on the topic, and publishing it all again sends it twice.
+        if not sent:
+            raise CommandError("interrupted before any interval was sent", code=130) from None
         raise CommandError(f"interrupted after {sent} of {_count(len(groups), 'interval')} "
                            f"({'those were' if sent != 1 else 'that one was'} sent, the rest not)", code=130) from None
 
