@@ -116,6 +116,7 @@ class Settings:
                 raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
         if values["compression"] not in COMPRESSION_TYPES:
             raise SystemExit(f"SEQSTREAM_COMPRESSION={values['compression']!r} is not one of {', '.join(COMPRESSION_TYPES)}")
+        _check_values(values, env)  # issue 18: out-of-range values refused here, before any use
         return cls(**values)
 
     @property
@@ -129,6 +130,54 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         by_attr = {attr: name for name, (attr, _, _) in ENVIRONMENT.items()}
         return {by_attr[f.name]: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+# -- value checks (issue 18) ------------------------------------------------------------------
+# A value of the right type can still be unusable: SEQSTREAM_PARTITIONS=0 reaches the broker only
+# as a failed CreateTopics (after `topics create --recreate` has deleted the old ones), a bad
+# SEQSTREAM_LOG_LEVEL as faust's click usage text. Every numeric setting has its range here, so
+# Settings.from_env refuses it in one line before anything runs.
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")  # faust's --loglevel choices
+_AT_LEAST_1 = (lambda v: v >= 1, "a whole number >= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, "a whole number >= 0")
+_SECONDS = (lambda v: 0 < v < float("inf"), "a positive number of seconds")
+_SECONDS_OR_0 = (lambda v: 0 <= v < float("inf"), "zero or a positive number of seconds")
+VALUE_RANGES = {
+    "partitions": _AT_LEAST_1,
+    "replication": _AT_LEAST_1,
+    "web_port": (lambda v: 1 <= v <= 65535, "a port number, 1 to 65535"),
+    "idle_timeout": _SECONDS,
+    "batch_size": _AT_LEAST_1,
+    "batch_within": _SECONDS,
+    "max_message_bytes": _AT_LEAST_1,
+    "session_timeout": _SECONDS,
+    "heartbeat_interval": _SECONDS,
+    "rebalance_timeout": _SECONDS,
+    "commit_interval": _SECONDS,
+    "fetch_idle_wait": _SECONDS_OR_0,
+    "history_mb": _AT_LEAST_0,
+    "cache_experiments": _AT_LEAST_1,
+    "rebuild_messages": _AT_LEAST_0,
+}
+
+
+def _check_values(values: dict, env) -> None:
+    """SystemExit with one line naming the first variable whose value is out of its range."""
+    by_attr = {attr: name for name, (attr, _, _) in ENVIRONMENT.items()}
+
+    def refuse(attr: str, wanted: str) -> None:
+        name = by_attr[attr]
+        raise SystemExit(f"{name}={env.get(name)!r} must be {wanted}")
+
+    for attr, (ok, wanted) in VALUE_RANGES.items():
+        if not ok(values[attr]):  # nan fails every comparison, so it is refused too
+            refuse(attr, wanted)
+    if values["log_level"].lower() not in LOG_LEVELS:
+        refuse("log_level", "one of " + ", ".join(LOG_LEVELS))
+    values["log_level"] = values["log_level"].lower()
+    host, sep, port = values["local_broker"].rpartition(":")
+    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+        refuse("local_broker", "HOST:PORT with a port 1 to 65535")
 
 
 def broker_settings(command: str, env=None) -> Settings | None:

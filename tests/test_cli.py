@@ -96,8 +96,27 @@ def test_a_file_that_cannot_be_read_is_one_line(kind, command, tmp_path, capsys,
     code, out, err = cli(capsys, *argv)
     want = {"missing": "no such file", "directory": "is a directory", "binary": "binary",
             "unreadable": "cannot read it", "not-utf8": "not UTF-8"}[kind]
-    assert_one_line_error(code, err, f"seqstream {command.split()[0]}: {path}: ", want, exit_code=1)
+    assert_one_line_error(code, err, f"seqstream {command}: {path}: ", want, exit_code=1)
     assert out == ""
+
+
+@pytest.mark.parametrize("kind,reason", [("directory", "Is a directory"), ("no-folder", "No such file or directory"),
+                                         ("disk-full", "No space left on device")])
+def test_example_to_a_path_that_cannot_be_written_is_one_line(kind, reason, tmp_path, capsys):
+    path = {"directory": str(tmp_path), "no-folder": str(tmp_path / "nope" / "x.csv"), "disk-full": "/dev/full"}[kind]
+    code, out, err = cli(capsys, "example", path)
+    assert_one_line_error(code, err, f"seqstream example: cannot write {path}: {reason}", exit_code=1)
+    assert out == ""
+
+
+def test_experiment_set_with_a_binary_file_says_a_json_config_was_expected(tmp_path, capsys, no_kafka):
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02" * 50)
+    code, _, err = cli(capsys, "experiment", "set", str(tmp_path / "bin.dat"))
+    assert_one_line_error(code, err, f"seqstream experiment set: {tmp_path / 'bin.dat'}: looks like a binary file, "
+                          "not a JSON config", exit_code=1)
+    (tmp_path / "c.json").write_text('{"experiment_id": "e", "reference_variation_id": "ctl", "weights": {"a": 1}}')
+    code, _, err = cli(capsys, "experiment", "set", str(tmp_path / "c.json"))
+    assert_one_line_error(code, err, f"{tmp_path / 'c.json'}: reference_variation_id 'ctl' has no weight", exit_code=2)
 
 
 def test_experiment_set_with_a_file_that_is_not_a_json_config(tmp_path, capsys, no_kafka):
@@ -123,9 +142,29 @@ def test_bad_rows_of_several_kinds_are_listed_by_kind_and_nothing_is_sent(tmp_pa
     code, _, err = cli(capsys, "publish", write_csv(tmp_path / "mixed.csv", rows), "--experiment", "e")
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err
-    assert len(lines) == 3 and lines[0].startswith(f"{tmp_path / 'mixed.csv'}: 3 rows (lines 6, 7, 8): ")
-    assert lines[1].startswith(f"{tmp_path / 'mixed.csv'}: line 9: ")
+    assert len(lines) == 3 and lines[0].startswith(f"seqstream publish: {tmp_path / 'mixed.csv'}: 3 rows (lines 6, 7, 8): ")
+    assert lines[1].startswith(f"seqstream publish: {tmp_path / 'mixed.csv'}: line 9: ")
     assert lines[2] == "seqstream publish: 4 bad row(s): nothing sent (--skip-bad sends the 4 valid one(s))"
+
+
+@pytest.mark.parametrize("row,reason", [
+    ("control,2020-09-14 11:21:00,abc,1,1,m", "field 'unit_count': 'abc' is not a number"),
+    ("control,2020-09-14 11:21:00,5,1e,1,m", "field 'unit_observation_sum': '1e' is not a number"),
+    ("control,yesterday,5,1,1,m", "field 'interval_timestamp': 'yesterday' is not a date and time"),
+    ("control,2020-09-14 11:21:00,-5,1,1,m", "field 'unit_count': must be a whole number >= 0, got -5"),
+    ("control,2020-09-14 11:21:00,5,1,,m", "field 'unit_observation_sum_of_squares': is empty"),
+], ids=["count", "sum", "timestamp", "negative", "empty"])
+def test_a_bad_cell_is_named_by_its_column_and_quoted_as_written(row, reason, tmp_path, capsys, no_kafka):
+    path = write_csv(tmp_path / "bad.csv", [row])
+    code, _, err = cli(capsys, "publish", path, "--experiment", "e")
+    assert_one_line_error(code, err, f"seqstream publish: {path}: line 2: {reason}", exit_code=1)
+    assert "convert string" not in err and "isoformat" not in err and "-5.0" not in err
+
+
+def test_a_line_that_is_not_json_says_so(tmp_path, capsys, no_kafka):
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    code, _, err = cli(capsys, "publish", str(tmp_path / "bad.jsonl"))
+    assert_one_line_error(code, err, f"{tmp_path / 'bad.jsonl'}: line 1: not a JSON object (", exit_code=1)
 
 
 def test_zero_rows_to_send_is_an_error(tmp_path, capsys, no_kafka):
@@ -136,7 +175,44 @@ def test_zero_rows_to_send_is_an_error(tmp_path, capsys, no_kafka):
     assert_one_line_error(code, err, "holds no observations")
     (tmp_path / "empty.jsonl").write_text("\n\n")
     code, _, err = cli(capsys, "publish", str(tmp_path / "empty.jsonl"))
-    assert_one_line_error(code, err, "holds no observations")
+    assert_one_line_error(code, err, f"{tmp_path / 'empty.jsonl'}: is empty")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_an_empty_file_is_said_to_be_empty(suffix, tmp_path, capsys, no_kafka):
+    """Not "missing column(s) variation_id, ...", which sends one looking for a wrong header."""
+    (tmp_path / f"empty{suffix}").write_text("")
+    for argv in (["publish", str(tmp_path / f"empty{suffix}"), "--experiment", "e"],
+                 ["demo", "--data", str(tmp_path / f"empty{suffix}")]):
+        code, _, err = cli(capsys, *argv)
+        assert_one_line_error(code, err, f"{tmp_path / f'empty{suffix}'}: is empty", exit_code=1)
+
+
+def test_publish_reads_standard_input(on_broker, capsys, monkeypatch):
+    """`publish -` used to say "-: no such file"; CSV or, when it starts with {, JSON lines."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((CSV_HEADER + "\n".join(good_rows(4))).encode())))
+    code, _, err = cli(capsys, "publish", "-", "--experiment", "e")
+    assert code == 0 and err.strip().endswith(f"sent 4 rows in 2 intervals to {on_broker}.observations"), err
+    line = (b'{"experiment_id": "e", "metric": "m", "variation_id": "control", "interval_timestamp": 1600082460, '
+            b'"unit_count": 10, "unit_observation_sum": 1, "unit_observation_sum_of_squares": 1}\n')
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(line)))
+    code, _, err = cli(capsys, "publish", "-")
+    assert code == 0 and err.strip().endswith(f"sent 1 row in 1 interval to {on_broker}.observations"), err
+
+
+def test_demo_refuses_experiment_and_metrics_without_data(capsys, no_kafka):
+    for flag in (["--experiment", "x"], ["--metrics", "m"]):
+        code, _, err = cli(capsys, "demo", *flag)
+        assert_one_line_error(code, err, f"seqstream demo: {flag[0]} names what to replay from --data FILE", exit_code=1)
+
+
+def test_watch_once_with_no_results_at_all_is_an_error(on_broker, capsys):
+    assert cli(capsys, "topics", "create")[0] == 0
+    code, out, err = cli(capsys, "watch", "--once")
+    assert_one_line_error(code, err, f"seqstream watch: no results yet on {on_broker}.results", exit_code=1)
+    assert out == ""
 
 
 # -- flags ------------------------------------------------------------------------------------
@@ -154,6 +230,12 @@ def test_zero_rows_to_send_is_an_error(tmp_path, capsys, no_kafka):
     (["experiment", "set", "--experiment", "e", "--metric", ":lower"], "no metric name"),
     (["experiment", "set", "--experiment", "e", "--weights", "control:1"], "--weights: expected name=number"),
     (["experiment", "set", "--reference", "control"], "name the experiment"),
+    (["experiment", "set", "--experiment", "e", "--reference", "ctl", "--weights", "control=1,t=1"],
+     "seqstream experiment set: --reference 'ctl' has no weight (weights: control, t)"),
+    (["experiment", "set", "--experiment", "e", "--metric", "m:binary:binary:lower"],
+     "seqstream experiment set: --metric 'm:binary:binary:lower': flag 'binary' given twice"),
+    (["experiment", "set", "--experiment", "e", "--alpha", "2"], "seqstream experiment set: argument --alpha: "),
+    (["experiment", "show"], "seqstream experiment show: the following arguments are required"),
     (["demo", "--metric", "conversion:lower"], "--metric sets the options of a --data file's metrics"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_a_bad_flag_is_one_line(argv, fragment, capsys, no_kafka):
@@ -163,6 +245,11 @@ def test_a_bad_flag_is_one_line(argv, fragment, capsys, no_kafka):
 
 
 # -- no broker --------------------------------------------------------------------------------
+
+def command_name(argv) -> str:
+    """What errors are prefixed with: `seqstream experiment set: ...`, `seqstream publish: ...`."""
+    return " ".join(argv[:2]) if argv[0] in ("experiment", "topics") else argv[0]
+
 
 BROKER_COMMANDS = [
     ["worker"],
@@ -194,7 +281,7 @@ def test_no_broker_at_the_local_default_says_how_to_start_one(argv, capsys, no_k
         assert_one_line_error(code, err, "seqstream worker: KAFKA_BOOTSTRAP is unset and the embedded broker is not "
                               "installed: pip install 'seqstream[local]'", exit_code=2)
     else:
-        assert_one_line_error(code, err, f"seqstream {argv[0]}: no broker answers at {local} (KAFKA_BOOTSTRAP is unset)",
+        assert_one_line_error(code, err, f"seqstream {command_name(argv)}: no broker answers at {local} (KAFKA_BOOTSTRAP is unset)",
                               "`seqstream worker`", "`seqstream broker`", exit_code=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obs.csv"]  # nothing written
 
@@ -205,7 +292,7 @@ def test_kafka_bootstrap_down_is_one_line(argv, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KAFKA_BOOTSTRAP", down)
     csv = write_csv(tmp_path / "obs.csv", good_rows())
     code, _, err = cli(capsys, *[a.format(csv=csv) for a in argv])
-    assert_one_line_error(code, err, f"seqstream {argv[0]}: no broker answers at {down} (KAFKA_BOOTSTRAP)", exit_code=2)
+    assert_one_line_error(code, err, f"seqstream {command_name(argv)}: no broker answers at {down} (KAFKA_BOOTSTRAP)", exit_code=2)
 
 
 class RefusingKafka:
@@ -308,6 +395,54 @@ def test_publish_creates_every_topic_before_it_writes(on_broker, capsys, tmp_pat
         {name: spec.partitions for name, spec in topic_specs(Settings.from_env()).items()}
 
 
+def test_publish_says_one_row_and_one_interval_in_the_singular(on_broker, capsys, tmp_path):
+    code, _, err = cli(capsys, "publish", write_csv(tmp_path / "one.csv", good_rows(1)), "--experiment", "e")
+    assert code == 0 and err.strip().endswith(f"sent 1 row in 1 interval to {on_broker}.observations")
+
+
+def test_ctrl_c_during_a_paced_publish_says_how_many_intervals_were_sent(broker, tmp_path):
+    """Part of the file is on the topic by then: "interrupted" alone left the user to guess."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {"KAFKA_BOOTSTRAP": broker, "SEQSTREAM_TOPIC_PREFIX": f"{run}.", "SEQSTREAM_APP_ID": run,
+           "SEQSTREAM_PARTITIONS": "1"}
+    rows = [f"control,2020-09-14 {11 + i // 60:02d}:{i % 60:02d}:00,100,10,10,conversion" for i in range(40)]
+    publish = subprocess.Popen([sys.executable, "-m", "stream_app", "publish", write_csv(tmp_path / "obs.csv", rows),
+                                "--experiment", "e", "--pace", "0.5"], env={**os.environ, **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    async def on_topic() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker)
+        await consumer.start()
+        try:
+            partition = TopicPartition(f"{run}.observations", 0)
+            return (await consumer.end_offsets([partition]))[partition]
+        finally:
+            await consumer.stop()
+
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and publish.poll() is None:
+            if run in str(asyncio.run(_topic_names(broker))) and asyncio.run(on_topic()) >= 2:
+                break
+            time.sleep(0.2)
+        publish.send_signal(signal.SIGINT)
+        _, err = publish.communicate(timeout=30)
+    finally:
+        publish.kill()
+    assert_one_line_error(publish.returncode, err, "seqstream publish: interrupted after ", " of 40 intervals (",
+                          "sent, the rest not)", exit_code=130)
+    sent = int(err.split("interrupted after ")[1].split()[0])
+    assert 2 <= sent < 40 and asyncio.run(on_topic()) in (sent, sent + 1)  # +1: a send the interrupt cut short
+
+
+async def _topic_names(bootstrap: str) -> list[str]:
+    from stream_app.kafka.admin import partition_counts
+
+    return list(await partition_counts(bootstrap))
+
+
 def test_tail_without_new_messages_says_how_to_see_older_ones(on_broker, capsys):
     assert cli(capsys, "topics", "create")[0] == 0
     code, out, err = cli(capsys, "tail", "results", "--wait", "1")
@@ -371,7 +506,7 @@ def test_topics_check_and_create(on_broker, capsys, monkeypatch):
     for argv in (["topics", "check"], ["topics", "create"], ["worker"],
                  ["experiment", "set", "--experiment", "e"]):
         code, _, err = cli(capsys, *argv)
-        assert_one_line_error(code, err, f"seqstream {argv[0]}: {fix}", exit_code=1)
+        assert_one_line_error(code, err, f"seqstream {command_name(argv)}: {fix}", exit_code=1)
     code, out, _ = cli(capsys, "topics", "create", "--recreate")
     assert code == 0 and f"recreated {wrong}: 1 -> 4 partition(s)" in out
     assert asyncio.run(topic_partitions(broker, wrong)) == 4
@@ -383,12 +518,13 @@ def test_topics_check_and_create(on_broker, capsys, monkeypatch):
 
 # -- help and version -------------------------------------------------------------------------
 
-COMMANDS = ["worker", "broker", "demo", "example", "publish", "experiment", "topics", "tail", "watch", "report"]
+COMMANDS = ["worker", "broker", "demo", "example", "publish", "experiment", "experiment set", "experiment show",
+            "topics", "topics check", "topics create", "tail", "watch", "report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_a_description_an_example_and_its_environment(command, capsys):
-    code, out, _ = cli(capsys, command, "--help")
+    code, out, _ = cli(capsys, *command.split(), "--help")
     assert code == 0
     usage, description = out.split("\n\n")[:2]
     assert usage.startswith(f"usage: seqstream {command}") and len(description.strip()) > 30
@@ -399,11 +535,36 @@ def test_every_command_has_help_with_a_description_an_example_and_its_environmen
     assert "none" in environment if command == "example" else "SEQSTREAM_" in environment
 
 
+def test_the_command_summaries_keep_the_case_of_names(capsys):
+    """`seqstream --help` used to lowercase every summary: "seqstream_local_broker", "csv"."""
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    summaries = out.split("COMMAND\n", 1)[1].split("\noptions:", 1)[0]
+    assert "KAFKA_BOOTSTRAP" in summaries and "CSV" in summaries and "HTML" in summaries
+    assert "kafka_bootstrap" not in summaries and " csv " not in summaries
+
+
+def test_worker_help_lists_every_variable_it_reads(capsys):
+    """pip users have no README: the worker's help names the variables themselves."""
+    from stream_app.settings import ENVIRONMENT
+
+    code, out, _ = cli(capsys, "worker", "--help")
+    environment = " ".join(out.split("environment:\n", 1)[1].split())
+    assert code == 0 and "README" not in out
+    assert [name for name in ENVIRONMENT if name not in environment] == []
+
+
 def test_version(capsys):
     from importlib.metadata import version
 
     code, out, _ = cli(capsys, "--version")
-    assert code == 0 and out.strip() == f"seqstream {version('seqstream')}"
+    assert code == 0 and out.strip() == f"seqstream {version('seqstream')} (embedded broker: installed)"
+
+
+def test_version_says_when_the_local_extra_is_missing(tmp_path):
+    done = subprocess.run([sys.executable, "-c", BLOCK_NOIDA, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip().endswith(
+        "(embedded broker: not installed, pip install 'seqstream[local]' to have it)"), done
 
 
 WORKER_LOG_LEVEL = """
@@ -491,3 +652,226 @@ def test_zstd_batches_are_written_at_level_1():
         batch = MemoryRecords(raw).next_batch()
         assert batch.compression_type == DefaultRecordBatch.CODEC_ZSTD
         assert [record.value for record in batch] == values
+
+
+# -- settings values (a value of the right type that cannot be used) --------------------------
+
+@pytest.mark.parametrize("name,value,wanted", [
+    ("SEQSTREAM_PARTITIONS", "0", "a whole number >= 1"),
+    ("SEQSTREAM_PARTITIONS", "-3", "a whole number >= 1"),
+    ("SEQSTREAM_REPLICATION", "0", "a whole number >= 1"),
+    ("SEQSTREAM_WEB_PORT", "0", "a port number, 1 to 65535"),
+    ("SEQSTREAM_WEB_PORT", "70000", "a port number, 1 to 65535"),
+    ("SEQSTREAM_IDLE_TIMEOUT", "0", "a positive number of seconds"),
+    ("SEQSTREAM_SESSION_TIMEOUT", "nan", "a positive number of seconds"),
+    ("SEQSTREAM_COMMIT_INTERVAL", "-1", "a positive number of seconds"),
+    ("SEQSTREAM_BATCH_SIZE", "0", "a whole number >= 1"),
+    ("SEQSTREAM_FETCH_IDLE_WAIT", "inf", "zero or a positive number of seconds"),
+    ("SEQSTREAM_LOG_LEVEL", "loud", "one of crit, error, warn, info, debug"),
+    ("SEQSTREAM_LOCAL_BROKER", "localhost", "HOST:PORT"),
+])
+@pytest.mark.parametrize("argv", [["topics", "create", "--recreate"], ["worker"]], ids=" ".join)
+def test_a_setting_out_of_its_range_is_refused_in_one_line_before_anything_runs(
+        name, value, wanted, argv, capsys, monkeypatch, tmp_path):
+    from stream_app.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match=f"^{name}='{value}' must be "):
+        Settings.from_env()
+    code, out, err = cli(capsys, *argv)
+    assert_one_line_error(code, err, f"seqstream {command_name(argv)}: {name}='{value}' must be {wanted}", exit_code=2)
+    assert out == "" and list(tmp_path.iterdir()) == []  # no data dir, no broker started
+
+
+def test_the_log_level_is_case_insensitive_as_faust_s():
+    from stream_app.settings import Settings
+
+    assert Settings.from_env({"SEQSTREAM_LOG_LEVEL": "WARN"}).log_level == "warn"
+
+
+def test_recreate_deletes_nothing_unless_the_replacement_would_be_created(on_broker, capsys, monkeypatch):
+    """`topics create --recreate` with a spec the broker refuses (here a replication factor above
+    its one broker) must leave the old topic and its messages alone: it used to delete first and
+    then fail to create."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream_app.kafka.admin import TopicSpec, ensure_topics_sync, partition_counts
+
+    broker = os.environ["KAFKA_BOOTSTRAP"]
+    wrong = f"{on_broker}.experiments"
+    ensure_topics_sync(broker, {wrong: TopicSpec(partitions=1)})
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker)
+        await producer.start()
+        try:
+            await producer.send_and_wait(wrong, b'{"kept": true}', key=b"e")
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    monkeypatch.setenv("SEQSTREAM_REPLICATION", "3")
+    code, out, err = cli(capsys, "topics", "create", "--recreate")
+    assert_one_line_error(code, err, "seqstream topics create: the broker would refuse to create topics: ", wrong,
+                          "error 38", exit_code=1)
+    counts = asyncio.run(partition_counts(broker))
+    assert counts.get(wrong) == 1  # not deleted
+    assert not [name for name in counts if name.startswith(on_broker) and name != wrong]  # nothing created
+    assert not [name for name in counts if "seqstream-validate" in name]  # the probe created nothing
+    monkeypatch.delenv("SEQSTREAM_REPLICATION")
+    code, out, _ = cli(capsys, "topics", "create", "--recreate")  # a spec it accepts: recreated
+    assert code == 0 and f"recreated {wrong}: 1 -> 4 partition(s)" in out
+
+
+# -- a second worker on the same machine --------------------------------------------------------
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+lock = open(sys.argv[1], "a+")
+fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+lock.truncate(0); lock.write(f"{os.getpid()}\\n"); lock.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_worker_on_a_taken_port_or_data_dir_is_one_line_before_faust_starts(
+        on_broker, capsys, monkeypatch, tmp_path):
+    """Same port: faust used to fail 3 s in with 161 lines and 3 tracebacks; same data dir:
+    RocksDB's LOCK error inside faust, and the worker kept running."""
+    from stream_app.console import cli as cli_module
+
+    monkeypatch.setenv("SEQSTREAM_DATADIR", str(tmp_path / "data"))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        monkeypatch.setenv("SEQSTREAM_WEB_PORT", str(taken.getsockname()[1]))
+        code, _, err = cli(capsys, "worker")
+        assert_one_line_error(code, err, f"seqstream worker: port {taken.getsockname()[1]} on 127.0.0.1 is in use",
+                              "set SEQSTREAM_WEB_PORT", exit_code=2)
+        assert not (tmp_path / "data").exists()  # refused before anything was written
+    finally:
+        taken.close()
+
+    monkeypatch.setenv("SEQSTREAM_WEB_PORT", str(free_port()))
+    (tmp_path / "data").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "data" / cli_module.WORKER_LOCK)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = cli(capsys, "worker")
+        assert_one_line_error(code, err, f"seqstream worker: the data dir {tmp_path / 'data'} is used by another "
+                              f"worker (pid {holder.pid}): set SEQSTREAM_DATADIR", exit_code=2)
+        # with KAFKA_BOOTSTRAP unset, a broker answering at the local default: still that one line only
+        monkeypatch.setenv("SEQSTREAM_LOCAL_BROKER", os.environ.pop("KAFKA_BOOTSTRAP"))
+        code, _, err = cli(capsys, "worker")
+        assert_one_line_error(code, err, "is used by another worker", exit_code=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the dead holder's lock: the next worker takes it, with its own pid
+    from stream_app.settings import Settings
+
+    cli_module._lock_data_dir(Settings.from_env())
+    try:
+        assert (tmp_path / "data" / cli_module.WORKER_LOCK).read_text() == f"{os.getpid()}\n"
+    finally:
+        cli_module._held_locks.pop().close()
+
+
+# -- the broker the worker started dies ------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry))
+    return found
+
+
+def _healthy_worker(env: dict, cwd) -> subprocess.Popen:
+    import urllib.request
+
+    from stream_app.kafka.worker_process import WORKER_ARGV
+
+    worker = subprocess.Popen(WORKER_ARGV, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            pytest.fail(f"worker exited with {worker.returncode}: {worker.communicate()[1][-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{env['SEQSTREAM_WEB_PORT']}/health", timeout=1) as response:
+                if response.status == 200:
+                    return worker
+        except OSError:
+            time.sleep(0.2)
+    os.killpg(worker.pid, signal.SIGKILL)
+    pytest.fail("worker not healthy in 60 s")
+
+
+def test_the_worker_stops_with_one_line_when_the_broker_it_started_dies(tmp_path):
+    """It used to log "Unable connect to node" some 40 times a second and keep running, and a
+    SIGTERM then took a minute. A worker stopped as usual stops its broker without that line."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    env.update({"SEQSTREAM_LOCAL_BROKER": f"127.0.0.1:{free_port()}", "SEQSTREAM_WEB_PORT": str(free_port()),
+                "SEQSTREAM_DATADIR": str(tmp_path / "data"), "SEQSTREAM_PARTITIONS": "1"})
+    worker = _healthy_worker(env, tmp_path)
+    try:
+        os.killpg(worker.pid, signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    assert worker.returncode == 0 and "exited (code" not in err, err[-3000:]
+
+    worker = _healthy_worker(env, tmp_path)
+    try:
+        [broker_pid] = [pid for pid in _children(worker.pid)
+                        if b"noida-db" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        os.kill(broker_pid, signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = worker.communicate(timeout=30)
+        took = time.monotonic() - killed
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    lines = err.strip().splitlines()
+    assert worker.returncode == 3, err[-3000:]
+    assert lines[-1].startswith(f"seqstream worker: the embedded broker it started on {env['SEQSTREAM_LOCAL_BROKER']} "
+                                "exited (code -9; log: "), lines[-1]
+    assert "Traceback" not in err
+    assert took < 15, took  # seconds: it polls the broker every 0.2 s
+
+
+def test_tail_follow_says_once_that_the_broker_stopped_answering(tmp_path):
+    """It used to print nothing, for as long as it ran."""
+    from stream_app.kafka.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker(data_dir=tmp_path / "broker") as own:  # its own: this test kills it
+        env = {"KAFKA_BOOTSTRAP": own.bootstrap, "SEQSTREAM_TOPIC_PREFIX": "t.", "SEQSTREAM_APP_ID": "t"}
+        assert run_subprocess("topics", "create", env=env).returncode == 0
+        tail = subprocess.Popen([sys.executable, "-m", "stream_app", "tail", "results", "--follow"],
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(3)  # started and following
+            assert tail.poll() is None
+            os.kill(own.pid, signal.SIGKILL)
+            stopped = time.monotonic()
+            _, err = tail.communicate(timeout=30)
+            took = time.monotonic() - stopped
+        finally:
+            tail.kill()
+    assert_one_line_error(tail.returncode, err, f"seqstream tail: the broker at {own.bootstrap} stopped answering",
+                          exit_code=1)
+    assert took < 20, took

@@ -92,7 +92,7 @@ def test_the_sdist_carries_what_its_tests_need(plain_install):
 def test_a_plain_install_has_rocksdict_a_version_and_no_embedded_broker(plain_install):
     bin_dir, _, home = plain_install
     version = sh(bin_dir / "seqstream", "--version", cwd=home).stdout.strip()
-    assert version == "seqstream 0.1.0"
+    assert version == "seqstream 0.1.0 (embedded broker: not installed, pip install 'seqstream[local]' to have it)"
     where = sh(bin_dir / "python", "-c", "import rocksdict, stream_app; print(stream_app.__file__)", cwd=home).stdout
     assert str(bin_dir.parent) in where  # the installed package, not this checkout
     for argv in (["worker"], ["demo"]):

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import textwrap
+from typing import NamedTuple
 
 from ..settings import Settings, broker_settings
 
@@ -104,13 +105,95 @@ def _local_broker(settings: Settings):
         marker.unlink(missing_ok=True)
 
 
+def _check_web_port(settings: Settings) -> None:
+    """Bind the web port once before faust starts: taken, faust fails three seconds in with a
+    hundred and sixty lines and three tracebacks (aiohttp's OSError 98)."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(f"port {settings.web_port} on {settings.web_host} is in use (another worker?): "
+                                   "set SEQSTREAM_WEB_PORT to a free one", code=2) from None
+            raise CommandError(f"cannot serve on {settings.web_host}:{settings.web_port} ({exc.strerror or exc}): "
+                               "set SEQSTREAM_WEB_HOST / SEQSTREAM_WEB_PORT", code=2) from None
+
+
+WORKER_LOCK = "worker.lock"
+_held_locks: list = []  # the open lock files of this process: flock holds while they stay open
+
+
+def _lock_data_dir(settings: Settings) -> None:
+    """Hold an exclusive flock on SEQSTREAM_DATADIR/worker.lock for the worker's life (the kernel
+    drops it when the process dies, even by kill -9). A second worker on the same data dir would
+    otherwise crash inside faust on RocksDB's own lock, with a traceback, and keep running."""
+    import fcntl
+    from pathlib import Path
+
+    path = Path(settings.datadir) / WORKER_LOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")
+    except OSError as exc:
+        raise CommandError(f"cannot use the data dir {settings.datadir} ({exc.strerror or exc}): "
+                           "set SEQSTREAM_DATADIR", code=2) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise CommandError(f"the data dir {settings.datadir} is used by another worker{by}: set SEQSTREAM_DATADIR "
+                           "to another directory for a second worker", code=2) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _held_locks.append(lock)
+
+
+def _stop_with_broker(broker, worker_stopping) -> None:
+    """Watch the embedded broker this worker started (its child): if it exits while the worker
+    runs, say so in one line and end the worker with exit code 3.
+
+    Otherwise the worker logged "Unable connect to node" some 40 times a second for as long as it
+    ran, and a SIGTERM then took a minute (faust waits on commits and flushes no broker can
+    answer). Ending at once is what a crash is, and crashes are safe here: states are saved before
+    the offsets they reflect are committed (ARCHITECTURE.md), and with the broker gone nothing can
+    be committed or produced anyway."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while broker.is_running():
+            if worker_stopping.wait(0.2):
+                return  # the worker stops the broker itself (cmd_worker's finally)
+        if worker_stopping.is_set():
+            return
+        for name in ("aiokafka", "faust", "mode"):  # no retry lines after the one that explains
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        line = (f"seqstream worker: the embedded broker it started on {broker.bootstrap} exited (code "
+                f"{broker.returncode}; log: {broker.log_path}): stopping; `seqstream worker` starts both again\n")
+        os.write(2, line.encode())  # the fd itself: faust has sys.stderr redirected into its logging
+        os._exit(3)
+
+    threading.Thread(target=watch, name="seqstream-broker-watchdog", daemon=True).start()
+
+
 def cmd_worker(args) -> int:
+    import threading
+
     from ..kafka.admin import run_sync
     from ..kafka.clients import broker_answers, no_broker_message
     from ..kafka.topics import ensure_app_topics
 
     settings = Settings.from_env()
-    broker = None
+    _check_web_port(settings)  # nothing written yet: a taken port leaves no data dir behind
+    broker, local, stopping = None, not settings.bootstrap, threading.Event()
     if settings.bootstrap:
         if not broker_answers(settings.bootstrap):
             raise CommandError(no_broker_message(settings), code=2)
@@ -118,22 +201,26 @@ def cmd_worker(args) -> int:
         broker = _local_broker(settings)
         settings = dataclasses.replace(settings, bootstrap=settings.local_broker)
         os.environ["KAFKA_BOOTSTRAP"] = settings.bootstrap  # stream_app.app reads it at import
-        if broker is None:
-            print(f"seqstream worker: KAFKA_BOOTSTRAP is unset: using the broker that answers at {settings.bootstrap}",
-                  file=sys.stderr)
-        else:
+    try:
+        _lock_data_dir(settings)  # before faust opens the tables (RocksDB) under the data dir
+        if broker is not None:
             print(f"seqstream worker: KAFKA_BOOTSTRAP is unset: started an embedded broker on {broker.bootstrap} "
                   f"(data in {broker.data_dir}; it stops with the worker)", file=sys.stderr, flush=True)
-    try:
+        elif local:
+            print(f"seqstream worker: KAFKA_BOOTSTRAP is unset: using the broker that answers at {settings.bootstrap}",
+                  file=sys.stderr)
         # Before faust starts: a wrong partition count is one line here, a traceback in there.
         run_sync(lambda: ensure_app_topics(settings))
         from ..app import app  # creates the topics again before consuming (SeqstreamApp.on_first_start)
 
         sys.argv = ["seqstream", "worker", "-l", settings.log_level, "--web-port", str(settings.web_port),
                     "--web-bind", settings.web_host]
+        if broker is not None:
+            _stop_with_broker(broker, stopping)
         app.main()
         return 0
     finally:
+        stopping.set()
         if broker is not None:
             broker.stop()
 
@@ -152,7 +239,7 @@ def cmd_broker(args) -> int:
     try:
         while broker.is_running():
             time.sleep(0.2)
-        raise CommandError(f"the embedded broker exited (code {broker._proc.returncode}); log: {broker.log_path}")
+        raise CommandError(f"the embedded broker exited (code {broker.returncode}); log: {broker.log_path}")
     except KeyboardInterrupt:
         return 0  # the way to stop it
     finally:
@@ -174,9 +261,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_example(args) -> int:
-    from .files import write_example_csv
+    from .files import FileError, write_example_csv
 
-    rows = write_example_csv(args.file)
+    try:
+        rows = write_example_csv(args.file)
+    except FileError as exc:
+        raise CommandError(str(exc)) from None
     print(f"wrote {args.file}: {rows} rows in the covid data's format (it has no experiment_id column: "
           "publish it with --experiment ID)", file=sys.stderr)
     return 0
@@ -211,18 +301,20 @@ def cmd_publish(args) -> int:
         if len(summary) == 1:  # every bad row for one reason: said once, with the count
             raise CommandError(f"{args.file}: {summary[0]}: nothing sent ({valid})")
         for line in summary:
-            print(f"{args.file}: {line}", file=sys.stderr)
+            print(f"seqstream publish: {args.file}: {line}", file=sys.stderr)
         raise CommandError(f"{len(data.errors)} bad row(s): nothing sent ({valid})")
     if not data.rows:
         raise CommandError(f"{args.file}: no valid row: nothing sent")
     settings = _broker("publish")
+    groups = by_interval(data.rows)
+    sent = 0  # intervals whose messages the broker acked
 
     async def run() -> int:
+        nonlocal sent
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         await ensure_app_topics(settings)
-        groups = by_interval(data.rows)
         columns = (TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn())
         stderr = Console(stderr=True)
         async with started_producer(settings) as prod:
@@ -230,17 +322,32 @@ def cmd_publish(args) -> int:
                 task = progress.add_task("rows", total=len(data.rows))
                 for i, group in enumerate(groups, start=1):
                     progress.advance(task, await send_observations(prod, settings, group))
+                    sent = i
                     if args.pace and i < len(groups):
                         await asyncio.sleep(args.pace)
         skipped = f", skipped {len(data.errors)} bad row(s)" if data.errors else ""
-        print(f"sent {len(data.rows)} rows in {len(groups)} intervals to {settings.topic('observations')}{skipped}",
-              file=sys.stderr)
+        print(f"sent {_count(len(data.rows), 'row')} in {_count(len(groups), 'interval')} to "
+              f"{settings.topic('observations')}{skipped}", file=sys.stderr)
         return 0
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        # Said exactly: a part of the file is on the topic, and publishing it all again sends it twice.
+        if not sent:
+            raise CommandError("interrupted before any interval was sent", code=130) from None
+        raise CommandError(f"interrupted after {sent} of {_count(len(groups), 'interval')} "
+                           f"({'those were' if sent != 1 else 'that one was'} sent, the rest not)", code=130) from None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- tail -----------------------------------------------------------------------------------------
+
+TAIL_UNREACHABLE = 3.0  # seconds without a broker before `tail` says so and exits 1
+
 
 def cmd_tail(args) -> int:
     import orjson
@@ -261,7 +368,8 @@ def cmd_tail(args) -> int:
 
             console = Console()
         printed, others = 0, set()
-        async for kind, message in follow(settings, [args.topic], from_beginning=args.from_beginning, stop=stop):
+        async for kind, message in follow(settings, [args.topic], from_beginning=args.from_beginning, stop=stop,
+                                          unreachable_after=TAIL_UNREACHABLE):
             experiment = message.get("experiment_id", _key_of(message)) if isinstance(message, dict) else None
             if args.experiment and experiment != args.experiment:
                 others.add(str(experiment))
@@ -308,9 +416,11 @@ def _parse_metric(text: str) -> tuple[str, dict]:
     if not name.strip():
         raise CommandError(f"--metric {text!r}: no metric name before the flags", code=2)
     options = {}
-    for flag in flags:
+    for i, flag in enumerate(flags):
         if flag not in known:
             raise CommandError(f"--metric {text!r}: unknown flag {flag!r} (binary, lower, guardrail, absolute)", code=2)
+        if flag in flags[:i]:
+            raise CommandError(f"--metric {text!r}: flag {flag!r} given twice", code=2)
         key, value = known[flag]
         options[key] = value
     return name, options
@@ -342,7 +452,7 @@ def cmd_experiment(args) -> int:
     from .files import FileError, read_text
 
     if args.action == "show":
-        settings = _broker("experiment")
+        settings = _broker(f"experiment {args.action}")
         configs = asyncio.run(_latest_configs(settings))
         if args.experiment not in configs:
             known = f"experiments with configs: {', '.join(sorted(configs)[:20])}" if configs else "no configs at all"
@@ -353,7 +463,7 @@ def cmd_experiment(args) -> int:
 
     if args.file:
         try:
-            doc = orjson.loads(read_text(args.file))
+            doc = orjson.loads(read_text(args.file, kind="a JSON config"))
         except FileError as exc:
             raise CommandError(str(exc)) from None
         except orjson.JSONDecodeError as exc:
@@ -373,6 +483,13 @@ def cmd_experiment(args) -> int:
         version = None
     if not experiment:
         raise CommandError("name the experiment (--experiment or experiment_id in the file)", code=2)
+    weights, reference = doc.get("weights"), doc.get("reference_variation_id", "control")
+    if isinstance(weights, dict) and weights and reference not in weights:
+        # results compare every arm with the reference: without its weight the SRM check has no
+        # expected share for it, so the config could never be what was meant
+        where = f"{args.file}: reference_variation_id" if args.file else "--reference"
+        raise CommandError(f"{where} {reference!r} has no weight (weights: {', '.join(map(str, weights))}): "
+                           "name the reference among them", code=2)
     version = args.version if args.version is not None else version
     if version is None:
         version = int(time.time() * 1000)  # increasing across calls, so the newest set wins
@@ -380,7 +497,7 @@ def cmd_experiment(args) -> int:
         message = checked_config_message(experiment, version, doc)
     except InvalidInput as exc:
         raise CommandError(f"invalid config: {exc}") from None
-    settings = _broker("experiment")
+    settings = _broker(f"experiment {args.action}")
 
     async def publish() -> int:
         await ensure_app_topics(settings)  # before the first write: never an auto-created topic
@@ -397,7 +514,7 @@ def cmd_experiment(args) -> int:
 def cmd_topics(args) -> int:
     from ..kafka.topics import check_topics, ensure_app_topics, mismatch_line, recreate_mismatched
 
-    settings = _broker("topics")
+    settings = _broker(f"topics {args.action}")
     if args.action == "check":
         statuses = asyncio.run(check_topics(settings))
         width = max(len(s.name) for s in statuses)
@@ -439,18 +556,24 @@ def cmd_watch(args) -> int:
             there = f"experiments there: {', '.join(sorted(known)[:20])}" if known else "no experiments at all"
             raise CommandError(f"no experiment {', '.join(map(repr, missing))} on {settings.bootstrap} "
                                f"with prefix {settings.topic_prefix!r} ({there})")
+    elif args.once:  # one snapshot of nothing used to say "waiting for results..." and exit 0
+        settings = _broker("watch")
+        if not asyncio.run(_experiments_with_results(settings, None)):
+            raise CommandError(f"no results yet on {settings.topic('results')}: a worker writes them as intervals "
+                               "of published observations close (`seqstream tail results --follow` waits for them)")
     return main(args)
 
 
 async def _experiments_with_results(settings: Settings, wanted) -> set[str]:
+    """Which of ``wanted`` have results on the topic (``wanted`` None: the first one found, if any)."""
     from ..kafka.clients import NoSuchTopics, follow
 
     found: set[str] = set()
     try:
         async for _, row in follow(settings, ["results"], to_end=True):
-            if isinstance(row, dict) and row.get("experiment_id") in wanted:
-                found.add(row["experiment_id"])
-                if found >= set(wanted):
+            if isinstance(row, dict) and (wanted is None or row.get("experiment_id") in wanted):
+                found.add(row.get("experiment_id"))
+                if wanted is None or found >= set(wanted):
                     break
     except NoSuchTopics:
         pass
@@ -495,59 +618,116 @@ BROKER_ENV = "KAFKA_BOOTSTRAP (unset: the local default broker), SEQSTREAM_LOCAL
              "SEQSTREAM_TOPIC_PREFIX"
 TOPIC_ENV = BROKER_ENV + ", SEQSTREAM_PARTITIONS, SEQSTREAM_REPLICATION, SEQSTREAM_APP_ID (topics it creates)"
 
-# command -> (description, example, environment variables it reads)
+class CommandHelp(NamedTuple):
+    """A (sub-)command's help: the one-line summary of `seqstream --help` (kept as written: it
+    names variables such as KAFKA_BOOTSTRAP), the description, an example and what it reads."""
+
+    summary: str
+    description: str
+    example: str
+    env: str
+
+
+def _worker_env() -> str:
+    from ..settings import ENVIRONMENT  # every variable, so the list cannot drift from settings.py
+
+    return ", ".join(ENVIRONMENT)
+
+
+# command (or "command action") -> its help
 HELP = {
-    "worker": ("Run a stream worker: consumes observations and configs, writes results and alerts, "
-               "serves the HTTP API and dashboard. With KAFKA_BOOTSTRAP unset it uses the broker at "
-               "SEQSTREAM_LOCAL_BROKER, starting an embedded one there (data under SEQSTREAM_DATADIR) "
-               "if nothing answers.",
-               "seqstream worker",
-               "every variable of the README's configuration table, SEQSTREAM_LOCAL_BROKER"),
-    "broker": ("Run only the embedded Kafka-protocol broker (noida-db, the [local] extra) in the foreground "
-               "at SEQSTREAM_LOCAL_BROKER, its data under SEQSTREAM_DATADIR/broker; Ctrl-C stops it.",
-               "seqstream broker",
-               "SEQSTREAM_LOCAL_BROKER, SEQSTREAM_DATADIR"),
-    "demo": ("Run broker (if KAFKA_BOOTSTRAP is unset), worker and example traffic end to end, print "
-             "results and alerts as they arrive, then a summary; everything is stopped at the end.",
-             "seqstream demo --data covid.csv --experiment covid --metric 'Customer support calls per visitor:lower'",
-             "KAFKA_BOOTSTRAP (unset: an embedded broker of its own), SEQSTREAM_IDLE_TIMEOUT"),
-    "example": ("Write an example observations CSV in the format (and with the metric names) of "
-                "Optimizely's covid-messaging data: 3 variations x 5 metrics x 18 one-minute intervals, "
-                "simulated with a seed.",
-                "seqstream example covid.csv",
-                "none"),
-    "publish": ("Validate a CSV (the covid data's format) or JSON-lines file of observations, then publish "
-                "it one message per experiment and interval; nothing is sent if any row is bad, unless "
-                "--skip-bad.",
-                "seqstream publish covid.csv --experiment covid --pace 0.5",
-                TOPIC_ENV + ", SEQSTREAM_COMPRESSION"),
-    "experiment": ("Publish an experiment's config version, or print the latest one.",
-                   "seqstream experiment set --experiment covid --metric 'Customer support calls per visitor:lower'",
-                   TOPIC_ENV),
-    "topics": ("Check the topics against the configuration (partitions found against wanted), or create "
-               "the missing ones; --recreate deletes and recreates those with a wrong partition count.",
-               "seqstream topics check",
-               TOPIC_ENV),
-    "tail": ("Print the messages of the results, alerts or dead-letter topic as JSON lines (or --table).",
-             "seqstream tail results --experiment covid --from-beginning",
-             BROKER_ENV),
-    "watch": ("Live terminal view of results and alerts: lift, always-valid CI, corrected p and significance "
-              "per metric and variation.",
-              "seqstream watch --experiment covid",
-              BROKER_ENV),
-    "report": ("Write a static HTML report of an experiment's results (overview tables, lift and CI charts).",
-               "seqstream report --experiment covid --html covid.html",
-               BROKER_ENV),
+    "worker": CommandHelp(
+        "run a stream worker (on an embedded broker while KAFKA_BOOTSTRAP is unset)",
+        "Run a stream worker: consumes observations and configs, writes results and alerts, serves the HTTP API "
+        "and dashboard. With KAFKA_BOOTSTRAP unset it uses the broker at SEQSTREAM_LOCAL_BROKER, starting an "
+        "embedded one there (data under SEQSTREAM_DATADIR) if nothing answers.",
+        "seqstream worker",
+        _worker_env()),
+    "broker": CommandHelp(
+        "run only the embedded broker, in the foreground",
+        "Run only the embedded Kafka-protocol broker (noida-db, the [local] extra) in the foreground at "
+        "SEQSTREAM_LOCAL_BROKER, its data under SEQSTREAM_DATADIR/broker; Ctrl-C stops it.",
+        "seqstream broker",
+        "SEQSTREAM_LOCAL_BROKER, SEQSTREAM_DATADIR"),
+    "demo": CommandHelp(
+        "run broker, worker and example traffic end to end, then a summary",
+        "Run broker (if KAFKA_BOOTSTRAP is unset), worker and example traffic end to end, print results and alerts "
+        "as they arrive, then a summary; everything is stopped at the end.",
+        "seqstream demo --data covid.csv --experiment covid --metric 'Customer support calls per visitor:lower'",
+        "KAFKA_BOOTSTRAP (unset: an embedded broker of its own), SEQSTREAM_IDLE_TIMEOUT"),
+    "example": CommandHelp(
+        "write an example observations CSV in the covid data's format",
+        "Write an example observations CSV in the format (and with the metric names) of Optimizely's "
+        "covid-messaging data: 3 variations x 5 metrics x 18 one-minute intervals, simulated with a seed.",
+        "seqstream example covid.csv",
+        "none"),
+    "publish": CommandHelp(
+        "validate a CSV or JSON-lines file of observations, then publish it",
+        "Validate a CSV (the covid data's format) or JSON-lines file of observations, then publish it one message "
+        "per experiment and interval; nothing is sent if any row is bad, unless --skip-bad.",
+        "seqstream publish covid.csv --experiment covid --pace 0.5",
+        TOPIC_ENV + ", SEQSTREAM_COMPRESSION"),
+    "experiment": CommandHelp(
+        "publish an experiment's config version, or print the latest one",
+        "Publish an experiment's config version (`set`), or print the latest one (`show`).",
+        "seqstream experiment set --experiment covid --metric 'Customer support calls per visitor:lower'",
+        TOPIC_ENV),
+    "experiment set": CommandHelp(
+        "publish a config version (a JSON file, or flags)",
+        "Publish a config version (a JSON file, or flags); it governs what the worker reads after it.",
+        "seqstream experiment set --experiment covid --weights control=1,message_1=1 "
+        "--metric 'Customer support calls per visitor:lower'",
+        TOPIC_ENV),
+    "experiment show": CommandHelp(
+        "print the latest published config",
+        "Print the config version of an experiment the worker applies (the highest version published).",
+        "seqstream experiment show covid",
+        BROKER_ENV),
+    "topics": CommandHelp(
+        "check the topics against the configuration, or create the missing ones",
+        "Check the topics against the configuration (partitions found against wanted), or create the missing "
+        "ones; --recreate deletes and recreates those with a wrong partition count.",
+        "seqstream topics check",
+        TOPIC_ENV),
+    "topics check": CommandHelp(
+        "each topic's partitions against the configuration; exit 1 if any is missing or wrong",
+        "Print each topic of the configuration with the partitions found on the broker and the partitions "
+        "wanted; exit 1, naming the fix, if any is missing or has another count. Creates nothing.",
+        "seqstream topics check",
+        TOPIC_ENV),
+    "topics create": CommandHelp(
+        "create the missing topics",
+        "Create the missing topics with the configured partitions. With --recreate, also delete and recreate "
+        "those with a wrong partition count (their messages are lost); nothing is deleted unless the broker "
+        "would accept every replacement.",
+        "seqstream topics create --recreate",
+        TOPIC_ENV),
+    "tail": CommandHelp(
+        "print the results, alerts or dead-letter topic as JSON lines",
+        "Print the messages of the results, alerts or dead-letter topic as JSON lines (or --table).",
+        "seqstream tail results --experiment covid --from-beginning",
+        BROKER_ENV),
+    "watch": CommandHelp(
+        "live terminal view of results and alerts",
+        "Live terminal view of results and alerts: lift, always-valid CI, corrected p and significance per "
+        "metric and variation.",
+        "seqstream watch --experiment covid",
+        BROKER_ENV),
+    "report": CommandHelp(
+        "write a static HTML report of an experiment's results",
+        "Write a static HTML report of an experiment's results (overview tables, lift and CI charts).",
+        "seqstream report --experiment covid --html covid.html",
+        BROKER_ENV),
 }
 
 
 def _add(sub, name: str, func, **kwargs) -> argparse.ArgumentParser:
-    description, example, env = HELP[name]
-    epilog = f"example:\n  {example}\n\nenvironment:\n" + textwrap.fill(env, 96, initial_indent="  ",
-                                                                        subsequent_indent="  ")
-    parser = sub.add_parser(name, help=description.split(". ")[0].split(": ")[0].rstrip(".").lower(),
-                            description=textwrap.fill(description, 96), epilog=epilog,
-                            formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    """The parser of HELP[name] ("experiment set" under `experiment`'s sub-parsers is "set")."""
+    help_ = HELP[name]
+    epilog = f"example:\n  {help_.example}\n\nenvironment:\n" + textwrap.fill(help_.env, 96, initial_indent="  ",
+                                                                               subsequent_indent="  ")
+    parser = sub.add_parser(name.split()[-1], help=help_.summary, description=textwrap.fill(help_.description, 96),
+                            epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     parser.set_defaults(func=func)
     return parser
 
@@ -561,18 +741,34 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _local_extra() -> str:
+    """Whether the embedded broker (the [local] extra) is there, without importing it."""
+    from importlib.util import find_spec
+
+    from ..kafka.embedded_broker import LOCAL_EXTRA
+
+    try:
+        if find_spec("noida_db") is not None:
+            return "embedded broker: installed"
+    except ImportError:  # a finder may refuse it outright instead of finding nothing
+        pass
+    return f"embedded broker: not installed, pip install '{LOCAL_EXTRA}' to have it"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Raw: argparse would wrap the --version line at the terminal's width, like a paragraph.
     parser = Parser(prog="seqstream", description="Live, always-valid experiment analysis on Kafka",
-                    epilog="`seqstream COMMAND --help` describes a command, with an example and the "
-                           "environment variables it reads.")
-    parser.add_argument("--version", action="version", version=f"seqstream {_version()}")
+                    epilog=textwrap.fill("`seqstream COMMAND --help` describes a command, with an example and the "
+                                         "environment variables it reads.", 96),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"seqstream {_version()} ({_local_extra()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add(sub, "worker", cmd_worker)
     _add(sub, "broker", cmd_broker)
 
     demo = _add(sub, "demo", cmd_demo)
     demo.add_argument("--data", help="replay a CSV in the covid data's format instead of simulated traffic")
-    demo.add_argument("--experiment", default="demo-experiment", help="experiment id for --data")
+    demo.add_argument("--experiment", help="experiment id for --data (default demo-experiment)")
     demo.add_argument("--metrics", help="comma-separated metric names to replay from --data (default: all)")
     demo.add_argument("--metric", action="append",
                       help="NAME[:binary][:lower][:guardrail][:absolute], a --data metric's options, repeatable")
@@ -583,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("file", help="the CSV to write (overwritten if it exists)")
 
     publish = _add(sub, "publish", cmd_publish)
-    publish.add_argument("file")
+    publish.add_argument("file", help="CSV or JSON-lines file; - reads standard input")
     publish.add_argument("--experiment", help="experiment id when the CSV has no experiment_id column")
     publish.add_argument("--metrics", help="comma-separated metric names to publish (default: all)")
     publish.add_argument("--pace", type=non_negative_float, default=0.0, help="seconds between intervals")
@@ -600,11 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = _add(sub, "experiment", cmd_experiment)
     actions = experiment.add_subparsers(dest="action", required=True, metavar="ACTION")
-    set_ = actions.add_parser("set", help="publish a config version (a JSON file, or flags)",
-                              description="Publish a config version (a JSON file, or flags); it governs what the "
-                                          "worker reads after it.",
-                              epilog=f"example:\n  {HELP['experiment'][1]} --weights control=1,message_1=1",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    set_ = _add(actions, "experiment set", cmd_experiment)
     set_.add_argument("file", nargs="?", help="JSON config file (see README)")
     set_.add_argument("--experiment", help="experiment id (default: experiment_id in the file)")
     set_.add_argument("--reference", default="control", help="reference variation (default control)")
@@ -612,22 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("--metric", action="append", help="NAME[:binary][:lower][:guardrail][:absolute], repeatable")
     set_.add_argument("--alpha", type=alpha, help="significance level, between 0 and 1 (default 0.1)")
     set_.add_argument("--version", type=int, help="config version (default: now in ms)")
-    set_.set_defaults(func=cmd_experiment)
-    show = actions.add_parser("show", help="print the latest published config",
-                              description="Print the config version of an experiment the worker applies.",
-                              epilog="example:\n  seqstream experiment show covid",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    show = _add(actions, "experiment show", cmd_experiment)
     show.add_argument("experiment")
-    show.set_defaults(func=cmd_experiment)
 
     topics = _add(sub, "topics", cmd_topics)
     topic_actions = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
-    topic_actions.add_parser("check", help="each topic's partitions against the configuration; exit 1 if any is "
-                                           "missing or wrong").set_defaults(func=cmd_topics)
-    create = topic_actions.add_parser("create", help="create the missing topics")
+    _add(topic_actions, "topics check", cmd_topics)
+    create = _add(topic_actions, "topics create", cmd_topics)
     create.add_argument("--recreate", action="store_true",
                         help="also delete and recreate topics with a wrong partition count (their messages are lost)")
-    create.set_defaults(func=cmd_topics)
 
     watch = _add(sub, "watch", cmd_watch)
     watch.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
@@ -648,11 +833,12 @@ def run(args) -> int:
     from aiokafka.errors import KafkaError
 
     from ..kafka.admin import KafkaAdminError
-    from ..kafka.clients import NoSuchTopics
+    from ..kafka.clients import BrokerUnreachable, NoSuchTopics
     from ..kafka.embedded_broker import BrokerStartError
 
-    command = args.command
-    if command not in ("worker", "broker"):
+    # `seqstream experiment set: ...`, as argparse names a sub-command's usage errors (Parser.error)
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    if args.command not in ("worker", "broker"):
         # The CLI reports what went wrong itself; aiokafka would add a log line per retry.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
@@ -661,6 +847,11 @@ def run(args) -> int:
         if str(exc):
             print(f"seqstream {command}: {exc}", file=sys.stderr)
         return exc.code
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):  # an exit code (faust's own, or sys.exit(0) on SIGTERM)
+            raise
+        print(f"seqstream {command}: {exc.code}", file=sys.stderr)  # Settings.from_env refusing a value
+        return 2
     except KeyboardInterrupt:
         print(f"seqstream {command}: interrupted", file=sys.stderr)
         return 130
@@ -668,7 +859,7 @@ def run(args) -> int:
         # As the Python docs advise: point stdout at devnull so the exit-time flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (NoSuchTopics, KafkaAdminError, BrokerStartError) as exc:
+    except (NoSuchTopics, KafkaAdminError, BrokerStartError, BrokerUnreachable) as exc:
         print(f"seqstream {command}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     except (KafkaError, ConnectionError) as exc:

@@ -64,6 +64,9 @@ def summary_table(final: dict, alerts: list[dict]) -> str:
     return "\n".join(lines)
 
 
+DATA_EXPERIMENT = "demo-experiment"  # the experiment id of a --data replay without --experiment
+
+
 def replay_configs(data: str, experiment: str, metrics: list[str] | None, metric_options: dict[str, dict]):
     """(configs, intervals) replaying a CSV: every metric of the file (or of ``metrics``) declared
     in the config, as the reference service was asked (is_binary false), with ``metric_options``
@@ -175,10 +178,14 @@ def main(args, metric_options: dict[str, dict] | None = None) -> int:
     from ..kafka.clients import broker_answers, no_broker_message
 
     base = Settings.from_env()
-    replay = (replay_configs(args.data, args.experiment, args.metrics.split(",") if args.metrics else None,
-                             metric_options or {}) if args.data else None)
+    metrics = args.metrics.split(",") if args.metrics else None
+    replay = (replay_configs(args.data, args.experiment or DATA_EXPERIMENT, metrics, metric_options or {})
+              if args.data else None)
     if metric_options and not args.data:
         raise DemoInputError("--metric sets the options of a --data file's metrics; the simulated traffic has its own")
+    for flag, given in (("--experiment", args.experiment), ("--metrics", args.metrics)):
+        if given is not None and not args.data:  # was silently ignored
+            raise DemoInputError(f"{flag} names what to replay from --data FILE; the simulated traffic has its own")
     if base.bootstrap and not broker_answers(base.bootstrap):
         raise DemoInputError(no_broker_message(base))
     run_id = time.strftime("%Y%m%d%H%M%S")

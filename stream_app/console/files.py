@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ from state import InvalidInput, parse_observation
 CSV_COLUMNS = ("variation_id", "interval_timestamp", "unit_count", "unit_observation_sum",
                "unit_observation_sum_of_squares", "metric_name")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+STDIN = "-"  # the path that means standard input, as for cat
 
 
 class FileError(ValueError):
@@ -46,13 +48,14 @@ class ObservationFile:
     metrics: frozenset[str]
 
 
-def read_text(path: str | Path) -> str:
-    """The whole file as text, or a FileError saying in one line why it cannot be."""
+def read_text(path: str | Path, kind: str = "CSV or JSON lines") -> str:
+    """The whole file as text, or a FileError saying in one line why it cannot be (``kind``: what
+    the file should have been, for a binary one)."""
     p = Path(path)
     if p.is_dir():
         raise FileError(f"{path}: is a directory, not a file")
     try:
-        data = p.read_bytes()
+        data = sys.stdin.buffer.read() if str(path) == STDIN else p.read_bytes()
     except FileNotFoundError:
         raise FileError(f"{path}: no such file") from None
     except PermissionError:
@@ -60,7 +63,7 @@ def read_text(path: str | Path) -> str:
     except OSError as exc:
         raise FileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if b"\0" in data[:65536]:
-        raise FileError(f"{path}: looks like a binary file, not CSV or JSON lines")
+        raise FileError(f"{path}: looks like a binary file, not {kind}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -69,17 +72,50 @@ def read_text(path: str | Path) -> str:
 
 def _csv_timestamp(text: str) -> float:
     """The covid CSV's naive timestamps are UTC; ISO strings with a zone are honoured."""
-    parsed = datetime.fromisoformat(text.strip())
+    if not text.strip():
+        raise InvalidInput("is empty", field="interval_timestamp")
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:  # Python's "Invalid isoformat string" names neither the column nor the format
+        raise InvalidInput(f"{text!r} is not a date and time (e.g. 2020-09-14 11:21:00)",
+                           field="interval_timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
 
 
+def _csv_number(record: dict, column: str) -> float:
+    """A numeric cell, or InvalidInput naming the column and quoting the cell as written."""
+    text = (record[column] or "").strip()
+    if not text:
+        raise InvalidInput("is empty", field=column)
+    try:
+        return float(text)
+    except ValueError:  # Python's "could not convert string to float" names no column
+        raise InvalidInput(f"{text!r} is not a number", field=column) from None
+
+
+def _csv_count(record: dict) -> int:
+    """unit_count as an int; checked here so the message quotes the cell ("-5", not "-5.0")."""
+    value = _csv_number(record, "unit_count")
+    if not (value.is_integer() and value >= 0):
+        raise InvalidInput(f"must be a whole number >= 0, got {record['unit_count'].strip()}", field="unit_count")
+    return int(value)
+
+
+def _not_empty(path: str | Path, text: str) -> str:
+    if not text.strip():  # else a CSV says "missing column(s)" of a file that has nothing at all
+        raise FileError(f"{path}: is empty")
+    return text
+
+
 def read_csv_observations(path: str | Path, experiment_id: str | None = None,
-                          metrics: Sequence[str] | None = None) -> ObservationFile:
-    """Rows of a CSV in the covid data's format as observation dicts, validated."""
+                          metrics: Sequence[str] | None = None, *, text: str | None = None) -> ObservationFile:
+    """Rows of a CSV in the covid data's format as observation dicts, validated (``text``: the
+    file's content when already read, as from standard input)."""
     rows, errors, seen = [], [], set()
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    text = _not_empty(path, read_text(path) if text is None else text)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = reader.fieldnames or []
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -101,12 +137,10 @@ def read_csv_observations(path: str | Path, experiment_id: str | None = None,
                     "metric": record["metric_name"],
                     "variation_id": record["variation_id"],
                     "interval_timestamp": _csv_timestamp(record["interval_timestamp"] or ""),
-                    "unit_count": float(record["unit_count"] or "nan"),
-                    "unit_observation_sum": float(record["unit_observation_sum"] or "nan"),
-                    "unit_observation_sum_of_squares": float(record["unit_observation_sum_of_squares"] or "nan"),
+                    "unit_count": _csv_count(record),
+                    "unit_observation_sum": _csv_number(record, "unit_observation_sum"),
+                    "unit_observation_sum_of_squares": _csv_number(record, "unit_observation_sum_of_squares"),
                 }
-                if row["unit_count"].is_integer():
-                    row["unit_count"] = int(row["unit_count"])
                 parse_observation(row)
             except (ValueError, TypeError, InvalidInput) as exc:
                 errors.append(RowError(line, str(exc)))
@@ -117,9 +151,11 @@ def read_csv_observations(path: str | Path, experiment_id: str | None = None,
     return ObservationFile(rows, errors, frozenset(seen))
 
 
-def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = None) -> ObservationFile:
+def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = None, *,
+                            text: str | None = None) -> ObservationFile:
     rows, errors, seen = [], [], set()
-    for line, raw in enumerate(read_text(path).splitlines(), start=1):
+    text = _not_empty(path, read_text(path) if text is None else text)
+    for line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
@@ -131,7 +167,10 @@ def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = No
             parse_observation(row)
             if not isinstance(row.get("experiment_id"), str) or not row["experiment_id"]:
                 raise InvalidInput("must be a non-empty string", field="experiment_id")
-        except (orjson.JSONDecodeError, InvalidInput) as exc:
+        except orjson.JSONDecodeError as exc:
+            errors.append(RowError(line, f"not a JSON object ({exc})"))
+            continue
+        except InvalidInput as exc:
             errors.append(RowError(line, str(exc)))
             continue
         rows.append(row)
@@ -140,7 +179,13 @@ def read_jsonl_observations(path: str | Path, metrics: Sequence[str] | None = No
 
 def read_observations(path: str | Path, experiment_id: str | None = None,
                       metrics: Sequence[str] | None = None) -> ObservationFile:
-    """A CSV or, by its suffix, a JSON-lines file."""
+    """A CSV or, by its suffix, a JSON-lines file; ``-`` is standard input, JSON lines if it starts
+    with ``{``, else CSV."""
+    if str(path) == STDIN:
+        text = read_text(path)
+        if text.lstrip().startswith("{"):
+            return read_jsonl_observations(path, metrics, text=text)
+        return read_csv_observations(path, experiment_id, metrics, text=text)
     if str(path).endswith(JSONL_SUFFIXES):
         return read_jsonl_observations(path, metrics)
     return read_csv_observations(path, experiment_id, metrics)
@@ -200,13 +245,19 @@ def example_rows() -> list[dict]:
 
 
 def write_example_csv(path: str | Path) -> int:
-    """Write :func:`example_rows` as a CSV in the covid data's format; returns the row count."""
+    """Write :func:`example_rows` as a CSV in the covid data's format; returns the row count. A
+    path that cannot be written (a directory, a missing folder, a full disk) is a FileError line."""
     rows = example_rows()
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for row in rows:
-            when = datetime.fromtimestamp(row["interval_timestamp"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            writer.writerow([row["variation_id"], when, row["unit_count"], repr(row["unit_observation_sum"]),
-                             repr(row["unit_observation_sum_of_squares"]), row["metric"]])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        when = datetime.fromtimestamp(row["interval_timestamp"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        writer.writerow([row["variation_id"], when, row["unit_count"], repr(row["unit_observation_sum"]),
+                         repr(row["unit_observation_sum_of_squares"]), row["metric"]])
+    try:
+        with open(path, "w", newline="") as f:  # the text is whole first: an error comes from the OS alone
+            f.write(text.getvalue())
+    except OSError as exc:  # IsADirectoryError, FileNotFoundError (its folder), ENOSPC (at write or close)
+        raise FileError(f"cannot write {path}: {exc.strerror or exc}") from None
     return len(rows)

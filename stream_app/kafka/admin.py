@@ -31,6 +31,7 @@ __all__ = [
     "TopicSetupError",
     "ensure_topics",
     "ensure_topics_sync",
+    "validate_topics",
     "topic_partitions",
     "partition_counts",
     "delete_topics",
@@ -139,6 +140,51 @@ async def topic_config(bootstrap: str, name: str) -> dict[str, str]:
     }
 
 
+def _new_topic(name: str, spec: TopicSpec) -> NewTopic:
+    return NewTopic(name, num_partitions=spec.partitions, replication_factor=spec.replication_factor,
+                    topic_configs=dict(spec.config))
+
+
+async def _create_topics(client: AIOKafkaAdminClient, topics: Sequence[NewTopic], *, validate_only: bool = False,
+                         what: str = "could not create topics") -> None:
+    """CreateTopics; TopicSetupError naming each refused topic with the broker's reason
+    ("already exists" from a concurrent creator is fine)."""
+    response = await client.create_topics(list(topics), validate_only=validate_only)
+    failures = [
+        f"{err['topic']}: error {err['error_code']} {err['error_message'] or ''}".rstrip()
+        for err in response.to_object()["topic_errors"]
+        if err["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)
+    ]
+    if failures:
+        raise TopicSetupError(f"{what}: " + "; ".join(failures))
+
+
+async def validate_topics(bootstrap: str, topics: Mapping[str, TopicSpec]) -> None:
+    """Ask the broker whether it would create these topics (CreateTopics with validate_only: the
+    partition count, replication factor against the live brokers, the configs), creating nothing;
+    TopicSetupError with its reasons if not.
+
+    For a topic that exists the broker answers "already exists" before checking anything else, so
+    each spec is validated under a probe name that does not exist: what is judged is the spec.
+    """
+    async with _admin(bootstrap) as client:
+        existing = await _partition_counts(client)
+        probes = {}
+        for name, spec in topics.items():
+            probe = f"{name}.seqstream-validate"[-249:]  # Kafka's longest topic name
+            while probe in existing:
+                probe = probe[1:] + "x"
+            probes[probe] = name
+        try:
+            await _create_topics(client, [_new_topic(probe, topics[name]) for probe, name in probes.items()],
+                                 validate_only=True, what="the broker would refuse to create topics")
+        except TopicSetupError as exc:
+            message = str(exc)
+            for probe, name in probes.items():
+                message = message.replace(probe, name)
+            raise TopicSetupError(message) from None
+
+
 async def ensure_topics(
     bootstrap: str,
     topics: Mapping[str, TopicSpec],
@@ -155,25 +201,9 @@ async def ensure_topics(
     """
     async with _admin(bootstrap) as client:
         existing = await _partition_counts(client)
-        missing = [
-            NewTopic(
-                name,
-                num_partitions=spec.partitions,
-                replication_factor=spec.replication_factor,
-                topic_configs=dict(spec.config),
-            )
-            for name, spec in topics.items()
-            if name not in existing
-        ]
+        missing = [_new_topic(name, spec) for name, spec in topics.items() if name not in existing]
         if missing:
-            response = await client.create_topics(missing)
-            failures = [
-                f"{err['topic']}: error {err['error_code']} {err['error_message'] or ''}".rstrip()
-                for err in response.to_object()["topic_errors"]
-                if err["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)
-            ]
-            if failures:
-                raise TopicSetupError("could not create topics: " + "; ".join(failures))
+            await _create_topics(client, missing)
 
         # A real multi-broker cluster may take a moment to show new topics in metadata.
         deadline = asyncio.get_running_loop().time() + verify_timeout

@@ -163,12 +163,32 @@ class NoSuchTopics(LookupError):
     """None of the topics a reader was asked for exists (no worker or producer has created them)."""
 
 
+class BrokerUnreachable(ConnectionError):
+    """The broker a reader was following stopped answering; ``str()`` is one line."""
+
+
+async def _answers(bootstrap: str) -> bool:
+    """Whether a TCP connection to one of the bootstrap addresses opens (within a second)."""
+    for address in bootstrap.split(","):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(*split_address(address)), 1.0)
+        except (OSError, ValueError, asyncio.TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False
+
+
 async def follow(settings: Settings, kinds: Sequence[str], *, from_beginning: bool = True,
-                 stop: asyncio.Event | None = None, to_end: bool = False) -> AsyncIterator[tuple[str, dict]]:
+                 stop: asyncio.Event | None = None, to_end: bool = False,
+                 unreachable_after: float | None = None) -> AsyncIterator[tuple[str, dict]]:
     """Yield (kind, decoded message) from the given output topics, without a consumer group.
 
     ``to_end``: stop once every partition is read up to the end offset it had when reading began
     (what was there, read as fast as the broker serves it, instead of waiting for a timeout).
+    ``unreachable_after``: raise :class:`BrokerUnreachable` once no bootstrap address has accepted
+    a connection for that many seconds (checked about every second while nothing arrives); aiokafka
+    itself retries forever without a word, so a follower of a dead broker just fell silent.
     """
     long_poll.install(settings.fetch_idle_wait)  # a caught-up reader must not busy-poll noida-db either
     topics = {settings.topic(kind): kind for kind in kinds}
@@ -189,10 +209,24 @@ async def follow(settings: Settings, kinds: Sequence[str], *, from_beginning: bo
         else:
             await consumer.seek_to_end(*partitions)
         ends = await consumer.end_offsets(partitions) if to_end else {}
+        loop = asyncio.get_running_loop()
+        checked = answered = loop.time()
         while stop is None or not stop.is_set():
             if to_end and await _read_to(consumer, ends):
                 return
             batch = await consumer.getmany(timeout_ms=200)
+            if unreachable_after is not None and not batch and loop.time() - checked >= 1.0:
+                checked = loop.time()
+                if await _answers(settings.bootstrap):
+                    answered = checked
+                elif checked - answered >= unreachable_after:
+                    gone = BrokerUnreachable(f"the broker at {settings.bootstrap} stopped answering "
+                                             f"{checked - answered:.0f} s ago")
+                    # aiokafka's fetcher, stopped with no broker, lets its own task's CancelledError out
+                    # of stop(); this reader's task is not cancelled, so only the reason above counts
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await consumer.stop()
+                    raise gone
             for tp, messages in batch.items():
                 for message in messages:
                     kind = topics[tp.topic]

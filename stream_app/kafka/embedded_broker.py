@@ -147,6 +147,11 @@ class EmbeddedBroker:
     def log_path(self) -> Path:
         return self._data_dir / LOG_NAME
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of the last broker process, None while it runs (or before start)."""
+        return self._proc.poll() if self._proc else None
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

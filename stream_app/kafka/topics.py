@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .admin import TopicSetupError, TopicSpec, delete_topics, ensure_topics, ensure_topics_sync, partition_counts
+from .admin import (TopicSetupError, TopicSpec, delete_topics, ensure_topics, ensure_topics_sync, partition_counts,
+                    validate_topics)
 from ..settings import Settings
 
 TABLE_NAME = "live"  # faust's changelog for it: "{app_id}-live-changelog"
@@ -85,10 +86,16 @@ async def ensure_app_topics(settings: Settings) -> dict[str, int]:
 
 async def recreate_mismatched(settings: Settings) -> list[TopicStatus]:
     """Delete the topics whose partition count is wrong, then create every missing one. Returns
-    the statuses found before (their messages are gone)."""
+    the statuses found before (their messages are gone).
+
+    Nothing is deleted unless the broker first says it would create every replacement (and every
+    missing topic) as configured: a spec it refuses (a replication factor above the broker count,
+    say) must not cost the old topics their messages."""
     before = await check_topics(settings)
     wrong = [status.name for status in before if status.state == "MISMATCH"]
     if wrong:
+        specs = topic_specs(settings)
+        await validate_topics(settings.bootstrap, {s.name: specs[s.name] for s in before if s.state != "ok"})
         await delete_topics(settings.bootstrap, wrong)
     await ensure_app_topics(settings)
     return before
