@@ -101,7 +101,7 @@ class SeqstreamApp(faust.App):
 
 app = SeqstreamApp(
     settings.app_id,
-    broker=f"kafka://{settings.bootstrap or '127.0.0.1:9092'}",
+    broker=f"kafka://{settings.bootstrap or settings.local_broker}",  # the local default when KAFKA_BOOTSTRAP is unset
     store=settings.store,
     datadir=settings.datadir,
     topic_partitions=settings.partitions,
