@@ -96,11 +96,12 @@ async def latest_per_key(bootstrap: str, topic: str) -> dict[bytes, bytes]:
     reader = await Reader.open(bootstrap, topic, idle=0.05)
     latest: dict[bytes, bytes] = {}
     try:
-        total = sum((await reader.consumer.end_offsets(reader.parts)).values())
-        count, t0 = 0, time.perf_counter()
-        while count < total and time.perf_counter() - t0 < 60:
+        # to the end offsets by position, not by count: transaction markers take offsets too
+        ends, t0 = await reader.consumer.end_offsets(reader.parts), time.perf_counter()
+        while time.perf_counter() - t0 < 60:
+            if all(await reader.consumer.position(tp) >= ends[tp] for tp in reader.parts):
+                break
             for r in await reader.poll():
-                count += 1
                 if r.value is None:
                     latest.pop(r.key, None)
                 else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from typing import NamedTuple
 
@@ -36,7 +37,8 @@ from . import web
 from .web import install_security_headers
 from .kafka import long_poll, zstd_level
 from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
-from .kafka.faust_io import BatchedSender, consumer_lag, group_member_id
+from .kafka.faust_io import BatchedSender, consumer_lag, coordination_failure, group_member_id
+from .kafka.fencing import PartitionWriters
 from .kafka.tables import PromptTableManager, StateWriteFailed, write_acked
 from .metrics import Metrics
 from .outputs import OutputSender
@@ -83,7 +85,8 @@ class SeqstreamApp(faust.App):
         """faust's aiokafka transport, with a consumer that delivers a message without four tasks
         when nothing blocks it and saves the changed states before it commits offsets
         (stream_app/kafka/delivery.py)."""
-        return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics, before_commit=save_states)
+        return SeqstreamTransport(self.conf.broker_consumer, self, counts=metrics, before_commit=save_states,
+                                  before_assigned=claim_partitions, after_stop=partition_writers.close)
 
     def on_webserver_init(self, web) -> None:
         """Every response, the dashboard's and the API's, with the security headers."""
@@ -208,8 +211,9 @@ batched = BatchedSender(app)
 # again from the committed offset, and every later owner skipped them (issue 17: offsets
 # 1203-1231 lost with no dead letter). Now an event is processed only if it was fetched in the
 # current consumer generation and no revocation happened since: anything else is dropped
-# unprocessed and its offset never acknowledged (so never committed); the consumer, whose
-# positions a rebalance resets to the committed offsets, fetches it again.
+# unprocessed and its offset never acknowledged (so never committed), and fetched again: a
+# rebalance resets the positions to the committed offsets, and where the fetch came after that
+# reset, the partition is sought back to it (_current_events).
 # Between the end of a revocation (unsaved states dropped) and the next assignment: every event
 # is from before it, and no offset is committed (save_states refuses), since acks of events
 # whose effects were just dropped may be recorded meanwhile.
@@ -228,21 +232,27 @@ async def _on_assigned(app, assigned, **kwargs) -> None:
     _fenced = False
 
 
-def _current_events(events: list) -> list:
-    """The events fetched in this consumer generation since the last assignment; the others are
+async def _current_events(events: list) -> list:
+    """The events fetched in this consumer generation since the last assignment. The others are
     marked acknowledged without faust recording their offsets (Message.acked set first makes
-    faust's ack a no-op), so they can never be committed, and are fetched again."""
+    faust's ack a no-op), so they can never be committed, and their partitions are fetched again
+    from them (kafka.delivery.SeqstreamConsumer.fetch_again: unless a rebalance already reset
+    the position to the committed offset, before them; one fetched under the new assignment
+    before faust took the new generation has no reset after it)."""
     generation = app.consumer_generation_id
     if not _fenced and all(event.message.generation_id == generation for event in events):
         return events
-    fresh = []
+    fresh, stale = [], {}
     for event in events:
         message = event.message
         if _fenced or message.generation_id != generation:
             message.acked = True
             metrics.stale_events_dropped += 1
+            stale.setdefault(message.tp, message.offset)
         else:
             fresh.append(event)
+    if not _fenced:  # while fenced the assignment is about to change, and with it every position
+        await app.consumer.fetch_again(stale)
     return fresh
 
 
@@ -270,6 +280,23 @@ app.on_rebalance_complete.connect(_reindex_open_intervals)
 _batch_in_flight = asyncio.Lock()
 _latest_event: dict[int, object] = {}  # partition -> the latest input event on it
 CHANGELOG_TOPIC = changelog_topic(settings)
+# The changelog is written by one fenced transactional producer per input partition, claimed at
+# every assignment before anything of the partition is read (stream_app/kafka/fencing.py).
+partition_writers = PartitionWriters(
+    settings.bootstrap or settings.local_broker, settings.app_id, CHANGELOG_TOPIC,
+    compression_type=settings.compression_type, max_request_size=max(1_048_576, 4 * settings.max_message_bytes),
+    max_batch_size=262_144)
+
+
+async def claim_partitions(assigned) -> None:
+    """Before faust reads anything of a new assignment: claim its input partitions' changelog
+    partitions, fencing every earlier writer of them (stream_app.kafka.fencing)."""
+    partitions = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}
+    try:
+        await partition_writers.claim(partitions)
+    except Exception as exc:  # noqa: BLE001 - unclaimed partitions only refuse to save (no commit)
+        log.error("offsets will NOT be committed until the next assignment: %s", exc)
+    metrics.partitions_claimed = len(partition_writers.claimed)
 # States taken for a save whose changelog write failed: written first at the next save, and
 # until then no offset is committed (experiment -> (bytes, partition)).
 _failed_writes: dict[str, tuple[bytes, int]] = {}
@@ -297,14 +324,15 @@ async def save_states() -> bool:
         states = {**_failed_writes, **processor.take_states(held)}
         _failed_writes.clear()
         try:
-            await write_acked(live_table, CHANGELOG_TOPIC,
-                              ((e.encode(), blob, _latest_event[p]) for e, (blob, p) in states.items()),
-                              batched.send)
+            await write_acked(live_table, partition_writers,
+                              ((e.encode(), blob, p, _latest_event[p]) for e, (blob, p) in states.items()))
         except StateWriteFailed as exc:
-            _failed_writes.update(states)
+            metrics.state_writes_fenced = partition_writers.fenced
+            metrics.partitions_claimed = len(partition_writers.claimed)
+            _failed_writes.update((e, v) for e, v in states.items() if v[1] in exc.partitions)
             metrics.state_write_failures += 1
             log.error("offsets NOT committed: %s; experiments %s; retried at the next commit, and a restart "
-                      "resumes from the last committed offsets", exc, ", ".join(sorted(states)[:10]))
+                      "resumes from the last committed offsets", exc, ", ".join(sorted(_failed_writes)[:10]))
             return False
         finally:
             metrics.seconds_writing_state += time.perf_counter() - t0
@@ -382,7 +410,7 @@ async def process(stream):
     gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *gc.get_threshold()[1:])
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
         received = time.time()
-        events = _current_events(events)
+        events = await _current_events(events)
         if not events:
             continue
         async with _batch_in_flight:  # waits while save_states writes (its time is counted there)
@@ -403,10 +431,23 @@ async def process(stream):
         idle_since = clock()
 
 
+COORDINATION_FAILED_EXIT = 3  # the exit status of a worker whose group membership ended for good
+
+
 @app.timer(interval=5.0)
 async def measure_lag():
-    """Messages behind the log end on this worker's input partitions (GET /metrics)."""
+    """Messages behind the log end on this worker's input partitions (GET /metrics), and a
+    check that the consumer is still a working member of its group: if its coordination ended
+    (kafka.faust_io.coordination_failure), the worker exits at once, as if killed, which every
+    state and commit is made to survive; its supervisor starts it again and it rejoins."""
     metrics.consumer_lag = consumer_lag(app.consumer, INPUT_TOPICS)
+    failure = coordination_failure(app.consumer)
+    if failure is not None:
+        log.critical("the consumer's group coordination ended (%r): exiting with status %d so that the "
+                     "worker is restarted and rejoins its group", failure, COORDINATION_FAILED_EXIT)
+        logging.shutdown()
+        os._exit(COORDINATION_FAILED_EXIT)
+    r = app.tables.recovery
 
 
 @app.timer(interval=max(0.5, settings.idle_timeout / 4))

@@ -41,9 +41,14 @@ class Metrics:
     # Exactly-once bookkeeping (stream_app/app.py): events fetched before a rebalance, dropped
     # unprocessed to be fetched again; saves whose changelog write was not acked (no commit).
     stale_events_dropped: int = 0
+    records_fetched_again: int = 0
     late_rows_folded: int = 0
     ticks_ignored: int = 0
     state_write_failures: int = 0
+    # Fencing (stream_app/kafka/fencing.py): the input partitions this worker holds a claim on, and
+    # state writes the broker refused because a newer owner had claimed the partition.
+    partitions_claimed: int = 0
+    state_writes_fenced: int = 0
 
     _HELP = {
         "observations_in": ("counter", "Observation messages consumed"),
@@ -69,8 +74,11 @@ class Metrics:
         "deliveries_waited": ("counter", "Messages the consumer delivered after waiting (flow control, producer buffer, full queue)"),
         "ticks_ignored": ("counter", "Ticks for experiments this worker does not hold, ignored"),
         "late_rows_folded": ("counter", "Late rows (within the allowed lateness) counted in a later interval"),
+        "records_fetched_again": ("counter", "Partitions sought back to fetched records faust did not deliver (paused meanwhile)"),
         "stale_events_dropped": ("counter", "Events fetched before a rebalance, dropped unprocessed (fetched again)"),
         "state_write_failures": ("counter", "State saves the changelog did not acknowledge (offsets not committed)"),
+        "partitions_claimed": ("gauge", "Input partitions whose changelog this worker may write (claimed at assignment)"),
+        "state_writes_fenced": ("counter", "Partition state writes refused because a newer owner claimed the partition"),
     }
 
     def track_gc(self) -> None:

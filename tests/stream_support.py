@@ -110,7 +110,8 @@ def collect(settings: Settings, kind: str, done=lambda out: False, timeout: floa
 async def _batch_codecs(bootstrap: str, topic: str) -> dict[int, int]:
     """codec -> number of record batches of that codec stored in ``topic`` (aiokafka's
     DefaultRecordBatch.CODEC_*: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd), read with raw Fetch
-    requests: a consumer decompresses silently, so only the stored batches tell."""
+    requests: a consumer decompresses silently, so only the stored batches tell. Control batches
+    (transaction markers, written by the broker) are not counted."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     await client.bootstrap()
     codecs: dict[int, int] = {}
@@ -126,8 +127,10 @@ async def _batch_codecs(bootstrap: str, topic: str) -> dict[int, int]:
                 batches = MemoryRecords(records or b"")
                 start = offset
                 while (batch := batches.next_batch()) is not None:
-                    codecs[batch.compression_type] = codecs.get(batch.compression_type, 0) + 1
                     offset = batch.next_offset
+                    if batch.is_control_batch:  # a transaction marker: the broker's, never compressed
+                        continue
+                    codecs[batch.compression_type] = codecs.get(batch.compression_type, 0) + 1
                 if offset == start:
                     break
     finally:
@@ -192,12 +195,17 @@ async def _latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
         ends = await consumer.end_offsets(partitions)
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             for records in (await consumer.getmany(timeout_ms=200)).values():
-                latest.update((record.key, record.value) for record in records)
+                for record in records:
+                    if record.value is None:  # a tombstone (a claim's: stream_app.kafka.fencing)
+                        latest.pop(record.key, None)
+                    else:
+                        latest[record.key] = record.value
     return latest
 
 
 def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes]:
-    """key -> its latest value in a topic (a changelog's current table), read to the end."""
+    """key -> its latest value in a topic (a changelog's current table, as the worker's recovery
+    reads it), read to the end."""
     return asyncio.run(_latest_values(bootstrap, topic))
 
 

@@ -30,6 +30,11 @@ PRIVATE = [
     ("faust.stores.base", "Store.set_persisted_offset", "kafka/tables.py"),
     ("faust.transport.consumer", "Consumer.on_partitions_assigned", "kafka/delivery.py"),
     ("faust.transport.drivers.aiokafka", "Producer._ensure_producer", "kafka/faust_io.py"),
+    ("faust.transport.consumer", "Consumer.getmany", "kafka/delivery.py"),
+    ("faust.transport.consumer", "Consumer._wait_next_records", "kafka/delivery.py"),
+    ("faust.transport.consumer", "Consumer._to_message", "kafka/delivery.py"),
+    ("faust.transport.consumer", "Consumer.perform_seek", "kafka/delivery.py"),
+    ("faust.transport.drivers.aiokafka", "ThreadDelegateConsumer._seek", "kafka/delivery.py"),
 ]
 
 
@@ -58,6 +63,10 @@ def test_instance_attributes_the_worker_reads():
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, ThreadDelegateConsumer
 
     assert "self.member_id" in inspect.getsource(GroupCoordinator.__init__), "aiokafka coordinator member_id is gone (kafka/faust_io.py)"
+    assert "self._coordination_task" in inspect.getsource(GroupCoordinator.__init__), \
+        "aiokafka coordinator _coordination_task is gone (kafka/faust_io.py)"
+    for name in ("self.scheduler", "self._buffered_partitions"):
+        assert name in inspect.getsource(Consumer.__init__), f"faust Consumer {name} is gone (kafka/delivery.py)"
     assert "self._thread" in inspect.getsource(ThreadDelegateConsumer.__init__), "faust Consumer._thread is gone (kafka/faust_io.py)"
     assert "_consumer" in inspect.getsource(AIOKafkaConsumerThread), "faust AIOKafkaConsumerThread._consumer is gone (kafka/faust_io.py)"
     for attribute in ("self._acked ", "self._acked_index"):  # kafka/delivery.py

@@ -488,7 +488,11 @@ def test_a_batch_touching_many_experiments_logs_no_producer_buffer_warnings(brok
               (line.split() for line in text.splitlines() if line.startswith("seqstream_deliveries_"))}
     assert counts["seqstream_deliveries_at_once_total"] > 0, counts
     ticks = collect(settings, "ticks", timeout=2)  # interval 0 has no expected arms: closed when idle
-    assert sum(counts.values()) == len(messages) + len(ticks), (counts, len(ticks))
+    # and the changelog's one record per partition before the start: the worker's claim of it
+    # (stream_app.kafka.fencing), read back by the table's recovery
+    claims = int(float(next(line.split()[1] for line in text.splitlines() if line.startswith("seqstream_partitions_claimed "))))
+    assert claims == settings.partitions
+    assert sum(counts.values()) == len(messages) + len(ticks) + claims, (counts, len(ticks))
 
 
 def _settings_with_topic_limit(broker, tmp_path, kind: str, max_bytes: int, **overrides):

@@ -138,13 +138,21 @@ async def send_keyed(producer: AIOKafkaProducer, topic: str, partitions: int,
         by_partition.setdefault(partition_for(key, partitions) if key else 0, []).append((key, value))
     futures = []
     for partition, pairs in by_partition.items():
-        batch = producer.create_batch()
-        for key, value in pairs:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        futures += await send_to_partition(producer, topic, partition, pairs)
+    return futures
+
+
+async def send_to_partition(producer: AIOKafkaProducer, topic: str, partition: int,
+                            pairs: Iterable[tuple[bytes | None, bytes]]) -> list[asyncio.Future]:
+    """Send (key, value) pairs to one partition as record batches, a new one when one fills."""
+    futures = []
+    batch = producer.create_batch()
+    for key, value in pairs:
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures
 
 

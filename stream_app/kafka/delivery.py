@@ -1,5 +1,7 @@
 """Private faust and mode internals: ``Consumer._drain_messages``' ``wait_first`` race,
-``Consumer._read_offset``, ``_acked``, ``_acked_index`` and ``faust._cython.streams.sleep`` (checked against faust-streaming 0.15.3 and mode-streaming 0.7.1;
+``Consumer.getmany``'s internals (``_wait_next_records``, ``scheduler``, ``_to_message``, ``_buffered_partitions``, ``_seek``),
+``Consumer._read_offset``, ``_acked``, ``_acked_index`` and ``faust._cython.streams.sleep`` (checked
+against faust-streaming 0.15.3 and mode-streaming 0.7.1;
 tests/test_internals.py fails when they are gone).
 
 faust's per-message delivery without four tasks per message.
@@ -205,14 +207,79 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             return False
         return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
+    async def getmany(self, timeout: float) -> Any:
+        """faust's ``Consumer.getmany``, except that every fetched record it does not deliver is
+        fetched again (:meth:`fetch_again`): records of a partition that stopped being active
+        while the fetch was in flight (paused for a table's recovery), and the rest of the fetch
+        when the generation changes or the flow stops mid-way. faust dropped them silently with
+        aiokafka's position already past them, which only a rebalance's reset to the committed
+        offsets repaired, and a fetch made under the new assignment before faust took the new
+        generation had no reset after it; the drain loop then took the next offset for a gap
+        (``_add_gap``) and let a commit pass them (chaos test under CPU load: a start-up's
+        configs never applied, observations lost for good)."""
+        records, active_partitions = await self._wait_next_records(timeout)
+        generation_id = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+        to_message = self._to_message
+        if not self.flow_active:  # as faust: seek back to the committed offsets
+            try:
+                await self.perform_seek()
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning(f"exception performing seek when flow not active {exc}")
+            return
+        undelivered: dict[Any, int] = {}
+        cut = False
+        for tp, record in self.scheduler.iterate(records):
+            if cut or not self.flow_active or self.app.consumer_generation_id != generation_id:
+                cut = True
+            elif tp not in undelivered and (active_partitions is None or tp in active_partitions
+                                            or tp in self._buffered_partitions):
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                yield tp, to_message(tp, record)
+                continue
+            undelivered.setdefault(tp, record.offset)
+        if undelivered:
+            await self.fetch_again(undelivered)
+
+    async def fetch_again(self, offsets: dict) -> None:
+        """Make the consumer fetch each assigned partition again from ``offsets[tp]`` (records
+        fetched and not processed), unless its position is there or before it already (a
+        rebalance reset it to the committed offset): never past an offset not yet delivered."""
+        assigned = self.assignment()
+        for tp, offset in offsets.items():
+            if tp not in assigned:
+                continue
+            try:
+                position = await self.position(tp)
+            except Exception:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
+                continue
+            if position is None or position > offset:
+                await self.seek(tp, offset)
+                self.transport.counts.records_fetched_again += 1
+
+    async def on_stop(self) -> None:
+        """faust's stop (its last commit included), then ``transport.after_stop()``."""
+        await super().on_stop()
+        if self.transport.after_stop is not None:
+            await self.transport.after_stop()
+
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
-        """Forget faust's per-partition bookkeeping of the assigned partitions from before the
+        """First ``transport.before_assigned(assigned)``: the claim of the assigned partitions'
+        changelog writes (stream_app.kafka.fencing), before faust starts reading any of them.
+
+        Then forget faust's per-partition bookkeeping of the assigned partitions from before the
         assignment. A delivery interrupted by the revocation records its offset as read
         (``_read_offset``) after faust cleared it; the drain loop then drops every message below
         it as already read when the partition is fetched again from its committed offset (a
         gap; robinhood/faust#115). Acks recorded between the revocation and now are of events
         fetched before it, whose effects the worker dropped with its unsaved states
         (stream_app.app), and must not let a commit pass them."""
+        # The claim first: the drain loop may deliver while it is awaited, and must not record
+        # read offsets or acks after they are cleared below.
+        before_assigned = self.transport.before_assigned
+        if before_assigned is not None:
+            await before_assigned(assigned)
         for tp in assigned:
             self._read_offset.pop(tp, None)
         # Every ack recorded so far is of an event of the previous generation, on any partition,
@@ -223,6 +290,7 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         await super().on_partitions_assigned(assigned, generation_id)
 
 
+
 class SeqstreamTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport with :class:`SeqstreamConsumer`; ``counts`` (e.g. the worker's
     Metrics) gets the delivery counters; ``before_commit`` (a coroutine function, or None) runs
@@ -231,7 +299,10 @@ class SeqstreamTransport(faust_aiokafka.Transport):
     Consumer = SeqstreamConsumer
 
     def __init__(self, *args: Any, counts: Any, before_commit: Callable[[], Awaitable[None]] | None = None,
-                 **kwargs: Any):
+                 before_assigned: Callable[[Any], Awaitable[None]] | None = None,
+                 after_stop: Callable[[], Awaitable[None]] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.counts = counts
         self.before_commit = before_commit
+        self.before_assigned = before_assigned
+        self.after_stop = after_stop

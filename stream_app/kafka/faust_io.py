@@ -1,5 +1,6 @@
 """Private faust and aiokafka internals: ``Producer._ensure_producer``, ``Consumer._read_offset``,
-``Consumer._thread._consumer`` and aiokafka's ``AIOKafkaConsumer._coordinator.member_id`` (checked
+``Consumer._thread._consumer`` and aiokafka's ``AIOKafkaConsumer._coordinator.member_id`` and
+``_coordinator._coordination_task`` (checked
 against faust-streaming 0.15.3 and aiokafka 0.14.0; tests/test_internals.py fails when they are
 gone).
 
@@ -59,3 +60,19 @@ def group_member_id(consumer: Any) -> str | None:
         return consumer._thread._consumer._coordinator.member_id or None
     except AttributeError:
         return None
+
+
+def coordination_failure(consumer: Any) -> BaseException | None:
+    """The error that ended aiokafka's group coordination task, None while it runs.
+
+    aiokafka logs "Unexpected error in coordinator routine" and ends the task (seen: noida-db
+    0.2.3 answering a joining member's SyncGroup with an empty assignment under CPU load, which
+    aiokafka cannot decode). The consumer then neither heartbeats nor rejoins, and faust does not
+    notice: the worker goes on fetching its last partitions as a member the group dropped."""
+    try:
+        task = consumer._thread._consumer._coordinator._coordination_task
+    except AttributeError:
+        return None
+    if task is None or not task.done() or task.cancelled():
+        return None
+    return task.exception()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Iterable
 
 from faust.streams import _current_event
 from faust.tables import TableManager
@@ -47,37 +47,54 @@ def _processing(event: Any):
 
 
 class StateWriteFailed(RuntimeError):
-    """A changelog write was refused or never acknowledged: the offsets must not be committed."""
+    """Changelog writes were refused or never acknowledged: the offsets must not be committed.
+    ``partitions``: the input partitions whose states were not written."""
+
+    def __init__(self, message: str, partitions: set[int]):
+        super().__init__(message)
+        self.partitions = partitions
 
 
-async def write_acked(table: Any, changelog: str, states: Iterable[tuple[bytes, bytes, Any]],
-                      send: Callable[[str, list], Awaitable[list[asyncio.Future]]]) -> int:
-    """Write (key, value, event) states durably: their changelog records are sent with ``send``
-    (stream_app.kafka.faust_io.BatchedSender: record batches, each key to its murmur2 partition,
-    which is the partition faust's use_partitioner picks) and awaited until the broker has
-    acknowledged every one; only then is each written to the local store, under its event's
-    partition (:func:`_processing`), without faust's own changelog send.
+async def write_acked(table: Any, writers: Any, states: Iterable[tuple[bytes, bytes, int, Any]]) -> int:
+    """Write (key, value, partition, event) states durably: each partition's records in one
+    transaction of its fenced producer (stream_app.kafka.fencing.PartitionWriters; the changelog
+    partition is the input partition, the key's murmur2 partition, which faust's use_partitioner
+    picks), all partitions at once; only once a partition's transaction is committed are its
+    states written to the local store, under their event's partition (:func:`_processing`),
+    without faust's own changelog send.
 
     Why not ``table[key] = value``: faust queues that record in its producer buffer, and the
     flush it runs before committing offsets gives up after 0.1 s without a send
     (faust.transport.producer.ProducerBuffer.flush_atmost), so offsets could be committed before
-    the states they depend on were in the changelog, or past a state the broker refused.
-    Raises :class:`StateWriteFailed` (nothing written locally) when any record is not acked.
-    Returns how many were written.
+    the states they depend on were in the changelog, or past a state the broker refused; and a
+    worker that lost its partitions without knowing it yet would write over the new owner's.
+    Raises :class:`StateWriteFailed` naming the partitions not written (the others are written).
+    Returns how many states were written.
     """
-    states = list(states)
-    if not states:
+    by_partition: dict[int, list[tuple[bytes, bytes, Any]]] = {}
+    for key, value, partition, event in states:
+        by_partition.setdefault(partition, []).append((key, value, event))
+    if not by_partition:
         return 0
-    try:
-        futures = await send(changelog, [(key, value) for key, value, _ in states])
-        results = await asyncio.gather(*futures)
-    except Exception as exc:  # noqa: BLE001 - any refusal means: not durable, no commit
-        raise StateWriteFailed(f"{len(states)} state(s) not acknowledged by the changelog {changelog}: {exc!r}") from exc
+    order = list(by_partition)
+    results = await asyncio.gather(
+        *(writers.write(p, [(key, value) for key, value, _ in by_partition[p]]) for p in order),
+        return_exceptions=True)
     store = table.data
-    for key, value, event in states:
-        with _processing(event):
-            store[key] = value
-    for metadata in results:  # recovery after a restart may start after what is stored (rocksdb)
-        if metadata is not None:
-            store.set_persisted_offset(metadata.topic_partition, metadata.offset)
-    return len(states)
+    written = 0
+    failed: dict[int, BaseException] = {}
+    for partition, result in zip(order, results):
+        if isinstance(result, BaseException):
+            failed[partition] = result
+            continue
+        for key, value, event in by_partition[partition]:
+            with _processing(event):
+                store[key] = value
+        written += len(by_partition[partition])
+        # recovery after a restart may start after what is stored (rocksdb)
+        store.set_persisted_offset(result.topic_partition, result.offset)
+    if failed:
+        raise StateWriteFailed(
+            f"states of partitions {sorted(failed)} not written to the changelog: {next(iter(failed.values()))!r}",
+            set(failed))
+    return written
