@@ -316,6 +316,11 @@ async def save_states() -> bool:
     async with _batch_in_flight:
         if _fenced:  # revoked, states dropped, not assigned yet: no ack of now may be committed
             return False
+        if app.in_recovery:
+            # Nothing was processed since the assignment, and a transaction committed now would
+            # end a changelog partition in its marker while faust's recovery may be about to take
+            # the partition's end for the record it must read (stream_app.kafka.fencing).
+            return False
         t0 = time.perf_counter()
         await outputs.flush()
         held = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}

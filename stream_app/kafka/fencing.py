@@ -47,6 +47,9 @@ from .clients import send_to_partition
 log = logging.getLogger("seqstream.fencing")
 
 CLAIM_KEY = b"\x00seqstream:claimed"  # the tombstone a claim writes; never a table key
+# Seconds a claim may take: it runs inside the group's assignment callback, which holds the worker
+# back from fetching; a broker that does not answer must not hold it forever.
+CLAIM_TIMEOUT = 30.0
 
 
 class PartitionNotClaimed(RuntimeError):
@@ -85,7 +88,8 @@ class PartitionWriters:
         if self._plain is None:
             self._plain = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", **self._config)
             await self._plain.start()
-        results = await asyncio.gather(*(self._claim_one(p) for p in wanted), return_exceptions=True)
+        results = await asyncio.gather(*(asyncio.wait_for(self._claim_one(p), CLAIM_TIMEOUT) for p in wanted),
+                                       return_exceptions=True)
         failed = {p: r for p, r in zip(wanted, results) if isinstance(r, BaseException)}
         if failed:
             raise PartitionNotClaimed(f"claims of changelog partitions {sorted(failed)} failed: {next(iter(failed.values()))!r}")
