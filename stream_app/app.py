@@ -39,7 +39,7 @@ from .kafka import long_poll, zstd_level
 from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
 from .kafka.faust_io import BatchedSender, consumer_lag, coordination_failure, group_member_id
 from .kafka.fencing import PartitionWriters
-from .kafka.tables import PromptTableManager, StateWriteFailed, write_acked
+from .kafka.tables import PromptTableManager, StateWriteFailed, changelog_partitions_behind, write_acked
 from .metrics import Metrics
 from .outputs import OutputSender
 from .processor import BatchProcessor
@@ -436,6 +436,28 @@ async def process(stream):
         idle_since = clock()
 
 
+_recovery_behind: dict[int, int] = {}  # changelog partition -> offsets recovery had to go, last check
+
+
+async def _unstick_recovery() -> None:
+    """A changelog partition whose recovery has not moved since the last check (5 s) gets a
+    record at its end. Recovery is done when it has read the record at the partition's end; a
+    transaction marker there is never delivered, and the claim's tombstone that should follow
+    every former owner's last marker may not (a broker that writes an abort marker after
+    answering the claim), which held the worker's input paused for good."""
+    global _recovery_behind
+    behind = changelog_partitions_behind(app) if app.in_recovery else {}
+    for partition, remaining in behind.items():
+        if _recovery_behind.get(partition) == remaining:
+            log.warning("recovery of changelog partition %d has not moved for 5 s (%d offsets to go): "
+                        "writing a record at its end", partition, remaining)
+            try:
+                await partition_writers.end_in_a_record(partition)
+            except Exception as exc:  # noqa: BLE001 - tried again at the next check
+                log.error("could not write to changelog partition %d: %r", partition, exc)
+    _recovery_behind = behind
+
+
 COORDINATION_FAILED_EXIT = 3  # the exit status of a worker whose group membership ended for good
 
 
@@ -446,6 +468,7 @@ async def measure_lag():
     (kafka.faust_io.coordination_failure), the worker exits at once, as if killed, which every
     state and commit is made to survive; its supervisor starts it again and it rejoins."""
     metrics.consumer_lag = consumer_lag(app.consumer, INPUT_TOPICS)
+    await _unstick_recovery()
     failure = coordination_failure(app.consumer)
     if failure is not None:
         log.critical("the consumer's group coordination ended (%r): exiting with status %d so that the "

@@ -36,6 +36,7 @@ PRIVATE = [
     ("faust.transport.consumer", "Consumer._to_message", "kafka/delivery.py"),
     ("faust.transport.consumer", "Consumer.perform_seek", "kafka/delivery.py"),
     ("faust.transport.drivers.aiokafka", "ThreadDelegateConsumer._seek", "kafka/delivery.py"),
+    ("faust.tables.recovery", "Recovery.active_remaining", "kafka/tables.py"),
 ]
 
 

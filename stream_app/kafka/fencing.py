@@ -106,6 +106,13 @@ class PartitionWriters:
         self._producers[partition] = producer
         self.claims += 1
 
+    async def end_in_a_record(self, partition: int) -> None:
+        """Write the claim's tombstone to the changelog partition again: recovery that waits on a
+        transaction marker at the partition's end (one written after the claim's tombstone) is
+        done once it has read a record past it."""
+        if self._plain is not None:
+            await self._plain.send_and_wait(self._changelog, key=CLAIM_KEY, value=None, partition=partition)
+
     async def write(self, partition: int, records: list[tuple[bytes, bytes]]) -> Any:
         """Write ``records`` to the changelog partition in one transaction; returns the last
         record's metadata once the transaction is committed. Raises PartitionNotClaimed if a newer

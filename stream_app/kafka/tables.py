@@ -1,5 +1,6 @@
-"""Private faust internals: ``TableManager._update_channels``, ``faust.streams._current_event`` and
-``Table.data`` (the store, written without faust's changelog send) (checked against
+"""Private faust internals: ``TableManager._update_channels``, ``faust.streams._current_event``,
+``Table.data`` (the store, written without faust's changelog send) and
+``Recovery.active_remaining`` (checked against
 faust-streaming 0.15.3; tests/test_internals.py fails when they are gone).
 
 The worker's one table, started without faust's start-up pause, and written under the partition
@@ -98,3 +99,9 @@ async def write_acked(table: Any, writers: Any, states: Iterable[tuple[bytes, by
             f"states of partitions {sorted(failed)} not written to the changelog: {next(iter(failed.values()))!r}",
             set(failed))
     return written
+
+
+def changelog_partitions_behind(app: Any) -> dict[int, int]:
+    """The changelog partitions faust's table recovery still waits on (partition -> offsets to
+    go), empty when it waits on none."""
+    return {tp.partition: n for tp, n in app.tables.recovery.active_remaining().items() if n > 0}
