@@ -23,8 +23,7 @@ Recovery reads with faust's default read_uncommitted: a write a claim aborted is
 committed one. That is sound for the same reason: it precedes the claim, and like every save it
 was written after the outputs of everything it reflects were acked, so it is only a state ahead
 of the committed offsets, which redelivery handles (state.live skips messages by offset), as
-after a kill between a save and its commit. (read_committed made noida-db 0.2.3 answer a
-joining member's SyncGroup with an empty assignment under CPU load, which aiokafka cannot decode.)
+after a kill between a save and its commit. So the worker's consumer keeps faust's default.
 
 A claim then writes one plain (non-transactional) tombstone of a reserved key to the changelog
 partition, so that the partition ends in a record and not in a transaction marker: faust's
