@@ -290,11 +290,11 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         await super().on_partitions_assigned(assigned, generation_id)
 
 
-
 class SeqstreamTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport with :class:`SeqstreamConsumer`; ``counts`` (e.g. the worker's
     Metrics) gets the delivery counters; ``before_commit`` (a coroutine function, or None) runs
-    before every offset commit."""
+    before every offset commit, ``before_assigned(assigned)`` at every assignment before faust
+    handles it, and ``after_stop()`` once the consumer has stopped (its last commit done)."""
 
     Consumer = SeqstreamConsumer
 

@@ -65,7 +65,6 @@ class PartitionWriters:
         self._config = producer_config
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._plain: AIOKafkaProducer | None = None
-        self.claims = 0  # partitions claimed so far (GET /metrics)
         self.fenced = 0  # writes refused because a newer owner claimed the partition
 
     def transactional_id(self, partition: int) -> str:
@@ -98,17 +97,16 @@ class PartitionWriters:
                                     transactional_id=self.transactional_id(partition), **self._config)
         try:
             await producer.start()  # InitProducerId: the fence
-            await self._plain.send_and_wait(self._changelog, key=CLAIM_KEY, value=None, partition=partition)
+            await self.end_in_a_record(partition)
         except BaseException:
             await _stop_quietly(producer)
             raise
         self._producers[partition] = producer
-        self.claims += 1
 
     async def end_in_a_record(self, partition: int) -> None:
-        """Write the claim's tombstone to the changelog partition again: recovery that waits on a
-        transaction marker at the partition's end (one written after the claim's tombstone) is
-        done once it has read a record past it."""
+        """Write the claim's tombstone to the changelog partition, so that it ends in a record:
+        at every claim, and again when recovery waits on a transaction marker at the partition's
+        end (one written after the claim's tombstone); it is done once it has read a record past it."""
         if self._plain is not None:
             await self._plain.send_and_wait(self._changelog, key=CLAIM_KEY, value=None, partition=partition)
 
