@@ -220,6 +220,9 @@ batched = BatchedSender(app)
 _fenced = False
 
 
+_fetching_again: dict = {}  # partition -> the offset its dropped events are fetched again from
+
+
 async def _on_revoked(app, revoked, **kwargs) -> None:
     global _fenced
     _fenced = True
@@ -229,30 +232,46 @@ async def _on_revoked(app, revoked, **kwargs) -> None:
 async def _on_assigned(app, assigned, **kwargs) -> None:
     global _fenced
     processor.invalidate()
+    _fetching_again.clear()  # every position is reset to the committed offset
     _fenced = False
 
 
+def _drop(message) -> None:
+    message.acked = True  # faust's ack is then a no-op: its offset is never recorded, never committed
+    metrics.stale_events_dropped += 1
+
+
 async def _current_events(events: list) -> list:
-    """The events fetched in this consumer generation since the last assignment. The others are
-    marked acknowledged without faust recording their offsets (Message.acked set first makes
-    faust's ack a no-op), so they can never be committed, and their partitions are fetched again
-    from them (kafka.delivery.SeqstreamConsumer.fetch_again: unless a rebalance already reset
-    the position to the committed offset, before them; one fetched under the new assignment
-    before faust took the new generation has no reset after it)."""
+    """The events fetched in this consumer generation since the last assignment, in offset order
+    per partition. The others are marked acknowledged without faust recording their offsets
+    (Message.acked set first makes faust's ack a no-op), so they can never be committed, and
+    their partitions are fetched again from them (kafka.delivery.SeqstreamConsumer.fetch_again:
+    unless a rebalance already reset the position to the committed offset, before them; one
+    fetched under the new assignment before faust took the new generation has no reset after
+    it). Events of such a partition already queued behind them are dropped the same way until
+    the first one fetched again comes: processed before it, they would move the experiments'
+    offset high-water marks past the events fetched again, which would then be skipped as
+    redelivered (state.live), lost for good."""
     generation = app.consumer_generation_id
-    if not _fenced and all(event.message.generation_id == generation for event in events):
+    if not _fenced and not _fetching_again and all(event.message.generation_id == generation for event in events):
         return events
     fresh, stale = [], {}
     for event in events:
         message = event.message
+        tp = message.tp
         if _fenced or message.generation_id != generation:
-            message.acked = True
-            metrics.stale_events_dropped += 1
-            stale.setdefault(message.tp, message.offset)
+            _drop(message)
+            stale.setdefault(tp, message.offset)
+            if not _fenced:  # while fenced the assignment is about to change, and with it every position
+                _fetching_again[tp] = min(_fetching_again.get(tp, message.offset), message.offset)
+        elif tp in _fetching_again and message.offset > _fetching_again[tp]:
+            _drop(message)  # fetched before the seek back: it comes again, after the ones before it
         else:
+            _fetching_again.pop(tp, None)  # from here on, in order again
             fresh.append(event)
-    if not _fenced:  # while fenced the assignment is about to change, and with it every position
-        await app.consumer.fetch_again(stale)
+    again = {tp: offset for tp, offset in stale.items() if tp in _fetching_again}
+    if again:
+        await app.consumer.fetch_again(again)
     return fresh
 
 

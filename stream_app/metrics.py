@@ -75,7 +75,7 @@ class Metrics:
         "ticks_ignored": ("counter", "Ticks for experiments this worker does not hold, ignored"),
         "late_rows_folded": ("counter", "Late rows (within the allowed lateness) counted in a later interval"),
         "records_fetched_again": ("counter", "Partitions sought back to fetched records faust did not deliver (paused meanwhile)"),
-        "stale_events_dropped": ("counter", "Events fetched before a rebalance, dropped unprocessed (fetched again)"),
+        "stale_events_dropped": ("counter", "Events dropped unprocessed and fetched again (fetched before a rebalance, or queued behind such)"),
         "state_write_failures": ("counter", "State saves the changelog did not acknowledge (offsets not committed)"),
         "partitions_claimed": ("gauge", "Input partitions whose changelog this worker may write (claimed at assignment)"),
         "state_writes_fenced": ("counter", "Partition state writes refused because a newer owner claimed the partition"),

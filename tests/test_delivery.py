@@ -308,3 +308,124 @@ def test_the_tables_start_without_faust_s_one_second_pause(monkeypatch):
     steps.clear()
     asyncio.run(TableManager.on_start(manager))  # faust's own, for contrast: the pause comes first
     assert steps == [("sleep", 1.0), ("channels",), ("recovery",)]
+
+
+def _record(tp, offset: int):
+    from aiokafka.structs import ConsumerRecord
+
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, b"k", b"v", None, 1, 1, ())
+
+
+def _drain(fetches: list, between: dict | None = None, position: int = 10):
+    """faust's own drain loop (Consumer._drain_messages) over SeqstreamConsumer.getmany, with the
+    fetches scripted: each a list of offsets of one partition. ``between[i]`` runs before fetch
+    i (what the agent does meanwhile). Returns the offsets the loop delivered, the seeks made,
+    and the consumer."""
+    from stream_app import app as worker_app
+
+    tp = faust_consumer.TP("seqstream.observations", 0)
+    delivered, seeks = [], []
+
+    async def callback(message):
+        delivered.append(message.offset)
+
+    async def scenario():
+        consumer = SeqstreamConsumer(worker_app.app.transport, callback=callback,
+                                     on_partitions_revoked=None, on_partitions_assigned=None)
+        fetcher = mode.Service()
+        script = list(enumerate(fetches))
+
+        async def wait_next_records(timeout):
+            if not script:
+                fetcher._stopped.set()
+                return None, None
+            i, offsets = script.pop(0)
+            if between and i in between:
+                await between[i](consumer, tp)
+            return {tp: [_record(tp, o) for o in offsets]}, None
+
+        async def seek(partition, offset):
+            seeks.append((partition.partition, offset))
+
+        async def current_position(partition):
+            return position
+
+        consumer._wait_next_records = wait_next_records
+        consumer.seek, consumer.position = seek, current_position
+        consumer.assignment = lambda: {tp}
+        consumer.highwater = lambda partition: 100
+        await asyncio.wait_for(consumer._drain_messages(fetcher), 10)
+        return consumer
+
+    consumer = asyncio.run(scenario())
+    return delivered, seeks, consumer, tp
+
+
+def test_records_fetched_again_are_delivered_though_the_drain_loop_delivered_later_ones_and_in_order():
+    """The agent drops events 3-9 unprocessed (fetched before a rebalance, stream_app.app) and has
+    the consumer fetch them again. faust's drain loop drops every record at or before the last it
+    delivered as read, and a fetch sent before the seek may still deliver 10-12: the records
+    fetched again must all be delivered, after nothing later than them, with no gap recorded
+    (which would let a commit pass them)."""
+    async def agent_drops_3_to_9(consumer, tp):
+        await consumer.fetch_again({tp: 3})
+
+    delivered, seeks, consumer, tp = _drain([list(range(10)), [10, 11, 12], list(range(3, 13))],
+                                            between={1: agent_drops_3_to_9})
+    assert seeks == [(0, 3)]
+    assert delivered == list(range(10)) + list(range(3, 13))
+    assert not consumer._gap[tp] and not consumer._fetching_again
+
+
+def test_no_seek_when_the_position_is_before_the_records_fetched_again_and_no_later_record_first():
+    """A rebalance already reset the position to the committed offset, before the records to fetch
+    again: no seek, and what follows is delivered from there on, in order."""
+    async def agent_drops_5_on(consumer, tp):
+        await consumer.fetch_again({tp: 5})
+
+    delivered, seeks, consumer, tp = _drain([list(range(8)), [8, 9], list(range(2, 10))],
+                                            between={1: agent_drops_5_on}, position=2)
+    assert seeks == []
+    assert delivered == list(range(8)) + list(range(2, 10))
+
+
+def _event(partition: int, offset: int, generation: int):
+    tp = faust_consumer.TP("seqstream.observations", partition)
+    return types.SimpleNamespace(message=types.SimpleNamespace(tp=tp, partition=partition, offset=offset,
+                                                               generation_id=generation, acked=False))
+
+
+def test_the_agent_drops_events_of_a_past_generation_and_those_queued_behind_them_until_fetched_again(monkeypatch):
+    """stream_app.app._current_events: events fetched in an earlier generation are dropped (never
+    acked into a commit) and fetched again; this generation's events of the same partition
+    queued behind them are dropped too until the first one fetched again comes. Processed first,
+    they would move the experiments' offset high-water marks past the ones fetched again, which
+    would be skipped as redelivered: lost."""
+    from stream_app import app as worker_app
+
+    fetched_again = []
+
+    async def fetch_again(offsets):
+        fetched_again.append({tp.partition: offset for tp, offset in offsets.items()})
+
+    fake_app = types.SimpleNamespace(consumer_generation_id=2, consumer=types.SimpleNamespace(fetch_again=fetch_again))
+    monkeypatch.setattr(worker_app, "app", fake_app)
+    monkeypatch.setattr(worker_app, "_fetching_again", {})
+    monkeypatch.setattr(worker_app, "_fenced", False)
+
+    def offsets(events):
+        return [(e.message.partition, e.message.offset) for e in events]
+
+    batch = [_event(0, 5, 1), _event(0, 6, 1), _event(0, 7, 2), _event(1, 1, 2)]
+    assert offsets(asyncio.run(worker_app._current_events(batch))) == [(1, 1)]
+    assert fetched_again == [{0: 5}] and [e.message.acked for e in batch] == [True, True, True, False]
+    batch = [_event(0, 8, 2), _event(0, 5, 2), _event(0, 6, 2)]  # 8 was queued before the seek back
+    assert offsets(asyncio.run(worker_app._current_events(batch))) == [(0, 5), (0, 6)]
+    assert batch[0].message.acked and fetched_again == [{0: 5}]
+    batch = [_event(0, 7, 2), _event(0, 8, 2)]
+    assert offsets(asyncio.run(worker_app._current_events(batch))) == [(0, 7), (0, 8)]
+    # Fetched after a reset to the committed offset (3), behind stale ones: in order from there,
+    # nothing to fetch again.
+    batch = [_event(2, 9, 1), _event(2, 3, 2), _event(2, 4, 2)]
+    assert offsets(asyncio.run(worker_app._current_events(batch))) == [(2, 3), (2, 4)]
+    assert fetched_again == [{0: 5}] and not worker_app._fetching_again

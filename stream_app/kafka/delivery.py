@@ -196,6 +196,10 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
     def __init__(self, transport: "SeqstreamTransport", *args: Any, callback: Callable[[Any], Coroutine],
                  **kwargs: Any):
         super().__init__(transport, *args, callback=eager(callback, transport.counts), **kwargs)
+        # partition -> the offset it is being fetched again from (fetch_again); until a record at
+        # or before it comes, the partition's records were fetched before the seek, and are not
+        # delivered (they come again, after the ones before them)
+        self._fetching_again: dict[Any, int] = {}
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Every commit path (the commit timer, commit-every-N, rebalances, shutdown) ends here;
@@ -230,7 +234,16 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             return
         undelivered: dict[Any, int] = {}
         cut = False
+        fetching_again = self._fetching_again
         for tp, record in self.scheduler.iterate(records):
+            if fetching_again and tp in fetching_again:
+                if record.offset > fetching_again[tp]:
+                    continue  # fetched before the seek back: it comes again, after the ones before it
+                del fetching_again[tp]
+                read = self._read_offset[tp]
+                if read is not None and read > record.offset:
+                    # the drain loop drops a record at or before the last it delivered as read
+                    self._read_offset[tp] = record.offset
             if cut or not self.flow_active or self.app.consumer_generation_id != generation_id:
                 cut = True
             elif tp not in undelivered and (active_partitions is None or tp in active_partitions
@@ -245,11 +258,20 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
     async def fetch_again(self, offsets: dict) -> None:
         """Make the consumer fetch each assigned partition again from ``offsets[tp]`` (records
         fetched and not processed), unless its position is there or before it already (a
-        rebalance reset it to the committed offset): never past an offset not yet delivered."""
+        rebalance reset it to the committed offset): never past an offset not yet delivered.
+
+        Records of the partition fetched before the seek may still be on their way (the fetch
+        being delivered, aiokafka's buffer): none after ``offsets[tp]`` is delivered until one at
+        or before it comes, which is then delivered even though the drain loop already delivered
+        a later offset (it drops a record it takes for read: ``_read_offset``). Delivered out of
+        order, a later record would move the experiments' offset high-water marks past the ones
+        fetched again, and they would be skipped as redelivered (state.live)."""
         assigned = self.assignment()
         for tp, offset in offsets.items():
             if tp not in assigned:
                 continue
+            wanted = self._fetching_again.get(tp)
+            self._fetching_again[tp] = offset if wanted is None else min(wanted, offset)
             try:
                 position = await self.position(tp)
             except Exception:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
@@ -282,6 +304,7 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             await before_assigned(assigned)
         for tp in assigned:
             self._read_offset.pop(tp, None)
+        self._fetching_again.clear()  # every position is reset to the committed offset
         # Every ack recorded so far is of an event of the previous generation, on any partition,
         # assigned again or not: a commit must not carry one (the group accepts a commit for a
         # partition now owned by another member, which would overwrite the new owner's offset).
