@@ -158,6 +158,7 @@ processor = BatchProcessor(
     cache_size=settings.cache_experiments,
     lateness=Lateness(settings.watermark_delay, settings.allowed_lateness, settings.max_future_skew),
     max_arms=settings.max_arms,
+    max_experiments=settings.max_experiments,
 )
 
 # What this worker has seen lately, for the web views (the owner of an experiment answers):
@@ -181,6 +182,9 @@ class _TableView:
 
     def __contains__(self, key: str) -> bool:
         return live_table.get(key.encode()) is not None
+
+    def __len__(self) -> int:  # experiments saved on this worker's partitions
+        return len(live_table)
 
 
 def local_experiments() -> list[str]:

@@ -68,13 +68,18 @@ class BatchProcessor:
 
     def __init__(self, topic_kinds: Mapping[str, str], partitions: int, *, max_message_bytes: int = 65536,
                  idle_timeout: float = 30.0, clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
-                 cache_size: int = CACHE_SIZE, lateness: Lateness = DEFAULT_LATENESS, max_arms: int = 1000):
+                 cache_size: int = CACHE_SIZE, lateness: Lateness = DEFAULT_LATENESS, max_arms: int = 1000,
+                 max_experiments: int = 100_000):
         self.topic_kinds = dict(topic_kinds)
         self.partitions = partitions
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         self.lateness = lateness  # when intervals are emitted, how late a row may be (state.live)
         self.max_arms = max_arms  # (metric, variation) arms per experiment: its state stays bounded
+        # experiments held (on this worker's partitions): one more is refused, so the table, the
+        # start-up and the timers stay bounded; counted from the store after each rebalance
+        self.max_experiments = max_experiments
+        self._held: int | None = None
         self.clock = clock
         self.metrics = metrics or Metrics()
         # This worker is the only writer of the experiments on its partitions, so between
@@ -93,6 +98,7 @@ class BatchProcessor:
         are revoked; any still unsaved here were not, and neither were the offsets of what
         changed them, so dropping them is what a crash would do: the messages come again."""
         self._cache.clear()
+        self._held = None
         if self._unsaved:
             log.warning("dropping %d unsaved experiment state(s) on a rebalance: their messages will be "
                         "processed again from the committed offsets", len(self._unsaved))
@@ -134,10 +140,15 @@ class BatchProcessor:
 
         cache = self._cache
 
+        created: set[str] = set()
+
         def load(experiment: str) -> LiveExperiment:
             current = live.get(experiment)
             if current is None:
-                current = self.current(experiment, store) or LiveExperiment.new(experiment)
+                current = self.current(experiment, store)
+                if current is None:
+                    self._admit(experiment, store, created)
+                    current = LiveExperiment.new(experiment)
                 live[experiment] = current
             return current
 
@@ -196,6 +207,8 @@ class BatchProcessor:
                 live[experiment].mark_processed(source, msg.offset)
                 touched.add(experiment)
                 out.partitions[experiment] = msg.partition
+            elif experiment in created:
+                created.discard(experiment)  # a bad message takes no place under max_experiments
         for experiment in touched:  # judged once the whole batch is in, never row by row
             live[experiment].advance(self.lateness)
         self._score(live, touched, out)
@@ -205,6 +218,8 @@ class BatchProcessor:
             cache[experiment] = live[experiment]
             cache.move_to_end(experiment)
         out.changed = touched
+        if self._held is not None:
+            self._held += len(created)
         while len(cache) > self.cache_size:
             cache.popitem(last=False)
         return out
@@ -292,6 +307,18 @@ class BatchProcessor:
         out.deadletters.append((msg.key, deadletter_message(
             reason, msg.topic, msg.partition, msg.offset, msg.key, msg.value,
             invalid_elements=len(bad), first_invalid=[index for index, _ in first])))
+
+    def _admit(self, experiment: str, store: Mapping[str, bytes], created: set[str]) -> None:
+        """Admit a new experiment into ``created``; InvalidInput when the worker already holds
+        ``max_experiments`` (those saved on its partitions, and new ones not saved yet)."""
+        if self._held is None:
+            self._held = len(store) + sum(1 for e in self._unsaved if e not in store)
+        if self._held + len(created) >= self.max_experiments:
+            self.metrics.experiments_refused += 1
+            raise InvalidInput(f"experiment {experiment!r} is refused: this worker holds {self._held + len(created)} "
+                               f"experiments, the limit (SEQSTREAM_MAX_EXPERIMENTS={self.max_experiments}); raise "
+                               "it, or add partitions and workers")
+        created.add(experiment)
 
     def current(self, experiment: str, store: Mapping[str, bytes]) -> LiveExperiment | None:
         """The experiment's latest state: the cached or unsaved object, else read from the table,

@@ -57,6 +57,9 @@ ENVIRONMENT = {
     # (metric, variation) arms per experiment; a row of one more is dead-lettered (bounds a state,
     # about 200 bytes an arm, below the changelog's message limit).
     "SEQSTREAM_MAX_ARMS": ("max_arms", int, 1000),
+    # Experiments one worker holds (on its partitions); a message that would start one more is
+    # dead-lettered (bounds its table, its start-up and its timers; existing ones go on).
+    "SEQSTREAM_MAX_EXPERIMENTS": ("max_experiments", int, 100_000),
     "SEQSTREAM_LOG_LEVEL": ("log_level", str, "info"),  # crit, error, warn, info or debug
     # --- results surfaces (issue 19) ---
     # On taking a partition over, the web views are rebuilt from the results, alerts and
@@ -99,6 +102,7 @@ class Settings:
     allowed_lateness: int
     max_future_skew: float
     max_arms: int
+    max_experiments: int
     log_level: str
     rebuild_messages: int = 2_000_000
     # -- the local default broker (issue 18) --
@@ -158,6 +162,8 @@ VALUE_RANGES = {
     "history_mb": _AT_LEAST_0,
     "cache_experiments": _AT_LEAST_1,
     "rebuild_messages": _AT_LEAST_0,
+    "max_arms": _AT_LEAST_1,
+    "max_experiments": _AT_LEAST_1,
 }
 
 

@@ -430,3 +430,32 @@ def test_ticks_for_experiments_not_held_create_nothing_and_arms_past_the_limit_a
     dead = [orjson.loads(v) for _, v in out.deadletters]
     assert [d["offset"] for d in dead] == [3, 4] and all("SEQSTREAM_MAX_ARMS=3" in d["reason"] for d in dead)
     assert processor.current("fz", {}).arm_count() == 3
+
+
+def test_experiments_past_the_worker_s_limit_are_dead_lettered_and_those_held_go_on():
+    """SEQSTREAM_MAX_EXPERIMENTS: a message that would start one experiment more than the worker
+    holds (saved on its partitions, or new and not saved yet) is dead-lettered with the limit in
+    its reason; experiments already held keep taking rows, and a bad message takes no place."""
+    def rows_of(key: bytes, offset: int, value: bytes | None = None):
+        row = dict(good_rows()[0], experiment_id=key.decode())
+        return InMessage("obs", partition_of(key), offset, key, value or orjson.dumps(row))
+
+    seed = BatchProcessor(TOPICS, PARTITIONS)
+    seed.process([rows_of(b"held", 0)], {})
+    store: dict[str, bytes] = {}
+    seed.save_to(store)
+    processor = BatchProcessor(TOPICS, PARTITIONS, max_experiments=3)
+    out = processor.process([rows_of(b"new-1", 0), rows_of(b"bad", 1, b"{not json"), rows_of(b"new-2", 2),
+                             rows_of(b"new-3", 3), rows_of(b"held", 4)], store)
+    dead = {orjson.loads(v)["key"]: orjson.loads(v)["reason"] for _, v in out.deadletters}
+    assert set(dead) == {"bad", "new-3"} and "SEQSTREAM_MAX_EXPERIMENTS=3" in dead["new-3"]
+    assert "holds 3 experiments" in dead["new-3"]
+    assert out.changed == {"held", "new-1", "new-2"} and processor.metrics.experiments_refused == 1
+    processor.save_to(store)
+    processor.invalidate()  # a rebalance: counted again from the store
+    out = processor.process([rows_of(b"new-3", 5), rows_of(b"new-1", 6)], store)
+    assert [orjson.loads(v)["key"] for _, v in out.deadletters] == ["new-3"] and out.changed == {"new-1"}
+    del store["new-2"]  # its partition moved to another worker
+    processor.invalidate()
+    out = processor.process([rows_of(b"new-3", 7)], store)
+    assert out.deadletters == [] and out.changed == {"new-3"}
