@@ -40,6 +40,7 @@ from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
 from .kafka.faust_io import BatchedSender, consumer_lag, coordination_failure, group_member_id
 from .kafka.fencing import PartitionWriters
 from .kafka.tables import PromptTableManager, StateWriteFailed, changelog_partitions_behind, write_acked
+from .codec import deadletter_message
 from .metrics import Metrics
 from .outputs import OutputSender
 from .processor import BatchProcessor
@@ -203,7 +204,20 @@ def has_experiment(experiment_id: str) -> bool:
     return processor.holds(experiment_id, _TableView())
 
 
-batched = BatchedSender(app)
+def _refused_output(topic: str, partition: int, key: bytes | None, value: bytes, exc: BaseException):
+    """An output record the broker refuses for what it is (kafka.faust_io.RECORD_REFUSALS): it
+    goes to the dead-letter topic instead (a prefix of it, its size and hash), so the worker
+    neither stops on it nor crash-loops on it after a restart."""
+    metrics.outputs_refused += 1
+    log.error("the broker refused a %d-byte record for %s[%d] (%r): dead-lettered instead", len(value), topic,
+              partition, exc)
+    letter = deadletter_message(f"the broker refused this {len(value)}-byte output record: {exc!r}", topic, partition,
+                                None, key, value, error="output_refused")
+    dead_letters.add_message(key, letter)
+    return DEADLETTER_TOPIC, key, letter
+
+
+batched = BatchedSender(app, on_refused=_refused_output)
 
 
 # Fencing, so that a state never claims input it has not applied. The per-experiment offset

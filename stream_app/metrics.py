@@ -45,6 +45,7 @@ class Metrics:
     late_rows_folded: int = 0
     ticks_ignored: int = 0
     experiments_refused: int = 0
+    outputs_refused: int = 0
     state_write_failures: int = 0
     # Fencing (stream_app/kafka/fencing.py): the input partitions this worker holds a claim on, and
     # state writes the broker refused because a newer owner had claimed the partition.
@@ -74,6 +75,7 @@ class Metrics:
         "deliveries_at_once": ("counter", "Messages the consumer delivered without waiting"),
         "deliveries_waited": ("counter", "Messages the consumer delivered after waiting (flow control, producer buffer, full queue)"),
         "ticks_ignored": ("counter", "Ticks for experiments this worker does not hold, ignored"),
+        "outputs_refused": ("counter", "Output records the broker refused (their size or form), dead-lettered instead"),
         "experiments_refused": ("counter", "Messages dead-lettered for starting an experiment beyond SEQSTREAM_MAX_EXPERIMENTS"),
         "late_rows_folded": ("counter", "Late rows (within the allowed lateness) counted in a later interval"),
         "records_fetched_again": ("counter", "Partitions sought back to fetched records faust did not deliver (paused meanwhile)"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
+import string
 import time
 import urllib.error
 import urllib.request
@@ -29,10 +31,11 @@ from stream_app.console.files import by_interval
 from stream_app.kafka import clients as io
 from state.config import DEFAULT_VARIANCE_METHOD
 from stream_app.codec import config_message
-from stream_app.kafka.topics import changelog_topic
+from stream_app.kafka.topics import changelog_topic, create_topics
 from tests.stream_support import (batch_codecs, collect, committed_offsets, config_messages, distinct_results,
                                   held_experiments, isolated_settings, latest_values, observation_messages,
                                   covid_stream_rows, produce, request_for, result_key, start_worker, until_keys,
+                                  worker_counter,
                                   wait_for_counter, wait_until_held)
 from tests.test_processor import bad_values, good_rows
 
@@ -339,6 +342,52 @@ def test_bad_input_is_dead_lettered_with_reason_and_source(broker, tmp_path):
     assert {d["value"] for d in dead} == originals  # the original bytes travel with the reason
     expected = expected_for(good, "mixed", {}, {})
     assert distinct_results([r for r in results if r["experiment_id"] == "mixed"]) == expected
+
+
+def test_outputs_the_broker_refuses_are_dead_lettered_and_the_worker_goes_on(broker, tmp_path):
+    """The results topic takes at most 4,096 bytes a record batch (its max.message.bytes, of the
+    compressed batch): batches of many rows are refused and sent again a row at a time, and the
+    rows of a variation named with 12,000 random characters are refused alone. Those go to the dead-letter topic, with the
+    broker's error, the row's size and hash; every other row is written, equal to evaluate's, and
+    the worker keeps running (it used to fail, and fail again after every restart)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    settings = isolated_settings(broker, tmp_path, create=False)  # the results topic is made here first
+    wide_name = "".join(random.Random(5).choices(string.ascii_letters + string.digits, k=12_000))  # incompressible
+
+    async def create_small_results_topic():
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(settings.topic("results"), settings.partitions, 1,
+                                                topic_configs={"max.message.bytes": "4096"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create_small_results_topic())
+    create_topics(settings)  # the others, as the worker makes them
+    plain = covid_stream_rows("plain")
+    wide = [dict(r, variation_id=wide_name if r["variation_id"] == "message_2" else r["variation_id"])
+            for r in covid_stream_rows("wide")]
+    produce(settings, observation_messages(sorted(plain + wide, key=lambda r: r["interval_timestamp"])))
+    expected = {**expected_for(plain, "plain", {}, {}), **expected_for(wide, "wide", {}, {})}
+    refused_keys = {k for k in expected if k[2] == wide_name}
+    assert len(refused_keys) == 36  # 2 metrics x 18 intervals (the last closed by the idle timeout)
+    worker = start_worker(settings, tmp_path)
+    try:
+        dead = collect(settings, "deadletter", lambda out: len(out) >= len(refused_keys), timeout=60)
+        results = collect(settings, "results", until_keys(len(expected) - len(refused_keys)), timeout=30)
+        alive = worker.process.poll() is None
+        refused_count = worker_counter(worker, "outputs_refused")
+    finally:
+        worker.stop()
+    assert alive
+    assert distinct_results(results) == {k: v for k, v in expected.items() if k not in refused_keys}
+    assert len(dead) == len(refused_keys) == refused_count
+    assert all(d["error"] == "output_refused" and d["topic"] == settings.topic("results") for d in dead)
+    assert all("MessageSizeTooLarge" in d["reason"] and d["key"] == "wide" for d in dead)
+    rows = [d for d in dead if d.get("value_truncated")]
+    assert len(rows) == len(dead) and all(d["value_bytes"] > 12_000 and wide_name[:100] in d["value"] for d in rows)
 
 
 def test_results_encode_non_finite_numbers_as_strings(broker, tmp_path):

@@ -124,9 +124,10 @@ async def send_observations(prod: AIOKafkaProducer, settings: Settings, rows: It
 
 
 async def send_keyed(producer: AIOKafkaProducer, topic: str, partitions: int,
-                     messages: Iterable[tuple[bytes | None, bytes]]) -> list[asyncio.Future]:
+                     messages: Iterable[tuple[bytes | None, bytes]], batches: list | None = None) -> list[asyncio.Future]:
     """Send (key, value) pairs as record batches, one per partition and more when one fills;
-    returns the batches' futures.
+    returns the batches' futures, and appends to ``batches`` (when given) each one's partition
+    and pairs, in the same order.
 
     aiokafka's per-message ``send`` (a partitioner call, an accumulator lookup and a future per
     message) is several times the cost. The partition is the key's murmur2 partition, the one a
@@ -138,21 +139,28 @@ async def send_keyed(producer: AIOKafkaProducer, topic: str, partitions: int,
         by_partition.setdefault(partition_for(key, partitions) if key else 0, []).append((key, value))
     futures = []
     for partition, pairs in by_partition.items():
-        futures += await send_to_partition(producer, topic, partition, pairs)
+        futures += await send_to_partition(producer, topic, partition, pairs, batches)
     return futures
 
 
 async def send_to_partition(producer: AIOKafkaProducer, topic: str, partition: int,
-                            pairs: Iterable[tuple[bytes | None, bytes]]) -> list[asyncio.Future]:
-    """Send (key, value) pairs to one partition as record batches, a new one when one fills."""
+                            pairs: list[tuple[bytes | None, bytes]], batches: list | None = None) -> list[asyncio.Future]:
+    """Send (key, value) pairs to one partition as record batches, a new one when one fills;
+    appends (partition, the batch's pairs) to ``batches`` for each, when given."""
     futures = []
     batch = producer.create_batch()
-    for key, value in pairs:
+    start = 0
+    for index, (key, value) in enumerate(pairs):
         if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
             futures.append(await producer.send_batch(batch, topic, partition=partition))
+            if batches is not None:
+                batches.append((partition, pairs[start:index]))
+            start = index
             batch = producer.create_batch()
             batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
     futures.append(await producer.send_batch(batch, topic, partition=partition))
+    if batches is not None:
+        batches.append((partition, pairs[start:]))
     return futures
 
 
