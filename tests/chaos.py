@@ -2,6 +2,10 @@
 again and again (restarted each time), then every result compared with ``state.evaluate`` on the
 same data. Used by tests/test_chaos.py (bounded, in the suite) and bench/soak_chaos.py (longer).
 
+A worker that exits by itself is started again, as its supervisor would (tests/chaos.py
+Supervisor): one whose group coordination ended for good exits with status 3 by design (seen when
+noida-db answers a SyncGroup with an empty assignment under load); the report lists such exits.
+
 Only workers are killed, never the broker: noida-db may lose acknowledged writes when it is
 killed itself (shared/docs/broker.md), which would test the broker, not the worker.
 """
@@ -24,8 +28,8 @@ from state.simulate import ExperimentSpec, MetricSpec, simulate
 from stream_app.kafka.admin import evict_group_members, group_members
 from stream_app.kafka.embedded_broker import free_port
 from stream_app.kafka.worker_process import WorkerProcess
-from tests.stream_support import (collect, config_messages, distinct_results, isolated_settings, produce,
-                                  request_for, result_key, wait_until_held)
+from tests.stream_support import (collect, config_messages, distinct_results, held_experiments, isolated_settings,
+                                  produce, request_for, result_key)
 
 # The method named, so the stream (whose default is "fieller") and evaluate (whose default is the
 # reference service's "ses") compute the same statistics, resets included.
@@ -46,6 +50,7 @@ class ChaosReport:
     seconds: float
     workers: dict  # each worker's partitions and counters at the end (what to look at when it fails)
     first_mismatches: list  # per experiment, its first mismatched row: expected and got
+    exits: list = dataclasses.field(default_factory=list)  # exit statuses of workers that exited unasked (restarted)
 
     def dump(self, path: Path) -> None:
         path.write_bytes(orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2))
@@ -53,7 +58,8 @@ class ChaosReport:
     def summary(self) -> str:
         return (f"{self.kills} kills, {self.published} observation messages, {self.expected_rows} result rows expected, "
                 f"{self.received_rows} read; missing {len(self.missing)}, mismatched {len(self.mismatched)}, "
-                f"unexpected {len(self.unexpected)}, dead letters {len(self.deadletters)}; {self.seconds:.0f} s")
+                f"unexpected {len(self.unexpected)}, dead letters {len(self.deadletters)}; exited unasked "
+                f"{self.exits or 'none'}; {self.seconds:.0f} s")
 
 
 def chaos_data(experiments: int, intervals: int) -> dict[str, list[list[dict]]]:
@@ -153,8 +159,61 @@ class SessionExpiry(threading.Thread):
                 continue
 
 
-def _start(settings, tmp_path: Path, name: str, generation: int) -> WorkerProcess:
-    return WorkerProcess(settings, tmp_path / f"{name}-{generation}.log").start()
+class Supervisor(threading.Thread):
+    """What a process supervisor (systemd, Kubernetes) does: a worker that exits by itself is
+    started again (a worker exits with status 3 when its group coordination ends for good:
+    stream_app.app.measure_lag). Kills go through :meth:`kill`, which restarts the victim itself
+    after ``pause`` seconds."""
+
+    def __init__(self, settings: dict, tmp_path: Path):
+        super().__init__(daemon=True)
+        self.settings, self.tmp_path = settings, tmp_path
+        self.generation = {name: 0 for name in settings}
+        self.workers = {name: self._start(name) for name in settings}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.exits: list[int] = []  # statuses of workers that exited by themselves, started again
+        self.down: set[str] = set()  # killed, restarted by kill() itself
+
+    def _start(self, name: str) -> WorkerProcess:
+        return WorkerProcess(self.settings[name], self.tmp_path / f"{name}-{self.generation[name]}.log").start()
+
+    def _restart(self, name: str) -> None:
+        self.generation[name] += 1
+        self.workers[name] = self._start(name)
+
+    def kill(self, name: str, pause: float) -> None:
+        with self.lock:
+            self.workers[name].kill()
+            self.down.add(name)
+        time.sleep(pause)  # the survivor takes over, then the victim is back
+        with self.lock:
+            self._restart(name)
+            self.down.discard(name)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            with self.lock:
+                for name, worker in list(self.workers.items()):
+                    if name not in self.down and worker.process.poll() is not None:
+                        self.exits.append(worker.process.returncode)
+                        self._restart(name)
+
+    def held(self) -> set[str]:
+        """The experiments the running workers hold (GET /experiments); a worker restarting holds none."""
+        held: set[str] = set()
+        for worker in list(self.workers.values()):
+            try:
+                held |= held_experiments([worker])[0]
+            except OSError:
+                continue
+        return held
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+        for worker in self.workers.values():
+            worker.stop()
 
 
 def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, experiments: int = 8,
@@ -175,17 +234,21 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
     names = ("w1", "w2")
     worker_settings = {name: dataclasses.replace(settings, web_port=free_port(), datadir=str(tmp_path / name))
                        for name in names}
-    generation = {name: 0 for name in names}
-    workers = {name: _start(worker_settings[name], tmp_path, name, 0) for name in names}
+    supervisor = Supervisor(worker_settings, tmp_path)
+    workers = supervisor.workers
     publisher = expiry = None
     killed = 0
     try:
         for w in workers.values():
             w.wait_healthy(60)
+        supervisor.start()
         expiry = SessionExpiry(broker, settings.app_id, workers, settings.session_timeout)
         expiry.start()
         produce(settings, [m for e in data for m in config_messages(e, 1, CONFIG, METRIC_OPTIONS)])
-        wait_until_held(list(workers.values()), set(data), timeout=60)
+        deadline = time.monotonic() + 60
+        while not set(data) <= supervisor.held():
+            assert time.monotonic() < deadline, f"configs never applied: {sorted(set(data) - supervisor.held())}"
+            time.sleep(0.1)
         packed = {e for i, e in enumerate(data) if i % 2}
         publisher = Publisher(settings, data, pause, packed)
         publisher.start()
@@ -194,12 +257,9 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
         t0 = time.monotonic()
         for moment in moments:
             time.sleep(max(0.0, t0 + moment - time.monotonic()))
-            victim = rng.choice(names)
-            workers[victim].kill()  # its member expires after the session timeout (SessionExpiry)
+            # its member expires after the session timeout (SessionExpiry)
+            supervisor.kill(rng.choice(names), rng.uniform(0.0, 1.5))
             killed += 1
-            time.sleep(rng.uniform(0.0, 1.5))  # the survivor takes over, then the victim is back
-            generation[victim] += 1
-            workers[victim] = _start(worker_settings[victim], tmp_path, victim, generation[victim])
         publisher.join(timeout=span + 120)
         assert publisher.error is None, publisher.error
         want = set(expected)
@@ -209,8 +269,7 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
     finally:
         if expiry is not None:
             expiry.stopped.set()
-        for w in workers.values():
-            w.stop()
+        supervisor.stop()
     got: dict[tuple, str] = {}
     duplicates_differ = []
     for row in rows:
@@ -226,7 +285,7 @@ def run_chaos(broker: str, tmp_path: Path, *, seed: int = 17, kills: int = 6, ex
     mismatched = sorted({k for k in expected.keys() & got.keys() if expected[k] != got[k]} | set(duplicates_differ))
     return ChaosReport(killed, publisher.sent if publisher else 0, len(expected), len(rows), missing, mismatched,
                        sorted(set(got) - set(expected)), deadletters, time.monotonic() - t_start, status,
-                       list(first_mismatch.values()))
+                       list(first_mismatch.values()), supervisor.exits)
 
 
 def _status(worker: WorkerProcess) -> dict:

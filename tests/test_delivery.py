@@ -316,20 +316,26 @@ def _record(tp, offset: int):
     return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, b"k", b"v", None, 1, 1, ())
 
 
-def _drain(fetches: list, between: dict | None = None, position: int = 10):
-    """faust's own drain loop (Consumer._drain_messages) over SeqstreamConsumer.getmany, with the
-    fetches scripted: each a list of offsets of one partition. ``between[i]`` runs before fetch
-    i (what the agent does meanwhile). Returns the offsets the loop delivered, the seeks made,
-    and the consumer."""
+def _drain(fetches: list, between: dict | None = None, during: dict | None = None, committed: int = 0):
+    """faust's own drain loop (Consumer._drain_messages) over SeqstreamConsumer.getmany, on one
+    partition, with aiokafka's side played here: each fetch returns the records from the
+    position on (``fetches[i]`` of them at most) and moves the position past them, a seek moves
+    it, faust's seek to the committed offsets puts it at ``committed``. ``between[i](consumer,
+    tp)`` runs before fetch i, ``during[offset](consumer, tp)`` while the record at ``offset`` is
+    being delivered (the agent, or faust's table recovery, at work meanwhile). Returns the
+    offsets the loop delivered, the seeks made, and the consumer."""
     from stream_app import app as worker_app
 
     tp = faust_consumer.TP("seqstream.observations", 0)
     delivered, seeks = [], []
-
-    async def callback(message):
-        delivered.append(message.offset)
+    position = {tp: 0}
 
     async def scenario():
+        async def callback(message):
+            delivered.append(message.offset)
+            if during and message.offset in during and len(delivered) == 1 + delivered.index(message.offset):
+                await during[message.offset](consumer, tp)
+
         consumer = SeqstreamConsumer(worker_app.app.transport, callback=callback,
                                      on_partitions_revoked=None, on_partitions_assigned=None)
         fetcher = mode.Service()
@@ -339,19 +345,29 @@ def _drain(fetches: list, between: dict | None = None, position: int = 10):
             if not script:
                 fetcher._stopped.set()
                 return None, None
-            i, offsets = script.pop(0)
+            i, count = script.pop(0)
             if between and i in between:
                 await between[i](consumer, tp)
+            offsets = range(position[tp], position[tp] + count)
+            position[tp] += count
             return {tp: [_record(tp, o) for o in offsets]}, None
 
         async def seek(partition, offset):
-            seeks.append((partition.partition, offset))
+            seeks.append(offset)
+            position[partition] = offset
+
+        async def seek_to_committed():
+            position[tp] = committed
+            return {tp: committed}
 
         async def current_position(partition):
-            return position
+            return position[partition]
 
+        state = types.SimpleNamespace(state_value=lambda partition: types.SimpleNamespace(_position=position[partition]))
+        consumer._thread = types.SimpleNamespace(_consumer=types.SimpleNamespace(_subscription=types.SimpleNamespace(
+            subscription=types.SimpleNamespace(assignment=state))))
         consumer._wait_next_records = wait_next_records
-        consumer.seek, consumer.position = seek, current_position
+        consumer._seek, consumer.position, consumer.seek_to_committed = seek, current_position, seek_to_committed
         consumer.assignment = lambda: {tp}
         consumer.highwater = lambda partition: 100
         await asyncio.wait_for(consumer._drain_messages(fetcher), 10)
@@ -361,30 +377,52 @@ def _drain(fetches: list, between: dict | None = None, position: int = 10):
     return delivered, seeks, consumer, tp
 
 
-def test_records_fetched_again_are_delivered_though_the_drain_loop_delivered_later_ones_and_in_order():
+async def _agent_fetches_again_from_3(consumer, tp):
+    await consumer.fetch_again({tp: 3})
+
+
+def test_records_fetched_again_are_delivered_though_the_drain_loop_delivered_later_ones():
     """The agent drops events 3-9 unprocessed (fetched before a rebalance, stream_app.app) and has
-    the consumer fetch them again. faust's drain loop drops every record at or before the last it
-    delivered as read, and a fetch sent before the seek may still deliver 10-12: the records
-    fetched again must all be delivered, after nothing later than them, with no gap recorded
-    (which would let a commit pass them)."""
-    async def agent_drops_3_to_9(consumer, tp):
-        await consumer.fetch_again({tp: 3})
-
-    delivered, seeks, consumer, tp = _drain([list(range(10)), [10, 11, 12], list(range(3, 13))],
-                                            between={1: agent_drops_3_to_9})
-    assert seeks == [(0, 3)]
+    the consumer fetch them again, after the loop delivered 0-9: faust's drain loop drops every
+    record at or before the last it delivered as read; the records fetched again must all be
+    delivered, with no gap recorded (which would let a commit pass them)."""
+    delivered, seeks, consumer, tp = _drain([10, 10], between={1: _agent_fetches_again_from_3})
+    assert seeks == [3]
     assert delivered == list(range(10)) + list(range(3, 13))
-    assert not consumer._gap[tp] and not consumer._fetching_again
+    assert not consumer._gap[tp]
 
 
-def test_no_seek_when_the_position_is_before_the_records_fetched_again_and_no_later_record_first():
-    """A rebalance already reset the position to the committed offset, before the records to fetch
-    again: no seek, and what follows is delivered from there on, in order."""
-    async def agent_drops_5_on(consumer, tp):
+def test_records_fetched_before_a_seek_are_not_delivered_after_it():
+    """The agent has the partition fetched again from 3 while the loop delivers record 5 of a
+    fetch of 0-9: 6-9, fetched before the seek, must not be delivered after it (they come again,
+    after 3-5)."""
+    delivered, seeks, consumer, tp = _drain([10, 10], during={5: _agent_fetches_again_from_3})
+    assert seeks == [3]
+    assert delivered == list(range(6)) + list(range(3, 13))
+    assert not consumer._gap[tp]
+
+
+def test_a_seek_to_the_committed_offsets_mid_fetch_records_no_gap_and_loses_nothing():
+    """faust's table recovery seeks every partition to its committed offset (2) while the loop
+    delivers record 4 of a fetch of 0-9. Delivered after it, 5-9 were measured against the read
+    offset the seek set and 3-4 taken for a gap a commit could pass (chaos test: a gap 657-855,
+    24 observations lost); and 2-4 fetched again were dropped as read."""
+    async def recovery_done(consumer, tp):
+        await consumer.perform_seek()
+
+    delivered, seeks, consumer, tp = _drain([10, 10], during={4: recovery_done}, committed=2)
+    assert delivered == list(range(5)) + list(range(2, 12))
+    assert not consumer._gap[tp]
+
+
+def test_no_seek_when_the_position_is_before_the_records_fetched_again():
+    """A seek already put the position before the records to fetch again (the committed offset,
+    after a rebalance): no seek, and what follows is delivered from there on, in order."""
+    async def committed_then_agent(consumer, tp):
+        await consumer.perform_seek()
         await consumer.fetch_again({tp: 5})
 
-    delivered, seeks, consumer, tp = _drain([list(range(8)), [8, 9], list(range(2, 10))],
-                                            between={1: agent_drops_5_on}, position=2)
+    delivered, seeks, consumer, tp = _drain([8, 8], between={1: committed_then_agent}, committed=2)
     assert seeks == []
     assert delivered == list(range(8)) + list(range(2, 10))
 

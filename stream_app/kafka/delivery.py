@@ -1,7 +1,8 @@
-"""Private faust and mode internals: ``Consumer._drain_messages``' ``wait_first`` race,
+"""Private faust, mode and aiokafka internals: ``Consumer._drain_messages``' ``wait_first`` race,
 ``Consumer.getmany``'s internals (``_wait_next_records``, ``scheduler``, ``_to_message``, ``_buffered_partitions``, ``_seek``),
-``Consumer._read_offset``, ``_acked``, ``_acked_index`` and ``faust._cython.streams.sleep`` (checked
-against faust-streaming 0.15.3 and mode-streaming 0.7.1;
+``Consumer._read_offset``, ``_gap``, ``_acked``, ``_acked_index``, ``faust._cython.streams.sleep`` and
+aiokafka's ``AIOKafkaConsumer._subscription.subscription.assignment.state_value(tp)._position``
+(checked against faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0;
 tests/test_internals.py fails when they are gone).
 
 faust's per-message delivery without four tasks per message.
@@ -196,10 +197,11 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
     def __init__(self, transport: "SeqstreamTransport", *args: Any, callback: Callable[[Any], Coroutine],
                  **kwargs: Any):
         super().__init__(transport, *args, callback=eager(callback, transport.counts), **kwargs)
-        # partition -> the offset it is being fetched again from (fetch_again); until a record at
-        # or before it comes, the partition's records were fetched before the seek, and are not
-        # delivered (they come again, after the ones before them)
-        self._fetching_again: dict[Any, int] = {}
+        # Seeks, per partition: how many were started (a fetch that returned before one holds
+        # records from before it), and where the last one went, until the next record delivered
+        # (the drain loop's read offset is put there then: see getmany).
+        self._seeks: dict[Any, int] = {}
+        self._sought_to: dict[Any, int | None] = {}
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Every commit path (the commit timer, commit-every-N, rebalances, shutdown) ends here;
@@ -211,16 +213,58 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             return False
         return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
+    async def seek(self, partition: Any, offset: int) -> None:
+        self._seeking({partition: offset})
+        await super().seek(partition, offset)
+
+    async def perform_seek(self) -> None:
+        """faust's seek of every partition to its committed offset (after a table recovery, when
+        the flow stops), counted as seeks (getmany)."""
+        assigned = self.assignment()
+        self._seeking({tp: None for tp in assigned})
+        await super().perform_seek()
+        self._sought_to.update((tp, self._read_offset[tp]) for tp in assigned)
+
+    def _seeking(self, targets: dict) -> None:
+        seeks = self._seeks
+        for tp, offset in targets.items():
+            seeks[tp] = seeks.get(tp, 0) + 1
+            self._sought_to[tp] = offset
+
+    def _fetched_before_seek(self, tp: Any, fetched: list) -> bool:
+        """Whether records of ``tp`` fetched (and not all delivered yet) are from before a seek:
+        aiokafka's position is then where the seek put it, at or before the last of them, or
+        unset (awaiting its reset to the committed offset). Fetched after it, the position is
+        past them (aiokafka moves it past what it returns)."""
+        try:
+            state = self._thread._consumer._subscription.subscription.assignment.state_value(tp)
+        except AttributeError:
+            return True
+        position = None if state is None else state._position
+        return position is None or position <= fetched[-1].offset
+
     async def getmany(self, timeout: float) -> Any:
-        """faust's ``Consumer.getmany``, except that every fetched record it does not deliver is
-        fetched again (:meth:`fetch_again`): records of a partition that stopped being active
-        while the fetch was in flight (paused for a table's recovery), and the rest of the fetch
-        when the generation changes or the flow stops mid-way. faust dropped them silently with
-        aiokafka's position already past them, which only a rebalance's reset to the committed
-        offsets repaired, and a fetch made under the new assignment before faust took the new
-        generation had no reset after it; the drain loop then took the next offset for a gap
-        (``_add_gap``) and let a commit pass them (chaos test under CPU load: a start-up's
-        configs never applied, observations lost for good)."""
+        """faust's ``Consumer.getmany``, except that no fetched record is dropped unseen and no
+        record fetched before a seek of its partition is delivered after it.
+
+        - Every fetched record it does not deliver is fetched again (:meth:`fetch_again`):
+          records of a partition that stopped being active while the fetch was in flight
+          (paused for a table's recovery), and the rest of the fetch when the generation changes
+          or the flow stops mid-way. faust dropped them silently with aiokafka's position
+          already past them (chaos test under CPU load: a start-up's configs never applied).
+        - A partition sought while its fetched records were being delivered (faust's seek to
+          the committed offsets after a table recovery, :meth:`fetch_again`, an assignment)
+          delivers none of them after the seek (:meth:`_fetched_before_seek`): reading goes on
+          from where the seek put it, which is at or before them unless what is before it is
+          done (committed offsets, a recovery's start). Delivered, the drain loop measured them
+          against the read offset the seek had just set and took the offsets in between for a
+          gap (``_add_gap``), which let a commit pass offsets never processed (chaos test: a
+          gap 657-855 recorded at a seek to 656, 24 observations lost for good).
+        - The first record delivered after a seek gets the drain loop's read offset set to
+          where the seek went. A delivery that was in flight at the seek records its own offset
+          as read afterwards, and the drain loop would drop every record up to it, fetched
+          again, as already read (``_read_offset``)."""
+        seeks_before = dict(self._seeks)
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
@@ -234,20 +278,16 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             return
         undelivered: dict[Any, int] = {}
         cut = False
-        fetching_again = self._fetching_again
+        seeks, sought_to = self._seeks, self._sought_to
         for tp, record in self.scheduler.iterate(records):
-            if fetching_again and tp in fetching_again:
-                if record.offset > fetching_again[tp]:
-                    continue  # fetched before the seek back: it comes again, after the ones before it
-                del fetching_again[tp]
-                read = self._read_offset[tp]
-                if read is not None and read > record.offset:
-                    # the drain loop drops a record at or before the last it delivered as read
-                    self._read_offset[tp] = record.offset
+            if seeks.get(tp) != seeks_before.get(tp) and self._fetched_before_seek(tp, records[tp]):
+                continue  # reading goes on where the seek went
             if cut or not self.flow_active or self.app.consumer_generation_id != generation_id:
                 cut = True
             elif tp not in undelivered and (active_partitions is None or tp in active_partitions
                                             or tp in self._buffered_partitions):
+                if sought_to and tp in sought_to:
+                    self._read_offset[tp] = sought_to.pop(tp)
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 yield tp, to_message(tp, record)
                 continue
@@ -257,21 +297,12 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
 
     async def fetch_again(self, offsets: dict) -> None:
         """Make the consumer fetch each assigned partition again from ``offsets[tp]`` (records
-        fetched and not processed), unless its position is there or before it already (a
-        rebalance reset it to the committed offset): never past an offset not yet delivered.
-
-        Records of the partition fetched before the seek may still be on their way (the fetch
-        being delivered, aiokafka's buffer): none after ``offsets[tp]`` is delivered until one at
-        or before it comes, which is then delivered even though the drain loop already delivered
-        a later offset (it drops a record it takes for read: ``_read_offset``). Delivered out of
-        order, a later record would move the experiments' offset high-water marks past the ones
-        fetched again, and they would be skipped as redelivered (state.live)."""
+        fetched and not delivered or not processed), unless its position is there or before it
+        already (a rebalance or a seek put it there): never past an offset not yet delivered."""
         assigned = self.assignment()
         for tp, offset in offsets.items():
             if tp not in assigned:
                 continue
-            wanted = self._fetching_again.get(tp)
-            self._fetching_again[tp] = offset if wanted is None else min(wanted, offset)
             try:
                 position = await self.position(tp)
             except Exception:  # noqa: BLE001 - revoked meanwhile: its next owner reads it
@@ -304,7 +335,9 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             await before_assigned(assigned)
         for tp in assigned:
             self._read_offset.pop(tp, None)
-        self._fetching_again.clear()  # every position is reset to the committed offset
+            self._gap.pop(tp, None)  # offsets another generation took for a gap: read again now
+        # every position is reset to the committed offset, as by a seek
+        self._seeking({tp: None for tp in assigned})
         # Every ack recorded so far is of an event of the previous generation, on any partition,
         # assigned again or not: a commit must not carry one (the group accepts a commit for a
         # partition now owned by another member, which would overwrite the new owner's offset).
