@@ -495,6 +495,25 @@ async def _unstick_recovery() -> None:
     _recovery_behind = behind
 
 
+LOOP_PROBE_SECONDS = 0.1
+
+
+@app.task
+async def probe_event_loop() -> None:
+    """How late a 0.1 s sleep wakes is how long the event loop was held by something else (a
+    batch, a start-up scan, a web request): GET /metrics shows the longest such stall and the
+    count over 1 s, which nothing sharing the loop may reach (issue 17)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(LOOP_PROBE_SECONDS)
+        stall = loop.time() - t0 - LOOP_PROBE_SECONDS
+        if stall > metrics.loop_stall_max_seconds:
+            metrics.loop_stall_max_seconds = stall
+        if stall > 1.0:
+            metrics.loop_stalls_over_1s += 1
+
+
 COORDINATION_FAILED_EXIT = 3  # the exit status of a worker whose group membership ended for good
 
 

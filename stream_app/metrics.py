@@ -51,6 +51,11 @@ class Metrics:
     # state writes the broker refused because a newer owner had claimed the partition.
     partitions_claimed: int = 0
     state_writes_fenced: int = 0
+    # The event loop's longest stall since the start (a probe that sleeps 0.1 s measures how late
+    # it wakes), and how many stalls passed 1 s: the stream, the web views and the heartbeats
+    # share the loop (stream_app.app.probe_event_loop).
+    loop_stall_max_seconds: float = 0.0
+    loop_stalls_over_1s: int = 0
 
     _HELP = {
         "observations_in": ("counter", "Observation messages consumed"),
@@ -81,6 +86,8 @@ class Metrics:
         "records_fetched_again": ("counter", "Partitions sought back to fetched records faust did not deliver (paused meanwhile)"),
         "stale_events_dropped": ("counter", "Events dropped unprocessed and fetched again (fetched before a rebalance, or queued behind such)"),
         "state_write_failures": ("counter", "State saves the changelog did not acknowledge (offsets not committed)"),
+        "loop_stall_max_seconds": ("gauge", "The event loop's longest stall since the worker started"),
+        "loop_stalls_over_1s": ("counter", "Event loop stalls longer than 1 s"),
         "partitions_claimed": ("gauge", "Input partitions whose changelog this worker may write (claimed at assignment)"),
         "state_writes_fenced": ("counter", "Partition state writes refused because a newer owner claimed the partition"),
     }

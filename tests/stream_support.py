@@ -142,10 +142,11 @@ def batch_codecs(bootstrap: str, topic: str) -> dict[int, int]:
     return asyncio.run(_batch_codecs(bootstrap, topic))
 
 
-def worker_counter(worker: WorkerProcess, name: str) -> float:
-    """One of the worker's counters from GET /metrics (e.g. "observations_in")."""
+def worker_counter(worker: WorkerProcess, name: str, kind: str = "counter") -> float:
+    """One of the worker's counters (or gauges, ``kind="gauge"``) from GET /metrics (e.g.
+    "observations_in")."""
     text = urllib.request.urlopen(worker.url + "/metrics", timeout=10).read().decode()
-    prefix = f"seqstream_{name}_total "
+    prefix = f"seqstream_{name}_total " if kind == "counter" else f"seqstream_{name} "
     return next(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
 
 

@@ -467,3 +467,30 @@ def test_the_agent_drops_events_of_a_past_generation_and_those_queued_behind_the
     batch = [_event(2, 9, 1), _event(2, 3, 2), _event(2, 4, 2)]
     assert offsets(asyncio.run(worker_app._current_events(batch))) == [(2, 3), (2, 4)]
     assert fetched_again == [{0: 5}] and not worker_app._fetching_again
+
+
+def test_the_event_loop_probe_reports_the_longest_stall_and_those_over_a_second(monkeypatch):
+    """GET /metrics' loop_stall_max_seconds and loop_stalls_over_1s (stream_app.app.probe_event_loop):
+    a callback that holds the loop for 0.3 s, then one for 1.2 s, must show as such."""
+    import time
+
+    from stream_app import app as worker_app
+
+    metrics = Metrics()
+    monkeypatch.setattr(worker_app, "metrics", metrics)
+
+    async def scenario():
+        probe = asyncio.ensure_future(worker_app.probe_event_loop())
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # holds the loop
+        await asyncio.sleep(0.25)
+        first = metrics.loop_stall_max_seconds
+        time.sleep(1.2)
+        await asyncio.sleep(0.25)
+        probe.cancel()
+        return first
+
+    first = asyncio.run(scenario())
+    assert 0.15 <= first < 1.0 and metrics.loop_stalls_over_1s == 1  # loose above: a loaded machine wakes late
+    assert 1.05 <= metrics.loop_stall_max_seconds < 2.0
+    assert "seqstream_loop_stall_max_seconds " in metrics.prometheus()
