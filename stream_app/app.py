@@ -452,6 +452,7 @@ async def process(stream):
     gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *gc.get_threshold()[1:])
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
         received = time.time()
+        generation = app.consumer_generation_id  # the one _current_events keeps the events of
         events = await _current_events(events)
         if not events:
             continue
@@ -465,6 +466,14 @@ async def process(stream):
             # takes and processes the next messages; waits only while two batches' outputs are
             # queued. Queued under the lock, so a save never sees states whose outputs are not.
             await outputs.put(QueuedOutputs.of(out, received))
+        if _fenced or app.consumer_generation_id != generation:
+            # A rebalance came while the batch's outputs were being queued: the states it changed
+            # were dropped with the revocation (processor.invalidate), and faust acks its events
+            # only when the next batch is taken, into the new generation's acks, where a commit
+            # would pass them. Acked here without faust recording them, they are read again from
+            # the committed offset instead.
+            for event in events:
+                _drop(event.message)
         for experiment in out.changed:
             open_intervals[experiment] = received
         metrics.seconds_waiting_for_input += t0 - idle_since

@@ -494,3 +494,42 @@ def test_the_event_loop_probe_reports_the_longest_stall_and_those_over_a_second(
     assert 0.15 <= first < 1.0 and metrics.loop_stalls_over_1s == 1  # loose above: a loaded machine wakes late
     assert 1.05 <= metrics.loop_stall_max_seconds < 2.0
     assert "seqstream_loop_stall_max_seconds " in metrics.prometheus()
+
+
+@pytest.mark.parametrize("rebalance", ["generation", "revoked"])
+def test_a_batch_a_rebalance_overtook_is_not_acked_into_the_next_generation(monkeypatch, rebalance):
+    """The agent (stream_app.app.process) queues a batch's outputs; a rebalance meanwhile drops the
+    states the batch changed (processor.invalidate), and faust acks the batch's events only when
+    the next batch is taken, by then into the new generation's acks, where a commit would pass
+    them. The agent must leave them acked without faust recording them (Message.acked set)."""
+    import gc
+
+    from stream_app import app as worker_app
+    from stream_app.processor import Outputs
+
+    fake_app = types.SimpleNamespace(consumer_generation_id=4)
+    batch = [_event(0, 7, 4), _event(0, 8, 4)]
+
+    async def identity(events):
+        return events
+
+    async def queue_while_rebalancing(queued):
+        if rebalance == "generation":
+            fake_app.consumer_generation_id = 5
+        else:
+            monkeypatch.setattr(worker_app, "_fenced", True)
+
+    class OneBatch:
+        async def take_events(self, size, within):
+            yield batch
+            assert [e.message.acked for e in batch] == [True, True]  # before faust acks them
+
+    monkeypatch.setattr(worker_app, "app", fake_app)
+    monkeypatch.setattr(worker_app, "_fenced", False)
+    monkeypatch.setattr(worker_app, "_current_events", identity)
+    monkeypatch.setattr(worker_app.processor, "process", lambda messages, view: Outputs())
+    monkeypatch.setattr(worker_app.outputs, "put", queue_while_rebalancing)
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    monkeypatch.setattr(gc, "set_threshold", lambda *a: None)
+    asyncio.run(worker_app.process.fun(OneBatch()))
+    assert [e.message.acked for e in batch] == [True, True]
