@@ -98,3 +98,17 @@ def test_pinned_versions_are_the_installed_ones():
     pins = dict(d.split("==") for d in deps if "==" in d)
     for name in ("faust-streaming", "aiokafka", "mode-streaming"):
         assert pins.get(name) == version(name), f"{name}: pinned {pins.get(name)}, installed {version(name)}"
+
+
+def test_what_the_copied_drain_loop_reads_is_on_faust_s_consumer():
+    """SeqstreamConsumer._drain_messages is faust's drain loop with the seek checks: what it reads
+    of faust's Consumer must still be there (kafka/delivery.py)."""
+    from stream_app import app as worker_app
+    from stream_app.kafka.delivery import SeqstreamConsumer
+
+    consumer = SeqstreamConsumer(worker_app.app.transport, callback=None, on_partitions_revoked=None,
+                                 on_partitions_assigned=None)
+    for attribute in ("_stopped", "_read_offset", "_commit_every", "_n_acked", "diag", "suspend_flow",
+                      "consumer_stopped_errors", "callback", "commit", "_add_gap", "wait_first", "sleep"):
+        assert hasattr(consumer, attribute), f"faust Consumer.{attribute} is gone (kafka/delivery.py _drain_messages)"
+

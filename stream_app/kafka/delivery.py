@@ -1,4 +1,5 @@
-"""Private faust, mode and aiokafka internals: ``Consumer._drain_messages``' ``wait_first`` race,
+"""Private faust, mode and aiokafka internals: ``Consumer._drain_messages`` (copied, with the
+attributes it reads: ``_commit_every``, ``_n_acked``, ``diag``, ``suspend_flow``), its ``wait_first`` race,
 ``Consumer.getmany``'s internals (``_wait_next_records``, ``scheduler``, ``_to_message``, ``_buffered_partitions``, ``_seek``),
 ``Consumer._read_offset``, ``_gap``, ``_acked``, ``_acked_index``, ``faust._cython.streams.sleep`` and
 aiokafka's ``AIOKafkaConsumer._subscription.subscription.assignment.state_value(tp)._position``
@@ -34,6 +35,7 @@ from typing import Any, Awaitable, Callable, Generator
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.consumer import CONSUMER_FETCHING
 from mode.services import WaitResults
 
 
@@ -202,6 +204,9 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         # (the drain loop's read offset is put there then: see getmany).
         self._seeks: dict[Any, int] = {}
         self._sought_to: dict[Any, int | None] = {}
+        # the seeks as they were when the fetch being delivered was asked for, and its last
+        # offset per partition (getmany, _stale)
+        self._fetched: tuple[dict, dict] = ({}, {})
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Every commit path (the commit timer, commit-every-N, rebalances, shutdown) ends here;
@@ -214,16 +219,72 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
     async def seek(self, partition: Any, offset: int) -> None:
-        self._seeking({partition: offset})
+        self._seeking({partition: offset})  # aiokafka's position moves at once (faust seeks in this thread)
         await super().seek(partition, offset)
 
     async def perform_seek(self) -> None:
         """faust's seek of every partition to its committed offset (after a table recovery, when
-        the flow stops), counted as seeks (getmany)."""
+        the flow stops), counted as seeks once it has taken effect (it runs in the consumer's
+        thread: a fetch may return records from before it after it started)."""
         assigned = self.assignment()
-        self._seeking({tp: None for tp in assigned})
         await super().perform_seek()
-        self._sought_to.update((tp, self._read_offset[tp]) for tp in assigned)
+        self._seeking({tp: self._read_offset[tp] for tp in assigned})
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by every worker
+        """faust's drain loop (``Consumer._drain_messages``), except that a record is checked
+        against the seeks of its partition right before it is measured against the read offset
+        and delivered, with nothing awaited in between (:meth:`_stale`); faust yields to the
+        event loop between taking a record and reading the read offset (every 100 records),
+        when a seek that completed meanwhile had already set the read offset to its target."""
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        sought_to = self._sought_to
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = self._commit_every
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records = self.getmany(timeout=1.0)
+                await self.sleep(0)  # as faust: getmany may be called in a loop that never yields
+                if not self.should_stop:
+                    async for tp, message in records:
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        if self._stale(tp, message.offset):
+                            continue
+                        if sought_to and tp in sought_to:
+                            read_offset[tp] = sought_to.pop(tp)
+                        offset = message.offset
+                        r_offset = read_offset[tp]
+                        if r_offset is None or offset >= r_offset:
+                            if offset - (r_offset or 0) > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                            read_offset[tp] = offset
+                        since_yield += 1
+                        if since_yield >= YIELD_EVERY:
+                            since_yield = 0
+                            await asyncio.sleep(0)
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
 
     def _seeking(self, targets: dict) -> None:
         seeks = self._seeks
@@ -231,39 +292,40 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             seeks[tp] = seeks.get(tp, 0) + 1
             self._sought_to[tp] = offset
 
-    def _fetched_before_seek(self, tp: Any, fetched: list) -> bool:
-        """Whether records of ``tp`` fetched (and not all delivered yet) are from before a seek:
-        aiokafka's position is then where the seek put it, at or before the last of them, or
-        unset (awaiting its reset to the committed offset). Fetched after it, the position is
-        past them (aiokafka moves it past what it returns)."""
+    def _stale(self, tp: Any, offset: int) -> bool:
+        """Whether a record of the fetch being delivered is from before a seek of its partition
+        made since the fetch was asked for: aiokafka's position is then where the seek put it,
+        at or before the fetch's last record of the partition, or unset (awaiting its reset to
+        the committed offset). Fetched after the seek, the position is past them (aiokafka moves
+        it past what it returns). Reading goes on from where the seek put it."""
+        seeks_before, last_fetched = self._fetched
+        if self._seeks.get(tp) == seeks_before.get(tp):
+            return False
         try:
             state = self._thread._consumer._subscription.subscription.assignment.state_value(tp)
         except AttributeError:
             return True
         position = None if state is None else state._position
-        return position is None or position <= fetched[-1].offset
+        return position is None or position <= last_fetched.get(tp, offset)
 
     async def getmany(self, timeout: float) -> Any:
-        """faust's ``Consumer.getmany``, except that no fetched record is dropped unseen and no
-        record fetched before a seek of its partition is delivered after it.
+        """faust's ``Consumer.getmany``, except that every fetched record it does not deliver is
+        fetched again (:meth:`fetch_again`): records of a partition that stopped being active
+        while the fetch was in flight (paused for a table's recovery), and the rest of the fetch
+        when the generation changes or the flow stops mid-way. faust dropped them silently with
+        aiokafka's position already past them (chaos test under CPU load: a start-up's configs
+        never applied). It also notes what the drain loop needs to tell records fetched before a
+        seek (:meth:`_stale`).
 
-        - Every fetched record it does not deliver is fetched again (:meth:`fetch_again`):
-          records of a partition that stopped being active while the fetch was in flight
-          (paused for a table's recovery), and the rest of the fetch when the generation changes
-          or the flow stops mid-way. faust dropped them silently with aiokafka's position
-          already past them (chaos test under CPU load: a start-up's configs never applied).
-        - A partition sought while its fetched records were being delivered (faust's seek to
-          the committed offsets after a table recovery, :meth:`fetch_again`, an assignment)
-          delivers none of them after the seek (:meth:`_fetched_before_seek`): reading goes on
-          from where the seek put it, which is at or before them unless what is before it is
-          done (committed offsets, a recovery's start). Delivered, the drain loop measured them
-          against the read offset the seek had just set and took the offsets in between for a
-          gap (``_add_gap``), which let a commit pass offsets never processed (chaos test: a
-          gap 657-855 recorded at a seek to 656, 24 observations lost for good).
-        - The first record delivered after a seek gets the drain loop's read offset set to
-          where the seek went. A delivery that was in flight at the seek records its own offset
-          as read afterwards, and the drain loop would drop every record up to it, fetched
-          again, as already read (``_read_offset``)."""
+        Why the drain loop must tell them: a partition sought while its fetched records were
+        being delivered (faust's seek to the committed offsets after a table recovery,
+        :meth:`fetch_again`, an assignment) delivered the rest of them after the seek, measured
+        against the read offset the seek had just set, and the offsets in between were taken for
+        a gap (``_add_gap``) a commit could pass (chaos test: a gap 657-855 recorded at a seek
+        to 656, 24 observations lost for good). And the first record delivered after a seek sets
+        the read offset to where the seek went: a delivery in flight at the seek records its own
+        offset as read afterwards, and every record up to it, fetched again, would be dropped as
+        already read (``_read_offset``)."""
         seeks_before = dict(self._seeks)
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
@@ -278,16 +340,12 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             return
         undelivered: dict[Any, int] = {}
         cut = False
-        seeks, sought_to = self._seeks, self._sought_to
+        self._fetched = (seeks_before, {tp: batch[-1].offset for tp, batch in records.items() if batch})
         for tp, record in self.scheduler.iterate(records):
-            if seeks.get(tp) != seeks_before.get(tp) and self._fetched_before_seek(tp, records[tp]):
-                continue  # reading goes on where the seek went
             if cut or not self.flow_active or self.app.consumer_generation_id != generation_id:
                 cut = True
             elif tp not in undelivered and (active_partitions is None or tp in active_partitions
                                             or tp in self._buffered_partitions):
-                if sought_to and tp in sought_to:
-                    self._read_offset[tp] = sought_to.pop(tp)
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 yield tp, to_message(tp, record)
                 continue
