@@ -199,9 +199,9 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
     def __init__(self, transport: "SeqstreamTransport", *args: Any, callback: Callable[[Any], Coroutine],
                  **kwargs: Any):
         super().__init__(transport, *args, callback=eager(callback, transport.counts), **kwargs)
-        # Seeks, per partition: how many were started (a fetch that returned before one holds
-        # records from before it), and where the last one went, until the next record delivered
-        # (the drain loop's read offset is put there then: see getmany).
+        # Seeks, per partition: how many took effect (a fetch asked for before one may hold
+        # records from before it: _stale), and where the last one went, until the next record
+        # delivered (the drain loop's read offset is put there then: _drain_messages).
         self._seeks: dict[Any, int] = {}
         self._sought_to: dict[Any, int | None] = {}
         # the seeks as they were when the fetch being delivered was asked for, and its last
@@ -230,7 +230,7 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         await super().perform_seek()
         self._seeking({tp: self._read_offset[tp] for tp in assigned})
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by every worker
+    async def _drain_messages(self, fetcher: Any) -> None:
         """faust's drain loop (``Consumer._drain_messages``), except that a record is checked
         against the seeks of its partition right before it is measured against the read offset
         and delivered, with nothing awaited in between (:meth:`_stale`); faust yields to the
