@@ -36,7 +36,7 @@ from state.live import Lateness
 from . import web
 from .web import install_security_headers
 from .kafka import long_poll, zstd_level
-from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield
+from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield, report_cleared_events
 from .kafka.faust_io import BatchedSender, consumer_lag, coordination_failure, group_member_id
 from .kafka.fencing import PartitionWriters
 from .kafka.tables import PromptTableManager, StateWriteFailed, changelog_partitions_behind, write_acked
@@ -291,6 +291,26 @@ async def _current_events(events: list) -> list:
     if again:
         await app.consumer.fetch_again(again)
     return fresh
+
+
+def _events_cleared(events: list) -> None:
+    """Events faust dropped from the stream queues unprocessed (kafka.delivery.report_cleared_events):
+    as events of a past generation, never acked into a commit, and fetched again; this
+    generation's events of the same partitions are dropped until the first one fetched again
+    comes (_current_events)."""
+    stale: dict = {}
+    for event in events:
+        message = event.message
+        _drop(message)
+        stale[message.tp] = min(stale.get(message.tp, message.offset), message.offset)
+    if _fenced:  # the assignment is about to change, and with it every position
+        return
+    for tp, offset in stale.items():
+        _fetching_again[tp] = min(_fetching_again.get(tp, offset), offset)
+    asyncio.ensure_future(app.consumer.fetch_again(stale))
+
+
+report_cleared_events(app.flow_control, INPUT_TOPICS, _events_cleared)
 
 
 async def _reindex_open_intervals(app, **kwargs) -> None:

@@ -455,7 +455,7 @@ def test_no_seek_when_the_position_is_before_the_records_fetched_again():
 
 def _event(partition: int, offset: int, generation: int):
     tp = faust_consumer.TP("seqstream.observations", partition)
-    return types.SimpleNamespace(message=types.SimpleNamespace(tp=tp, partition=partition, offset=offset,
+    return types.SimpleNamespace(message=types.SimpleNamespace(tp=tp, topic=tp.topic, partition=partition, offset=offset,
                                                                generation_id=generation, acked=False))
 
 
@@ -559,3 +559,58 @@ def test_a_batch_a_rebalance_overtook_is_not_acked_into_the_next_generation(monk
     monkeypatch.setattr(gc, "set_threshold", lambda *a: None)
     asyncio.run(worker_app.process.fun(OneBatch()))
     assert [e.message.acked for e in batch] == [True, True]
+
+
+def test_events_faust_clears_from_its_stream_queues_are_reported_first():
+    """faust clears the stream queues when the flow resumes after a table recovery, after it has
+    resumed and sought the partitions: what it clears of the input topics goes to the callback
+    first (stream_app.kafka.delivery.report_cleared_events); other queues' items (a table's
+    changelog) are cleared as before."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    from stream_app.kafka.delivery import report_cleared_events
+
+    async def scenario():
+        flow_control = FlowControlEvent(initially_suspended=False)
+        streams = FlowControlQueue(flow_control=flow_control, clear_on_resume=True)
+        kept = FlowControlQueue(flow_control=flow_control)  # not cleared on resume: untouched
+        mine = [_event(0, 5, 2), _event(1, 9, 2)]
+        changelog = types.SimpleNamespace(message=types.SimpleNamespace(topic="app-live-changelog", offset=3))
+        for item in (mine[0], changelog, mine[1]):
+            streams.put_nowait(item)
+        kept.put_nowait(_event(0, 6, 2))
+        reported = []
+        report_cleared_events(flow_control, {"seqstream.observations"}, reported.append)
+        flow_control.resume()
+        return reported, streams.qsize(), kept.qsize(), mine
+
+    reported, left, kept, mine = asyncio.run(scenario())
+    assert reported == [mine] and left == 0 and kept == 1
+
+
+def test_cleared_events_are_fetched_again_and_later_ones_wait_for_them(monkeypatch):
+    """stream_app.app._events_cleared: the cleared events are never acked into a commit, their
+    partitions are fetched again from the first of them, and later events of those partitions
+    are dropped until it comes (processed first, they would make it be skipped as redelivered)."""
+    from stream_app import app as worker_app
+
+    fetched_again = []
+
+    async def fetch_again(offsets):
+        fetched_again.append({tp.partition: offset for tp, offset in offsets.items()})
+
+    fake_app = types.SimpleNamespace(consumer_generation_id=2, consumer=types.SimpleNamespace(fetch_again=fetch_again))
+    monkeypatch.setattr(worker_app, "app", fake_app)
+    monkeypatch.setattr(worker_app, "_fetching_again", {})
+    monkeypatch.setattr(worker_app, "_fenced", False)
+
+    async def scenario():
+        cleared = [_event(3, 141, 2), _event(3, 142, 2), _event(1, 7, 2)]
+        worker_app._events_cleared(cleared)
+        await asyncio.sleep(0)
+        later = await worker_app._current_events([_event(3, 191, 2), _event(3, 141, 2), _event(1, 8, 2)])
+        return cleared, later
+
+    cleared, later = asyncio.run(scenario())
+    assert all(e.message.acked for e in cleared) and fetched_again == [{3: 141, 1: 7}]
+    assert [(e.message.partition, e.message.offset) for e in later] == [(3, 141)]  # 1@8 waits for 1@7 too

@@ -112,3 +112,15 @@ def test_what_the_copied_drain_loop_reads_is_on_faust_s_consumer():
                       "consumer_stopped_errors", "callback", "commit", "_add_gap", "wait_first", "sleep"):
         assert hasattr(consumer, attribute), f"faust Consumer.{attribute} is gone (kafka/delivery.py _drain_messages)"
 
+
+
+def test_mode_s_flow_control_clears_its_queues_through_clear():
+    """kafka/delivery.py report_cleared_events wraps FlowControlEvent.clear and reads the managed
+    queues' items: resume() must still clear through self.clear(), over _queues, each a deque in _queue."""
+    import inspect
+
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    assert "self.clear()" in inspect.getsource(FlowControlEvent.resume), "mode FlowControlEvent.resume no longer calls clear"
+    assert "self._queues" in inspect.getsource(FlowControlEvent.clear), "mode FlowControlEvent._queues is gone"
+    assert "self._queue.clear()" in inspect.getsource(FlowControlQueue.clear), "mode FlowControlQueue._queue is gone"
