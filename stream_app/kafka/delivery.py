@@ -1,9 +1,9 @@
-"""Private faust, mode and aiokafka internals: ``Consumer._drain_messages`` (copied, with the
+"""Private faust and mode internals: ``Consumer._drain_messages`` (copied, with the
 attributes it reads: ``_commit_every``, ``_n_acked``, ``diag``, ``suspend_flow``), its ``wait_first`` race,
 ``Consumer.getmany``'s internals (``_wait_next_records``, ``scheduler``, ``_to_message``, ``_buffered_partitions``, ``_seek``),
-``Consumer._read_offset``, ``_gap``, ``_acked``, ``_acked_index``, ``faust._cython.streams.sleep`` and
-aiokafka's ``AIOKafkaConsumer._subscription.subscription.assignment.state_value(tp)._position``,
-mode's ``FlowControlEvent._queues`` and asyncio's ``Queue._queue``
+``Consumer._read_offset``, ``_gap``, ``_acked``, ``_acked_index``, ``_thread`` (its ``call_thread`` and
+``_ensure_consumer``), ``faust._cython.streams.sleep``, mode's ``FlowControlEvent._queues`` and
+asyncio's ``Queue._queue``
 (checked against faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0;
 tests/test_internals.py fails when they are gone).
 
@@ -155,6 +155,10 @@ def install_stream_yield(n: int = YIELD_EVERY) -> bool:
     return True
 
 
+async def _seek_in_thread(consumer: Any, partition: Any, offset: int) -> None:
+    consumer.seek(partition, offset)
+
+
 def report_cleared_events(flow_control: Any, topics: Any, on_cleared: Callable[[list], None]) -> None:
     """Make faust's flow control hand the events of ``topics`` it clears from the stream queues
     to ``on_cleared`` first (mode's ``FlowControlEvent.clear`` over each queue's ``_queue``).
@@ -228,9 +232,8 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         # delivered (the drain loop's read offset is put there then: _drain_messages).
         self._seeks: dict[Any, int] = {}
         self._sought_to: dict[Any, int | None] = {}
-        # the seeks as they were when the fetch being delivered was asked for, and its last
-        # offset per partition (getmany, _stale)
-        self._fetched: tuple[dict, dict] = ({}, {})
+        # the seek counts as they were when the fetch being delivered was asked for (getmany, _stale)
+        self._fetched: dict[Any, int] = {}
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Every commit path (the commit timer, commit-every-N, rebalances, shutdown) ends here;
@@ -243,8 +246,14 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
     async def seek(self, partition: Any, offset: int) -> None:
-        self._seeking({partition: offset})  # aiokafka's position moves at once (faust seeks in this thread)
-        await super().seek(partition, offset)
+        """faust's seek, made in the consumer's own thread. faust moves aiokafka's position from
+        this thread while the consumer's thread may be handing out a fetch, which then sets the
+        position past it again (aiokafka's ``FetchResult`` updates it as it returns records), and
+        the seek is lost; in the consumer's thread the two come one after the other."""
+        consumer = self._thread._ensure_consumer()
+        await self._thread.call_thread(_seek_in_thread, consumer, partition, offset)
+        self._read_offset[partition] = offset if offset else None  # as faust's seek: read again from there
+        self._seeking({partition: offset})
 
     async def perform_seek(self) -> None:
         """faust's seek of every partition to its committed offset (after a table recovery, when
@@ -257,9 +266,10 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
     async def _drain_messages(self, fetcher: Any) -> None:
         """faust's drain loop (``Consumer._drain_messages``), except that a record is checked
         against the seeks of its partition right before it is measured against the read offset
-        and delivered, with nothing awaited in between (:meth:`_stale`); faust yields to the
-        event loop between taking a record and reading the read offset (every 100 records),
-        when a seek that completed meanwhile had already set the read offset to its target."""
+        and delivered, with nothing awaited in between (:meth:`_stale`), and the partitions of
+        the records it holds back are fetched again from them. faust yields to the event loop
+        between taking a record and reading the read offset (every 100 records), when a seek
+        that completed meanwhile had already set the read offset to its target."""
         callback = self.callback
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
@@ -274,11 +284,13 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
                 records = self.getmany(timeout=1.0)
                 await self.sleep(0)  # as faust: getmany may be called in a loop that never yields
                 if not self.should_stop:
+                    stale: dict[Any, int] = {}
                     async for tp, message in records:
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        if self._stale(tp, message.offset):
+                        if self._stale(tp):
+                            stale.setdefault(tp, message.offset)
                             continue
                         if sought_to and tp in sought_to:
                             read_offset[tp] = sought_to.pop(tp)
@@ -293,6 +305,8 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
                         if since_yield >= YIELD_EVERY:
                             since_yield = 0
                             await asyncio.sleep(0)
+                    if stale:
+                        await self.fetch_again(stale)
                     self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -316,21 +330,14 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             seeks[tp] = seeks.get(tp, 0) + 1
             self._sought_to[tp] = offset
 
-    def _stale(self, tp: Any, offset: int) -> bool:
-        """Whether a record of the fetch being delivered is from before a seek of its partition
-        made since the fetch was asked for: aiokafka's position is then where the seek put it,
-        at or before the fetch's last record of the partition, or unset (awaiting its reset to
-        the committed offset). Fetched after the seek, the position is past them (aiokafka moves
-        it past what it returns). Reading goes on from where the seek put it."""
-        seeks_before, last_fetched = self._fetched
-        if self._seeks.get(tp) == seeks_before.get(tp):
-            return False
-        try:
-            state = self._thread._consumer._subscription.subscription.assignment.state_value(tp)
-        except AttributeError:
-            return True
-        position = None if state is None else state._position
-        return position is None or position <= last_fetched.get(tp, offset)
+    def _stale(self, tp: Any) -> bool:
+        """Whether a seek of the partition took effect since the fetch being delivered was asked
+        for: its records may be from before the seek, or from after it (a seek made while the
+        fetch was waiting) with the seek's own count arriving later. Either way they are not
+        delivered, and the partition is fetched again from the first of them unless the seek
+        put it there or before (:meth:`fetch_again`): nothing is delivered out of order or
+        measured against a read offset the seek moved, and nothing is lost."""
+        return self._seeks.get(tp) != self._fetched.get(tp)
 
     async def getmany(self, timeout: float) -> Any:
         """faust's ``Consumer.getmany``, except that every fetched record it does not deliver is
@@ -364,7 +371,7 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             return
         undelivered: dict[Any, int] = {}
         cut = False
-        self._fetched = (seeks_before, {tp: batch[-1].offset for tp, batch in records.items() if batch})
+        self._fetched = seeks_before
         for tp, record in self.scheduler.iterate(records):
             if cut or not self.flow_active or self.app.consumer_generation_id != generation_id:
                 cut = True
