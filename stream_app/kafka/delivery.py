@@ -234,6 +234,11 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         self._sought_to: dict[Any, int | None] = {}
         # the seek counts as they were when the fetch being delivered was asked for (getmany, _stale)
         self._fetched: dict[Any, int] = {}
+        # Clear while faust's seek to the committed offsets runs in the consumer's thread: records
+        # delivered then, from after it, would be measured against the read offset it sets when
+        # it is done (a gap over records delivered), so the drain loop waits.
+        self._no_seek_running = asyncio.Event()
+        self._no_seek_running.set()
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         """Every commit path (the commit timer, commit-every-N, rebalances, shutdown) ends here;
@@ -260,8 +265,12 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         the flow stops), counted as seeks once it has taken effect (it runs in the consumer's
         thread: a fetch may return records from before it after it started)."""
         assigned = self.assignment()
-        await super().perform_seek()
-        self._seeking({tp: self._read_offset[tp] for tp in assigned})
+        self._no_seek_running.clear()  # the drain loop delivers nothing meanwhile
+        try:
+            await super().perform_seek()
+            self._seeking({tp: self._read_offset[tp] for tp in assigned})
+        finally:
+            self._no_seek_running.set()
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """faust's drain loop (``Consumer._drain_messages``), except that a record is checked
@@ -289,6 +298,8 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
+                        if not self._no_seek_running.is_set():
+                            await self._no_seek_running.wait()
                         if self._stale(tp):
                             stale.setdefault(tp, message.offset)
                             continue
