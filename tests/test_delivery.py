@@ -451,12 +451,9 @@ def _event(partition: int, offset: int, generation: int):
                                                                generation_id=generation, acked=False))
 
 
-def test_the_agent_drops_events_of_a_past_generation_and_those_queued_behind_them_until_fetched_again(monkeypatch):
-    """stream_app.app._current_events: events fetched in an earlier generation are dropped (never
-    acked into a commit) and fetched again; this generation's events of the same partition
-    queued behind them are dropped too until the first one fetched again comes. Processed first,
-    they would move the experiments' offset high-water marks past the ones fetched again, which
-    would be skipped as redelivered: lost."""
+def _agent_in_generation_2(monkeypatch):
+    """stream_app.app with a fake consumer in generation 2, not fenced; returns the module and the
+    list of the partitions (partition -> offset) it was asked to fetch again."""
     from stream_app import app as worker_app
 
     fetched_again = []
@@ -468,6 +465,16 @@ def test_the_agent_drops_events_of_a_past_generation_and_those_queued_behind_the
     monkeypatch.setattr(worker_app, "app", fake_app)
     monkeypatch.setattr(worker_app, "_fetching_again", {})
     monkeypatch.setattr(worker_app, "_fenced", False)
+    return worker_app, fetched_again
+
+
+def test_the_agent_drops_events_of_a_past_generation_and_those_queued_behind_them_until_fetched_again(monkeypatch):
+    """stream_app.app._current_events: events fetched in an earlier generation are dropped (never
+    acked into a commit) and fetched again; this generation's events of the same partition
+    queued behind them are dropped too until the first one fetched again comes. Processed first,
+    they would move the experiments' offset high-water marks past the ones fetched again, which
+    would be skipped as redelivered: lost."""
+    worker_app, fetched_again = _agent_in_generation_2(monkeypatch)
 
     def offsets(events):
         return [(e.message.partition, e.message.offset) for e in events]
@@ -584,17 +591,7 @@ def test_cleared_events_are_fetched_again_and_later_ones_wait_for_them(monkeypat
     """stream_app.app._events_cleared: the cleared events are never acked into a commit, their
     partitions are fetched again from the first of them, and later events of those partitions
     are dropped until it comes (processed first, they would make it be skipped as redelivered)."""
-    from stream_app import app as worker_app
-
-    fetched_again = []
-
-    async def fetch_again(offsets):
-        fetched_again.append({tp.partition: offset for tp, offset in offsets.items()})
-
-    fake_app = types.SimpleNamespace(consumer_generation_id=2, consumer=types.SimpleNamespace(fetch_again=fetch_again))
-    monkeypatch.setattr(worker_app, "app", fake_app)
-    monkeypatch.setattr(worker_app, "_fetching_again", {})
-    monkeypatch.setattr(worker_app, "_fenced", False)
+    worker_app, fetched_again = _agent_in_generation_2(monkeypatch)
 
     async def scenario():
         cleared = [_event(3, 141, 2), _event(3, 142, 2), _event(1, 7, 2)]
