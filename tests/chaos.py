@@ -211,7 +211,8 @@ class Supervisor(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-        self.join(timeout=5)
+        if self.ident is not None:  # started (a worker that never became healthy stops it early)
+            self.join(timeout=5)
         for worker in self.workers.values():
             worker.stop()
 
