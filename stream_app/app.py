@@ -43,7 +43,7 @@ from .kafka.tables import PromptTableManager, StateWriteFailed, changelog_partit
 from .codec import deadletter_message
 from .metrics import Metrics
 from .outputs import OutputSender
-from .processor import BatchProcessor
+from .processor import BatchProcessor, chunks_by_experiment
 from .recent import DeadLetters, RecentAlerts, RecentResults
 from .settings import Settings
 from .kafka.topics import TABLE_NAME, changelog_topic, create_topics_async
@@ -403,6 +403,7 @@ async def save_states() -> bool:
 
 
 YOUNG_COLLECTION_ALLOCATIONS = 200_000  # the worker's gc threshold 0 (see process)
+EXPERIMENTS_PER_CHUNK = 500  # a batch is processed this many experiments at a time (processor.chunks_by_experiment)
 
 
 class QueuedOutputs(NamedTuple):
@@ -476,16 +477,27 @@ async def process(stream):
         events = await _current_events(events)
         if not events:
             continue
+        changed: set[str] = set()
+        processing = 0.0
         async with _batch_in_flight:  # waits while save_states writes (its time is counted there)
             t0 = clock()
             for event in events:
                 _latest_event[event.message.partition] = event  # save_states writes under these
-            out = processor.process([event.message for event in events], view)
-            t1 = clock()
-            # Handed over and acked in the background (stream_app/outputs.py) while the agent
-            # takes and processes the next messages; waits only while two batches' outputs are
-            # queued. Queued under the lock, so a save never sees states whose outputs are not.
-            await outputs.put(QueuedOutputs.of(out, received))
+            chunks = chunks_by_experiment([event.message for event in events], EXPERIMENTS_PER_CHUNK)
+            for n, chunk in enumerate(chunks):
+                if n:
+                    await asyncio.sleep(0)  # the web views, the timers and the probe run in between
+                if _fenced or app.consumer_generation_id != generation:
+                    break  # the rest is read again from the committed offsets (below)
+                t1 = clock()
+                out = processor.process(chunk, view)
+                processing += clock() - t1
+                changed |= out.changed
+                # Handed over and acked in the background (stream_app/outputs.py) while the
+                # agent takes and processes the next messages; waits only while two chunks'
+                # outputs are queued. Queued under the lock, so a save never sees states whose
+                # outputs are not.
+                await outputs.put(QueuedOutputs.of(out, received))
         if _fenced or app.consumer_generation_id != generation:
             # A rebalance came while the batch's outputs were being queued: the states it changed
             # were dropped with the revocation (processor.invalidate), and faust acks its events
@@ -494,10 +506,10 @@ async def process(stream):
             # the committed offset instead.
             for event in events:
                 _drop(event.message)
-        for experiment in out.changed:
+        for experiment in changed:
             open_intervals[experiment] = received
         metrics.seconds_waiting_for_input += t0 - idle_since
-        metrics.seconds_processing += t1 - t0
+        metrics.seconds_processing += processing
         metrics.batches += 1
         idle_since = clock()
 

@@ -459,3 +459,26 @@ def test_experiments_past_the_worker_s_limit_are_dead_lettered_and_those_held_go
     processor.invalidate()
     out = processor.process([rows_of(b"new-3", 7)], store)
     assert out.deadletters == [] and out.changed == {"new-3"}
+
+
+def test_chunks_by_experiment_keep_each_experiment_whole_and_change_no_result():
+    """A batch is processed at most EXPERIMENTS_PER_CHUNK experiments at a time (the event loop is
+    held that long only): each experiment's messages stay in one chunk, in their order, and the
+    results and states are those of the batch processed at once."""
+    from stream_app.processor import chunks_by_experiment
+
+    keys = [f"ch-{i}".encode() for i in range(7)]
+    messages = []
+    for interval, rows in enumerate(zip(*(good_rows(k.decode(), intervals=4) for k in keys))):
+        messages += [InMessage("obs", partition_of(k), len(messages), k, orjson.dumps(row)) for k, row in zip(keys, rows)]
+    chunks = chunks_by_experiment(messages, 3)
+    assert [len({m.key for m in chunk}) for chunk in chunks] == [3, 3, 1]
+    for key in keys:
+        [holder] = [chunk for chunk in chunks if any(m.key == key for m in chunk)]
+        assert [m.offset for m in holder if m.key == key] == [m.offset for m in messages if m.key == key]
+    assert chunks_by_experiment(messages, 7) == [messages]
+    whole, chunked = (BatchProcessor(TOPICS, PARTITIONS, clock=lambda: 1.7e9) for _ in range(2))  # same last_activity
+    rows_whole = sorted(whole.process(messages, {}).results)
+    rows_chunked = sorted(r for chunk in chunks for r in chunked.process(chunk, {}).results)
+    assert rows_whole == rows_chunked and len(rows_whole) > 0
+    assert whole.take_states() == chunked.take_states()
