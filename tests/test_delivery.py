@@ -447,8 +447,9 @@ def test_no_seek_when_the_position_is_before_the_records_fetched_again():
 
 def _event(partition: int, offset: int, generation: int):
     tp = faust_consumer.TP("seqstream.observations", partition)
-    return types.SimpleNamespace(message=types.SimpleNamespace(tp=tp, topic=tp.topic, partition=partition, offset=offset,
-                                                               generation_id=generation, acked=False))
+    message = types.SimpleNamespace(tp=tp, topic=tp.topic, partition=partition, offset=offset, key=b"exp",
+                                    generation_id=generation, acked=False)
+    return types.SimpleNamespace(message=message)
 
 
 def _agent_in_generation_2(monkeypatch):
