@@ -875,3 +875,32 @@ def test_tail_follow_says_once_that_the_broker_stopped_answering(tmp_path):
     assert_one_line_error(tail.returncode, err, f"seqstream tail: the broker at {own.bootstrap} stopped answering",
                           exit_code=1)
     assert took < 20, took
+
+
+def test_an_orphaned_connection_error_is_not_printed_after_the_one_line(caplog):
+    """aiokafka may leave a future holding a ConnectionResetError when a broker resets a
+    connection; asyncio prints it at exit, after the command's one line. The CLI drops exactly
+    that, and nothing else asyncio reports."""
+    import asyncio
+    import gc
+    import logging
+
+    from stream_app.console.cli import _DropOrphanedConnectionErrors
+
+    drop = _DropOrphanedConnectionErrors()  # as main() installs it
+    logging.getLogger("asyncio").addFilter(drop)
+    try:
+        async def orphan_futures():
+            loop = asyncio.get_running_loop()
+            reset, other = loop.create_future(), loop.create_future()
+            reset.set_exception(ConnectionResetError(104, "Connection reset by peer"))
+            other.set_exception(ValueError("a real bug"))
+            del reset, other
+            gc.collect()
+
+        asyncio.run(orphan_futures())
+        gc.collect()
+    finally:
+        logging.getLogger("asyncio").removeFilter(drop)
+    reported = [repr(r.exc_info[1]) for r in caplog.records if r.name == "asyncio" and r.exc_info]
+    assert reported == ["ValueError('a real bug')"], reported
