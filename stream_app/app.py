@@ -254,6 +254,12 @@ async def _on_assigned(app, assigned, **kwargs) -> None:
     _fenced = False
 
 
+def _hold_back(tp, offset: int) -> None:
+    """Events of ``tp`` after ``offset`` are dropped until the one at ``offset``, fetched again,
+    comes (_current_events)."""
+    _fetching_again[tp] = min(_fetching_again.get(tp, offset), offset)
+
+
 def _drop(message) -> None:
     message.acked = True  # faust's ack is then a no-op: its offset is never recorded, never committed
     metrics.stale_events_dropped += 1
@@ -281,7 +287,7 @@ async def _current_events(events: list) -> list:
             _drop(message)
             stale.setdefault(tp, message.offset)
             if not _fenced:  # while fenced the assignment is about to change, and with it every position
-                _fetching_again[tp] = min(_fetching_again.get(tp, message.offset), message.offset)
+                _hold_back(tp, message.offset)
         elif tp in _fetching_again and message.offset > _fetching_again[tp]:
             _drop(message)  # fetched before the seek back: it comes again, after the ones before it
         else:
@@ -306,7 +312,7 @@ def _events_cleared(events: list) -> None:
     if _fenced:  # the assignment is about to change, and with it every position
         return
     for tp, offset in stale.items():
-        _fetching_again[tp] = min(_fetching_again.get(tp, offset), offset)
+        _hold_back(tp, offset)
     asyncio.ensure_future(app.consumer.fetch_again(stale))
 
 
@@ -474,6 +480,10 @@ async def process(stream):
     async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
         received = time.time()
         generation = app.consumer_generation_id  # the one _current_events keeps the events of
+
+        def overtaken() -> bool:  # by a rebalance
+            return _fenced or app.consumer_generation_id != generation
+
         events = await _current_events(events)
         if not events:
             continue
@@ -487,7 +497,7 @@ async def process(stream):
             for n, chunk in enumerate(chunks):
                 if n:
                     await asyncio.sleep(0)  # the web views, the timers and the probe run in between
-                if _fenced or app.consumer_generation_id != generation:
+                if overtaken():
                     break  # the rest is read again from the committed offsets (below)
                 t1 = clock()
                 out = processor.process(chunk, view)
@@ -498,7 +508,7 @@ async def process(stream):
                 # outputs are queued. Queued under the lock, so a save never sees states whose
                 # outputs are not.
                 await outputs.put(QueuedOutputs.of(out, received))
-        if _fenced or app.consumer_generation_id != generation:
+        if overtaken():
             # A rebalance came while the batch's outputs were being queued: the states it changed
             # were dropped with the revocation (processor.invalidate), and faust acks its events
             # only when the next batch is taken, into the new generation's acks, where a commit

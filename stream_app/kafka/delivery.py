@@ -368,7 +368,7 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
         the read offset to where the seek went: a delivery in flight at the seek records its own
         offset as read afterwards, and every record up to it, fetched again, would be dropped as
         already read (``_read_offset``)."""
-        seeks_before = dict(self._seeks)
+        self._fetched = dict(self._seeks)  # the previous fetch is all delivered by now
         records, active_partitions = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
@@ -382,7 +382,6 @@ class SeqstreamConsumer(EagerDelivery, faust_aiokafka.Consumer):
             return
         undelivered: dict[Any, int] = {}
         cut = False
-        self._fetched = seeks_before
         for tp, record in self.scheduler.iterate(records):
             if cut or not self.flow_active or self.app.consumer_generation_id != generation_id:
                 cut = True

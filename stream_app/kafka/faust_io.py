@@ -35,14 +35,13 @@ class BatchedSender:
     A batch the broker refuses (RECORD_REFUSALS) is sent again a record at a time, and each
     record refused alone goes to ``on_refused(topic, partition, key, value, error)``, which
     returns what to send in its place (a dead letter: topic, key, value) or None; should that be
-    refused too, it is logged and counted in ``lost``. So no output can stop the worker for good.
+    refused too, it is logged as critical. So no output can stop the worker for good.
     Records sent again alone may land after records handed over later on the same partition."""
 
     def __init__(self, app: Any, on_refused: Callable[..., tuple[str, bytes | None, bytes] | None] | None = None) -> None:
         self._app = app
         self._partition_counts: dict[str, int] = {}
         self.on_refused = on_refused
-        self.lost = 0  # records refused whose replacement was refused too
 
     def _producer(self) -> AIOKafkaProducer:
         return self._app.producer._ensure_producer()
@@ -88,7 +87,6 @@ class BatchedSender:
             await asyncio.gather(*await send_keyed(producer, to_topic, await self._partitions(producer, to_topic),
                                                    [(to_key, to_value)]))
         except RECORD_REFUSALS as again:
-            self.lost += 1
             log.critical("the broker refused a %d-byte record for %s[%d] (%r) and its %d-byte dead letter (%r): "
                          "neither was written", len(value or b""), topic, partition, exc, len(to_value), again)
 
