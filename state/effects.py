@@ -51,26 +51,36 @@ def _stratified(stats: np.ndarray, weights: np.ndarray, is_binary: np.ndarray, d
     return mean, var_of_mean
 
 
-def _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c):
-    """Variances of the arm means with each arm's per-unit variance floored at the variance of
-    both arms' data pooled, as H0 (one distribution for both arms) estimates it (state/METHODS.md
-    F2b).
+def _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c, single_epoch):
+    """Variances of the arm means for the test of H0 (state/METHODS.md F2b): the pooled
+    two-sample variance when it is at least Welch's, else each arm's own variance floored at the
+    pooled one.
 
     An arm's own plug-in variance rises and falls with its mean on skewed data: a small arm that
     has not yet seen a large order has a small mean *and* a small variance, and D / sqrt(V_D)
     explodes (a 20:1 ramp-up on revenue falsely rejected in 20% of A/A experiments), as does an
-    arm with no conversions yet (variance 0: a point interval at -100%). Under H0 the pooled
-    estimate uses every unit, mostly the large arm's; taking the larger of the two keeps the
-    test conservative under alternatives where the arms' variances differ. Epoch-stratified
-    variances of the mean are scaled by the same per-unit ratio."""
-    both = pooled.sum(axis=0)  # (H, 3): N, S, Q of both arms together
+    arm with no conversions yet (variance 0: a point interval at -100%). Under H0 both arms have
+    one distribution, and both arms' data pooled estimate its variance v_0 from every unit. With
+    v_0 (1/N_t + 1/N_c) >= Welch's a_t + a_c (always so at equal allocation) both arms take v_0:
+    the pooled z-test, no more cautious than H0 requires. Otherwise (unequal allocation, the
+    small arm the more variable) each arm keeps the larger of its own variance and v_0, so the
+    test is never less cautious than Welch's and no arm has a zero variance beside a pooled
+    positive one. Epoch-stratified variances of the mean are scaled by each arm's per-unit
+    ratio."""
+    both = pooled[0] + pooled[1]  # (H, 3): N, S, Q of both arms together
     _, var_pool = _arm_moments(both, is_binary, ddof)
-    floored_t = np.maximum(var_t, var_pool)
-    floored_c = np.maximum(var_c, var_pool)
-    # v / N for one epoch; for several, the stratified variance of the mean per unit of variance
-    per_unit_t = np.where(var_t > 0, vm_t / var_t, 1.0 / pooled[0, :, 0])
-    per_unit_c = np.where(var_c > 0, vm_c / var_c, 1.0 / pooled[1, :, 0])
-    return floored_t * per_unit_t, floored_c * per_unit_c
+    if single_epoch:  # v / N
+        per_unit_t, per_unit_c = 1.0 / pooled[0, :, 0], 1.0 / pooled[1, :, 0]
+    else:  # the stratified variance of the mean per unit of variance
+        per_unit_t = np.where(var_t > 0, vm_t / var_t, 1.0 / pooled[0, :, 0])
+        per_unit_c = np.where(var_c > 0, vm_c / var_c, 1.0 / pooled[1, :, 0])
+    pool_t, pool_c = var_pool * per_unit_t, var_pool * per_unit_c
+    pooled_test = pool_t + pool_c >= vm_t + vm_c
+    if np.count_nonzero(pooled_test) == pooled_test.size:  # the usual case (always at equal allocation)
+        return pool_t, pool_c
+    floored_t = np.maximum(var_t, var_pool) * per_unit_t
+    floored_c = np.maximum(var_c, var_pool) * per_unit_c
+    return np.where(pooled_test, pool_t, floored_t), np.where(pooled_test, pool_c, floored_c)
 
 
 def estimate_effects(
@@ -107,16 +117,16 @@ def _estimate_effects(stats, is_binary, relative, variance_method, ddof) -> Effe
         m_t, vm_t = _stratified(treatment, weights, is_binary, ddof)
         m_c, vm_c = _stratified(control, weights, is_binary, ddof)
 
+    all_relative = relative is True or bool(np.all(relative))
     if variance_method == "fieller":  # relative hypotheses only: absolute ones are section 2's test
-        floored_t, floored_c = _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c)
-        if relative is True:
+        floored_t, floored_c = _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c, single_epoch)
+        if all_relative:
             vm_t, vm_c = floored_t, floored_c
         else:
             vm_t, vm_c = np.where(relative, floored_t, vm_t), np.where(relative, floored_c, vm_c)
     lift = m_t / m_c - 1.0
     difference = m_t - m_c
     v_difference = vm_t + vm_c  # V_D = v_t / N_t + v_c / N_c (sections 2 and 10)
-    all_relative = relative is True or np.all(relative)
     if variance_method == "fieller":
         # Section 10: every hypothesis is tested on the difference scale (no observed-ratio
         # shrinkage of the control's variance); only the reported effect and, later, the interval

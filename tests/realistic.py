@@ -12,7 +12,8 @@ experiments costs numpy passes, not Python loops per unit. Shapes:
 - ``counts``: over-dispersed counts per unit, negative binomial with mean 1.5 and shape 0.3
   (variance 9 times the mean);
 - ``normal``: normal per unit, mean 10, sd 10;
-- ``conversion``: a 0/1 conversion at 10% (the power comparison's binary metric).
+- ``conversion``: a 0/1 conversion at 10% (the power comparison's binary metric);
+- ``conversion5``: a 0/1 conversion at 5% (the power comparison by direction).
 
 A relative lift multiplies the values (revenue, whale, counts, normal) or the rate (rare), so
 "lift" means the same thing on every shape. Traffic varies by experiment (20 to 400 units per
@@ -36,7 +37,8 @@ from state.experiment import update_many
 
 VARIATIONS = ("control", "t1", "t2")
 SHAPES = ("revenue", "rare", "whale", "counts", "normal")
-BINARY = {"rare", "conversion"}
+BINARY = {"rare", "conversion", "conversion5"}
+RATES = {"rare": 0.005, "conversion": 0.1, "conversion5": 0.05}
 
 COLUMNS = (
     "local_p_value", "always_valid_p_value", "corrected_p_value", "rejected", "alpha", "fdr_correction_factor",
@@ -60,7 +62,7 @@ def draw_shape(rng: np.random.Generator, shape: str, units: np.ndarray, factor: 
     flat_factor = np.broadcast_to(factor, units.shape).ravel()
     arms = flat_units.size
     if shape in BINARY:
-        sums = rng.binomial(flat_units, (0.005 if shape == "rare" else 0.1) * flat_factor).astype(np.float64)
+        sums = rng.binomial(flat_units, RATES[shape] * flat_factor).astype(np.float64)
         return sums.reshape(units.shape), sums.reshape(units.shape).copy()
     if shape == "normal":
         mean = 10.0 * flat_factor
@@ -184,6 +186,21 @@ def aa_rates(result: StudyResult, alpha: float) -> dict:
     rejected = result.columns["rejected"].astype(bool).any(axis=(0, 2))
     rates["FWER (corrected)"] = (float(rejected.mean()), int(rejected.size))
     return rates
+
+
+def signed_false_rejections(result: StudyResult, alpha: float) -> dict:
+    """Per shape, A/A: rate of hypotheses whose always-valid p first falls below alpha with a
+    negative lift estimate, and with a positive one (each side's share of the error); n."""
+    sig = result.columns["always_valid_p_value"] < alpha
+    first = np.argmax(sig, axis=0)
+    sign = np.take_along_axis(result.columns["lift_estimate"], first[None], axis=0)[0]
+    ever = sig.any(axis=0)
+    out = {}
+    for shape in dict.fromkeys(result.metrics):
+        mask = np.array([m == shape for m in result.metrics])
+        out[shape] = (float((ever & (sign < 0))[:, mask].mean()), float((ever & (sign > 0))[:, mask].mean()),
+                      int(ever[:, mask].size))
+    return out
 
 
 def miss_rates(result: StudyResult) -> dict:

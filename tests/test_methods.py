@@ -61,10 +61,11 @@ def test_clear_effect_gives_a_bounded_fieller_interval_around_the_estimate():
     lo, hi = row["uncorrected_local_conf_interval_lower"], row["uncorrected_local_conf_interval_upper"]
     assert row["rejected"] and 0 < lo < 0.2 < hi < 0.45
     # the bounds are roots of the test: at r = lo the statistic z(r)^2 sits on the threshold
-    # each arm's variance floored at both arms' pooled one, 0.11 * 0.89 (state/METHODS.md F2b)
+    # at equal allocation the pooled variance 0.11 * 0.89 is at least Welch's: both arms take it
+    # (the pooled z-test, state/METHODS.md F2b)
     pooled = 0.11 * 0.89
-    m_t, m_c, a_t, a_c = 0.12, 0.1, max(0.12 * 0.88, pooled) / 20000, max(0.09, pooled) / 20000
-    assert a_c == pooled / 20000 and a_t == 0.12 * 0.88 / 20000  # the floor is at work on one arm
+    assert 2 * pooled >= 0.12 * 0.88 + 0.09
+    m_t, m_c, a_t, a_c = 0.12, 0.1, pooled / 20000, pooled / 20000
     k = 0.01 * m_c**2 / (a_t + a_c)
     c = (1 + k) / k * (2 * math.log(10) + math.log(1 + k))
     for r in (lo, hi):
@@ -130,16 +131,41 @@ def test_fieller_bounds_are_the_non_rejected_set(m_t, m_c, a_t, a_c, c):
 
 def test_p_value_is_the_mixture_test_of_the_difference():
     """The reported p is section 4's mixture test applied to D = m_t - m_c, V_D and tau^2 m_c^2,
-    each arm's per-unit variance floored at both arms' pooled one (state/METHODS.md F2b)."""
+    V_D the pooled two-sample variance when it is at least Welch's (state/METHODS.md F2b)."""
     row, _ = one_look((4000, 4100, 9000), (4000, 4300, 9800))
     m_c, m_t = 4100 / 4000, 4300 / 4000
     v_t, v_c = 9800 / 4000 - m_t**2, 9000 / 4000 - m_c**2
     v_pool = (9800 + 9000) / 8000 - ((4100 + 4300) / 8000) ** 2
-    assert v_c < v_pool < v_t  # the floor lifts the control's
-    v_d = max(v_t, v_pool) / 4000 + max(v_c, v_pool) / 4000
+    assert v_c < v_pool < v_t and 2 * v_pool >= v_t + v_c  # equal allocation: pooled >= Welch
+    v_d = 2 * v_pool / 4000
     expected = SequentialTest().score(np.array(m_t - m_c), np.array(v_d), 0.01 * m_c**2).local_p_value
     assert row["local_p_value"] == pytest.approx(float(expected), rel=1e-12)
     assert row["standard_error"] == pytest.approx(math.sqrt(v_d) / m_c, rel=1e-12)
+
+
+def test_unequal_allocation_with_the_small_arm_more_variable_keeps_welch_and_the_floor():
+    """1,000 treatment units with variance 9 against 9,000 control units with variance 1: the
+    pooled variance (1.8 plus the means' spread) understates the small arm's, Welch's sum is the
+    larger, and each arm keeps the larger of its own variance and the pooled one (F2b)."""
+    control, treatment = (9000, 9000 * 1.0, 9000 * (1.0 + 1.0)), (1000, 1000 * 1.05, 1000 * (1.05**2 + 9.0))
+    row, _ = one_look(control, treatment)
+    m_c, m_t = 1.0, 1.05
+    v_t, v_c = 9.0, 1.0
+    v_pool = (treatment[2] + control[2]) / 10000 - ((treatment[1] + control[1]) / 10000) ** 2
+    assert v_pool * (1 / 1000 + 1 / 9000) < v_t / 1000 + v_c / 9000 and v_c < v_pool < v_t
+    v_d = v_t / 1000 + v_pool / 9000
+    expected = SequentialTest().score(np.array(m_t - m_c), np.array(v_d), 0.01 * m_c**2).local_p_value
+    assert row["local_p_value"] == pytest.approx(float(expected), rel=1e-9)
+    assert row["standard_error"] == pytest.approx(math.sqrt(v_d) / m_c, rel=1e-9)
+
+
+def test_zero_conversions_in_the_larger_arm_is_not_a_point_interval():
+    """0 of 50,000 treatment units against 250 of 5,000 in control (10:1): Welch's sum is the
+    larger, and the treatment arm's plug-in 0 is floored at the pooled variance, so the interval
+    is not the single point -100% (F2b)."""
+    row, _ = one_look((5000, 250, 250), (50000, 0, 0), binary=True)
+    lo, hi = row["uncorrected_local_conf_interval_lower"], row["uncorrected_local_conf_interval_upper"]
+    assert row["rejected"] and lo == -1.0 and -1.0 < hi < 0
 
 
 # --------------------------------------------------------------------------- compatibility

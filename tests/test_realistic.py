@@ -22,7 +22,7 @@ import pytest
 
 from state import EngineConfig
 from tests.realistic import (SHAPES, Study, aa_rates, fdr, inconsistencies, last_widths, looks_to_detect,
-                             miss_rates, run_study, upper_tolerance)
+                             miss_rates, run_study, signed_false_rejections, upper_tolerance)
 
 ALPHA = 0.1
 AA = Study(experiments=400, looks=60, seed=16_001, lifts={})
@@ -62,6 +62,16 @@ def test_aa_familywise_rejection_of_corrected_p(aa):
     look) <= alpha over 400 experiments of 10 hypotheses (bound 0.145)."""
     rate, n = aa_rates(aa, ALPHA)["FWER (corrected)"]
     assert rate <= upper_tolerance(ALPHA, n), rate
+
+
+def test_aa_false_rejections_are_not_one_sided(aa):
+    """A two-sided test at alpha spends at most alpha/2 on each sign: per shape, P(first false
+    rejection with a negative lift estimate) and with a positive one are each <= alpha/2 + 3 SE
+    (800 hypotheses: bound 0.073). "ses" fails this on revenue (0.34 negative, 0.00 positive):
+    its observed-ratio variance shrinks exactly when the treatment looks worse (METHODS.md F1)."""
+    for shape, (negative, positive, n) in signed_false_rejections(aa, ALPHA).items():
+        bound = upper_tolerance(ALPHA / 2, n)
+        assert negative <= bound and positive <= bound, (shape, negative, positive, bound)
 
 
 def test_coverage_at_every_look_for_true_lifts(effects):
