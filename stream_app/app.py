@@ -40,6 +40,7 @@ from .kafka.delivery import RawSchema, SeqstreamTransport, install_stream_yield,
 from .kafka.faust_io import BatchedSender, consumer_lag, coordination_failure, group_member_id
 from .kafka.fencing import PartitionWriters
 from .kafka.tables import PromptTableManager, StateWriteFailed, changelog_partitions_behind, write_acked
+from .kafka.scheduling import TimestampOrder
 from .codec import deadletter_message
 from .metrics import Metrics
 from .outputs import OutputSender
@@ -129,6 +130,7 @@ app = SeqstreamApp(
     producer_max_batch_size=262_144,  # results go out as record batches (kafka.faust_io.BatchedSender)
     producer_compression_type=settings.compression_type,
     consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
+    ConsumerScheduler=TimestampOrder,  # a fetch's configs before the observations published after them
 )
 
 INPUT_KINDS = ("observations", "experiments", "ticks")

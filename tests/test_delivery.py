@@ -12,12 +12,15 @@ import gc
 import inspect
 import types
 import warnings
+from collections import namedtuple
 
 import mode
 import pytest
 from faust.transport import consumer as faust_consumer
+from faust.types import TP
 
 from stream_app.kafka.delivery import DELIVERED, EagerDelivery, SeqstreamConsumer, eager, yield_every
+from stream_app.kafka.scheduling import TimestampOrder
 from stream_app.metrics import Metrics
 
 
@@ -604,3 +607,21 @@ def test_cleared_events_are_fetched_again_and_later_ones_wait_for_them(monkeypat
     cleared, later = asyncio.run(scenario())
     assert all(e.message.acked for e in cleared) and fetched_again == [{3: 141, 1: 7}]
     assert [(e.message.partition, e.message.offset) for e in later] == [(3, 141)]  # 1@8 waits for 1@7 too
+
+
+def test_timestamp_order_merges_partitions_by_timestamp_keeping_each_partitions_order():
+    """A fetch's records across partitions by timestamp (Kafka Streams' PartitionGroup), each
+    partition's own order kept even where its timestamps go back (a merge, not a sort: offsets
+    are still delivered in order), ties in partition order."""
+    record = namedtuple("record", "offset timestamp")
+    configs, observations = TP("experiments", 0), TP("observations", 0)
+    records = {observations: [record(0, 20), record(1, 5), record(2, 30)],
+               configs: [record(0, 10), record(1, 20), record(2, 40)]}
+    order = [(tp.topic, r.offset) for tp, r in TimestampOrder().iterate(records)]
+    assert order == [("experiments", 0), ("observations", 0), ("observations", 1), ("experiments", 1),
+                     ("observations", 2), ("experiments", 2)]
+    for tp in records:  # per partition: offsets in order
+        assert [o for t, o in order if t == tp.topic] == [0, 1, 2]
+    assert [(tp, r.offset) for tp, r in TimestampOrder().iterate({configs: records[configs]})] == [
+        (configs, 0), (configs, 1), (configs, 2)]
+    assert list(TimestampOrder().iterate({})) == []

@@ -302,6 +302,31 @@ def test_srm_alert_for_a_55_45_split_and_none_for_a_correct_one(broker, tmp_path
     assert srm[0]["details"]["sequential_p_value"] <= 0.001
 
 
+def test_a_backlog_applies_each_config_before_the_observations_published_after_it(broker, tmp_path):
+    """40 experiments' configs (alpha 0.05), then their observations in the reverse order, all
+    published before the worker starts: in each partition the experiment whose config is last
+    has the first observations. Delivered round robin (faust's default) its first intervals were
+    scored under the default config (alpha 0.1) before its config arrived; by timestamp
+    (stream_app/kafka/scheduling.py) every row of every experiment has the config's alpha."""
+    settings = isolated_settings(broker, tmp_path)
+    metric = (MetricSpec("conv", 0.1, is_binary=True),)
+    experiments = [f"order-{i:02d}" for i in range(40)]
+    config = {"reference_variation_id": "control", "alpha": 0.05}
+    configs = [m for e in experiments for m in config_messages(e, 1, config, {"conv": {"is_binary": True}})]
+    rows = [r for i, e in enumerate(reversed(experiments))
+            for group in simulate(ExperimentSpec(e, metric, units_per_interval=200, intervals=5), i) for r in group]
+    produce(settings, configs)
+    produce(settings, observation_messages(rows))
+    worker = start_worker(settings, tmp_path)
+    try:
+        results = collect(settings, "results", until_keys(40 * 4), timeout=60)
+    finally:
+        worker.stop()
+    assert {r["experiment_id"] for r in results} == set(experiments)
+    wrong = sorted({(r["experiment_id"], r["interval_timestamp"]) for r in results if r["alpha"] != 0.05})
+    assert not wrong, wrong
+
+
 def test_bad_input_is_dead_lettered_with_reason_and_source(broker, tmp_path):
     settings = isolated_settings(broker, tmp_path, max_message_bytes=4096)
     good = covid_stream_rows("mixed")[:60]
