@@ -130,7 +130,8 @@ app = SeqstreamApp(
     producer_max_batch_size=262_144,  # results go out as record batches (kafka.faust_io.BatchedSender)
     producer_compression_type=settings.compression_type,
     consumer_max_fetch_size=max(4_194_304, 8 * settings.max_message_bytes),
-    ConsumerScheduler=TimestampOrder,  # a fetch's configs before the observations published after them
+    # a fetch's configs before the observations published after them (or with them)
+    ConsumerScheduler=TimestampOrder.preferring(settings.topic("experiments")),
 )
 
 INPUT_KINDS = ("observations", "experiments", "ticks")

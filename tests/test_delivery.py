@@ -612,14 +612,21 @@ def test_cleared_events_are_fetched_again_and_later_ones_wait_for_them(monkeypat
 def test_timestamp_order_merges_partitions_by_timestamp_keeping_each_partitions_order():
     """A fetch's records across partitions by timestamp (Kafka Streams' PartitionGroup), each
     partition's own order kept even where its timestamps go back (a merge, not a sort: offsets
-    are still delivered in order), ties in partition order."""
+    are still delivered in order); on equal timestamps the preferred (configs) topic first, then
+    partition order."""
     record = namedtuple("record", "offset timestamp")
-    configs, observations = TP("experiments", 0), TP("observations", 0)
+    configs, observations, ticks = TP("experiments", 0), TP("observations", 0), TP("ticks", 0)
     records = {observations: [record(0, 20), record(1, 5), record(2, 30)],
                configs: [record(0, 10), record(1, 20), record(2, 40)]}
-    order = [(tp.topic, r.offset) for tp, r in TimestampOrder().iterate(records)]
-    assert order == [("experiments", 0), ("observations", 0), ("observations", 1), ("experiments", 1),
+    order = [(tp.topic, r.offset) for tp, r in TimestampOrder.preferring("experiments")().iterate(records)]
+    assert order == [("experiments", 0), ("experiments", 1), ("observations", 0), ("observations", 1),
                      ("observations", 2), ("experiments", 2)]
+    # without a preference a tie keeps faust's partition order
+    order = [(tp.topic, r.offset) for tp, r in TimestampOrder().iterate(records)]
+    assert order[1:3] == [("observations", 0), ("observations", 1)] and order[3] == ("experiments", 1)
+    tied = {observations: [record(0, 7)], ticks: [record(0, 7)], configs: [record(0, 7)]}
+    assert [tp.topic for tp, _ in TimestampOrder.preferring("experiments")().iterate(tied)] == [
+        "experiments", "observations", "ticks"]
     for tp in records:  # per partition: offsets in order
         assert [o for t, o in order if t == tp.topic] == [0, 1, 2]
     assert [(tp, r.offset) for tp, r in TimestampOrder().iterate({configs: records[configs]})] == [

@@ -319,7 +319,7 @@ def test_a_backlog_applies_each_config_before_the_observations_published_after_i
     produce(settings, observation_messages(rows))
     worker = start_worker(settings, tmp_path)
     try:
-        results = collect(settings, "results", until_keys(40 * 4), timeout=60)
+        results = collect(settings, "results", until_keys(40 * 5), timeout=60)  # 5 intervals each
     finally:
         worker.stop()
     assert {r["experiment_id"] for r in results} == set(experiments)

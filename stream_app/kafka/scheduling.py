@@ -12,9 +12,12 @@ within each fetch: configs published before observations are applied before them
 Each partition's own order is kept whatever its timestamps say (a merge of the partitions' record
 lists by their head records, never a sort), so offsets are still delivered in order and nothing
 the delivery code relies on (read offsets, gaps, records fetched again) changes. Records of equal
-timestamps keep faust's partition order. This orders what one fetch returned; records of a fetch
+timestamps: the experiments topic first (configs govern the observations published with
+them), then faust's partition order. This orders what one fetch returned; records of a fetch
 still to come are not waited for (Kafka Streams' ``max.task.idle.ms``): a config published after
 the observations it should govern is applied from the interval it arrives in, as before.
+Timestamps are the producers' (CreateTime; the broker's under LogAppendTime): a config producer
+whose clock runs ahead has its config ordered that much later, as in Kafka Streams.
 """
 
 from __future__ import annotations
@@ -28,13 +31,18 @@ from faust.types import TP
 from faust.types.transports import SchedulingStrategyT
 
 
-def _timestamp(item: tuple[TP, Any]) -> int:
-    return item[1].timestamp
-
-
 class TimestampOrder(SchedulingStrategyT):
     """faust ``ConsumerScheduler``: a fetch's records by timestamp across partitions, each
-    partition in offset order (module docstring)."""
+    partition in offset order (module docstring). On equal timestamps the records of
+    ``first_topics`` go first: a producer that publishes a config and then its observations
+    within one millisecond (one batch) gives them one timestamp, and the config must still
+    govern them. :meth:`preferring` makes the class faust instantiates."""
+
+    first_topics: frozenset[str] = frozenset()
+
+    @classmethod
+    def preferring(cls, *topics: str) -> type[TimestampOrder]:
+        return type(cls.__name__, (cls,), {"first_topics": frozenset(topics)})
 
     def __init__(self) -> None:
         pass
@@ -43,4 +51,9 @@ class TimestampOrder(SchedulingStrategyT):
         if len(records) == 1:  # one partition: its own order is the order
             ((tp, messages),) = records.items()
             return zip(repeat(tp), messages)
-        return heapq.merge(*(zip(repeat(tp), messages) for tp, messages in records.items()), key=_timestamp)
+        first = self.first_topics
+
+        def key(item: tuple[TP, Any]) -> tuple[int, bool]:
+            return item[1].timestamp, item[0].topic not in first
+
+        return heapq.merge(*(zip(repeat(tp), messages) for tp, messages in records.items()), key=key)
