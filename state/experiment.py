@@ -170,9 +170,10 @@ class ExperimentState:
         self.hyp_variation = np.concatenate([self.hyp_variation, variation])
         self.hyp_treatment_arm = np.concatenate([self.hyp_treatment_arm, treatment_arm])
         self.hyp_control_arm = np.concatenate([self.hyp_control_arm, control_arm])
+        # A treatment that appears late is compared only with what its control saw from then on
+        # (state/METHODS.md F8b): the control's earlier data are from another time, and any drift
+        # of the metric between then and now would read as an effect of the treatment.
         block = np.zeros((len(new),) + self.segment_stats.shape[1:])
-        # A treatment that appears late is compared with everything its control has seen.
-        block[:, -1, 1] = self.lifetime[control_arm]
         self.segment_stats = np.concatenate([self.segment_stats, block])
         for name, start in _RUNNING_START.items():
             shape = (len(new),) + RUNNING_SHAPE.get(name, ())

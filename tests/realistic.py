@@ -98,6 +98,8 @@ class Study:
     traffic: tuple = (20.0, 400.0)  # units per arm per interval: log-uniform range over experiments
     flip_at: int | None = None  # from this look on every lift has the opposite sign
     allocation: tuple | None = None  # traffic weight per variation (VARIATIONS order); None: equal
+    launches: tuple = ()  # (variation, look): it has no observations before that look
+    drift: float = 0.0  # every arm's values (rates) times 1 + drift * look / looks: the metric moves over time
 
 
 @dataclass
@@ -130,25 +132,47 @@ def run_study(study: Study, config: EngineConfig) -> StudyResult:
         daily = 1.0 + 0.6 * math.sin(2.0 * math.pi * t / 24.0)
         weights = np.ones(arms) if study.allocation is None else np.asarray(study.allocation, dtype=np.float64)
         units = rng.poisson((level * daily)[:, None] * weights[None, :]).astype(np.float64)
-        drawn = {shape: draw_shape(rng, shape, units, factors[shape][None, :]) for shape in study.shapes}
+        level_now = 1.0 + study.drift * t / study.looks
+        drawn = {shape: draw_shape(rng, shape, units, level_now * factors[shape][None, :]) for shape in study.shapes}
+        live = [a for a, v in enumerate(VARIATIONS) if t >= dict(study.launches).get(v, 0)]
         ts = 1_700_000_000.0 + 3600.0 * t
         units_list = units.tolist()
         sums = {shape: (s.tolist(), q.tolist()) for shape, (s, q) in drawn.items()}
         items = []
         for e, state in enumerate(states):
             observations = [Observation(shape, v, ts, units_list[e][a], sums[shape][0][e][a], sums[shape][1][e][a])
-                            for shape in study.shapes for a, v in enumerate(VARIATIONS)]
+                            for shape in study.shapes for a in live for v in (VARIATIONS[a],)]
             items.append((state, ts, observations))
         results = update_many(items)
         for e, result in enumerate(results):
             alerts[e].extend(result.alerts)
         for name in COLUMNS:
             collected[name].append([result.columns[name] for result in results])
-        if metrics is None:
-            metrics, variations = list(results[0].columns["metric"]), list(results[0].columns["variation_id"])
-    columns = {name: np.array(values, dtype=np.float64) for name, values in collected.items()}
+        keys = list(zip(results[0].columns["metric"], results[0].columns["variation_id"]))
+        if metrics is None or len(keys) > len(metrics):
+            assert metrics is None or keys[:len(metrics)] == list(zip(metrics, variations))  # launches append
+            metrics, variations = [m for m, _ in keys], [v for _, v in keys]
+    columns = {name: _padded(name, values, len(metrics)) for name, values in collected.items()}
     truth = np.array([study.lifts.get((m, v), 0.0) for m, v in zip(metrics, variations)])
     return StudyResult(columns, metrics, variations, truth, alerts)
+
+
+# Looks before a variation's launch have no rows for its hypotheses: what a row without a test says
+_NOT_YET = {"local_p_value": 1.0, "always_valid_p_value": 1.0, "corrected_p_value": 1.0, "rejected": 0.0,
+            "effect_changed": 0.0, "stats_reset": 0.0, "uncorrected_local_conf_interval_lower": -np.inf,
+            "uncorrected_conf_interval_lower": -np.inf, "corrected_conf_interval_lower": -np.inf,
+            "uncorrected_local_conf_interval_upper": np.inf, "uncorrected_conf_interval_upper": np.inf,
+            "corrected_conf_interval_upper": np.inf}
+
+
+def _padded(name: str, looks: list, hypotheses: int) -> np.ndarray:
+    """(looks, experiments, hypotheses) from per-look lists of per-experiment columns."""
+    fill = _NOT_YET.get(name, np.nan)
+    out = np.full((len(looks), len(looks[0]), hypotheses), fill)
+    for t, per_experiment in enumerate(looks):
+        for e, column in enumerate(per_experiment):
+            out[t, e, :len(column)] = column
+    return out
 
 
 def upper_tolerance(rate: float, n: int, sds: float = 3.0) -> float:

@@ -57,7 +57,11 @@ def test_absolute_effect_and_its_variance():
     assert row["standard_error"] == pytest.approx(math.sqrt(v_t / 500 + v_c / 400))
 
 
-def test_a_treatment_that_appears_late_is_compared_with_all_its_control_has_seen():
+def test_a_treatment_that_appears_late_is_compared_with_the_control_from_then_on():
+    """A variation launched in the third interval is compared with its control's data from that
+    interval on, not with the control's earlier intervals (another time: any drift of the metric
+    would read as an effect, state/METHODS.md F8b). The cumulative count columns stay the arms'
+    lifetime totals, as after a stats reset."""
     state = ExperimentState("e", EngineConfig(effect="absolute"))
     for ts in (0, 60):  # two intervals of control and t1 only
         state.update(ts, [obs("m", "control", ts, 400, 400, 1200), obs("m", "t1", ts, 400, 480, 1500)])
@@ -68,11 +72,13 @@ def test_a_treatment_that_appears_late_is_compared_with_all_its_control_has_seen
     by_arm = {(r["metric"], r["variation_id"]): r for r in rows}
     assert list(by_arm) == [("m", "t1"), ("m", "t2"), ("n", "t2")]  # first-sight order
     late = by_arm[("m", "t2")]
-    n_c, s_c, q_c = 1200, 1240, 3700  # the control's three intervals
-    assert (late["control_unit_cumcount"], late["treatment_unit_cumcount"]) == (n_c, 500)
+    assert (late["control_unit_cumcount"], late["treatment_unit_cumcount"]) == (1200, 500)  # lifetimes
+    n_c, s_c, q_c = 400, 440, 1300  # the control's interval concurrent with t2
     assert late["lift_estimate"] == pytest.approx(700 / 500 - s_c / n_c)
     v_t, v_c = 1800 / 500 - (700 / 500) ** 2, q_c / n_c - (s_c / n_c) ** 2
     assert late["standard_error"] == pytest.approx(math.sqrt(v_t / 500 + v_c / n_c))
+    early = by_arm[("m", "t1")]  # t1 keeps all three control intervals
+    assert early["lift_estimate"] == pytest.approx(1440 / 1200 - 1240 / 1200)
     new_metric = by_arm[("n", "t2")]
     assert new_metric["lift_estimate"] == pytest.approx(30 / 300 - 60 / 300)
     assert new_metric["control_unit_cumcount"] == 300
