@@ -99,7 +99,8 @@ async def latest_per_key(bootstrap: str, topic: str) -> dict[bytes, bytes]:
         # to the end offsets by position, not by count: transaction markers take offsets too
         ends, t0 = await reader.consumer.end_offsets(reader.parts), time.perf_counter()
         while time.perf_counter() - t0 < 60:
-            if all(await reader.consumer.position(tp) >= ends[tp] for tp in reader.parts):
+            positions = [await reader.consumer.position(tp) for tp in reader.parts]  # (await in a genexp: an async generator)
+            if all(position >= ends[tp] for position, tp in zip(positions, reader.parts)):
                 break
             for r in await reader.poll():
                 if r.value is None:
