@@ -51,7 +51,7 @@ def _stratified(stats: np.ndarray, weights: np.ndarray, is_binary: np.ndarray, d
     return mean, var_of_mean
 
 
-def _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c, single_epoch):
+def _null_variances(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c, single_epoch):
     """Variances of the arm means for the test of H0 (state/METHODS.md F2b): the pooled
     two-sample variance when it is at least Welch's, else each arm's own variance floored at the
     pooled one.
@@ -119,11 +119,11 @@ def _estimate_effects(stats, is_binary, relative, variance_method, ddof) -> Effe
 
     all_relative = relative is True or bool(np.all(relative))
     if variance_method == "fieller":  # relative hypotheses only: absolute ones are section 2's test
-        floored_t, floored_c = _null_floored(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c, single_epoch)
+        null_t, null_c = _null_variances(pooled, is_binary, ddof, var_t, var_c, vm_t, vm_c, single_epoch)
         if all_relative:
-            vm_t, vm_c = floored_t, floored_c
+            vm_t, vm_c = null_t, null_c
         else:
-            vm_t, vm_c = np.where(relative, floored_t, vm_t), np.where(relative, floored_c, vm_c)
+            vm_t, vm_c = np.where(relative, null_t, vm_t), np.where(relative, null_c, vm_c)
     lift = m_t / m_c - 1.0
     difference = m_t - m_c
     v_difference = vm_t + vm_c  # V_D = v_t / N_t + v_c / N_c (sections 2 and 10)

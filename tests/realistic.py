@@ -126,6 +126,7 @@ def run_study(study: Study, config: EngineConfig) -> StudyResult:
     collected = {name: [] for name in COLUMNS}
     alerts: list[list] = [[] for _ in range(g)]
     metrics = variations = None
+    launch_look = dict(study.launches)
     for t in range(study.looks):
         if t == study.flip_at:
             factors = factors_at(-1.0)
@@ -134,14 +135,14 @@ def run_study(study: Study, config: EngineConfig) -> StudyResult:
         units = rng.poisson((level * daily)[:, None] * weights[None, :]).astype(np.float64)
         level_now = 1.0 + study.drift * t / study.looks
         drawn = {shape: draw_shape(rng, shape, units, level_now * factors[shape][None, :]) for shape in study.shapes}
-        live = [a for a, v in enumerate(VARIATIONS) if t >= dict(study.launches).get(v, 0)]
+        live = [a for a, v in enumerate(VARIATIONS) if t >= launch_look.get(v, 0)]
         ts = 1_700_000_000.0 + 3600.0 * t
         units_list = units.tolist()
         sums = {shape: (s.tolist(), q.tolist()) for shape, (s, q) in drawn.items()}
         items = []
         for e, state in enumerate(states):
-            observations = [Observation(shape, v, ts, units_list[e][a], sums[shape][0][e][a], sums[shape][1][e][a])
-                            for shape in study.shapes for a in live for v in (VARIATIONS[a],)]
+            observations = [Observation(shape, VARIATIONS[a], ts, units_list[e][a], sums[shape][0][e][a],
+                                        sums[shape][1][e][a]) for shape in study.shapes for a in live]
             items.append((state, ts, observations))
         results = update_many(items)
         for e, result in enumerate(results):
